@@ -1,0 +1,187 @@
+"""The proxy's Flask application: HTTP in, a stream entry out, the reply back."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import gevent
+import orjson
+import redis
+from flask import Flask, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app.proxy import metrics
+from app.proxy.errors import ApiError, json_response, register_error_handlers
+from app.proxy.local_forecast import five_day_forecast
+from app.proxy.replies import ReplyListener
+from app.proxy.settings import ProxySettings
+from app.shared import contract
+from app.shared.connections import redact_url, redis_client
+from app.shared.logs import configure_logging, request_id_var
+
+log = logging.getLogger("app.proxy")
+
+MAX_BODY_BYTES = 64 * 1024
+READINESS_PING_TIMEOUT_SECONDS = 0.5
+# Requests older than their deadline are useless to a worker. The margin covers clock
+# skew between this host and Redis (entry ids carry Redis's clock), so trimming by
+# MINID never drops an entry that could still be answered.
+TRIM_MARGIN_MS = 60_000
+UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def _require_text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise ApiError(422, "validation_error", f"'{name}' is required")
+    if not isinstance(value, str):
+        raise ApiError(422, "validation_error", f"'{name}' must be a string")
+    value = value.strip()
+    if not value:
+        raise ApiError(422, "validation_error", f"'{name}' must not be empty")
+    if len(value) > contract.MAX_TEXT_LENGTH:
+        raise ApiError(422, "validation_error", f"'{name}' must be at most {contract.MAX_TEXT_LENGTH} characters")
+    return value
+
+
+def _read_body() -> bytes:
+    if request.content_length is not None:
+        return request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, before reading
+    # A chunked body has no length up front; werkzeug would cut it at the limit
+    # silently, so read one byte past the limit and refuse it here.
+    raw: bytes = request.environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    return raw
+
+
+def parse_city_query() -> tuple[str, str]:
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    raw = _read_body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_error", "body must be a JSON object")
+    return _require_text(body, "city"), _require_text(body, "location")
+
+
+def _metrics_exporter(app: Flask) -> None:
+    common: dict[str, Any] = {"group_by": "url_rule", "excluded_paths": list(UNPROBED_PATHS)}
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+        GunicornInternalPrometheusMetrics(app, **common)
+    else:  # a single process outside gunicorn (a shell, a debugger)
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        PrometheusMetrics(app, **common)
+
+
+def create_app(settings: ProxySettings) -> Flask:
+    configure_logging(settings.log_level, "proxy")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    register_error_handlers(app)
+    _metrics_exporter(app)
+
+    host, pid = socket.gethostname(), os.getpid()
+    reply_stream = contract.reply_stream_name(host, pid, secrets.token_hex(4))
+    enqueue_redis = redis_client(
+        settings.redis_url, client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections
+    )
+    ping_redis = redis_client(
+        settings.redis_url, client_name=f"proxy-ready:{host}-{pid}",
+        socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
+    )
+    listener = ReplyListener(
+        redis_client(settings.redis_url, client_name=f"proxy-replies:{host}-{pid}",
+                     socket_timeout=10, max_connections=1),
+        reply_stream,
+    )
+    listener.start()
+    timeout_ms = int(settings.request_timeout_seconds * 1000)
+    rng = random.Random()
+    app.extensions["reply_listener"] = listener
+    log.info("proxy process started",
+             extra={"reply_stream": reply_stream, "redis_url": redact_url(settings.redis_url)})
+
+    @app.before_request
+    def _clear_request_id() -> None:
+        # A kept-alive connection serves many requests in one greenlet.
+        request_id_var.set(None)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response(200, {"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            with gevent.Timeout(READINESS_PING_TIMEOUT_SECONDS, redis.TimeoutError("ping timed out")):
+                ping_redis.ping()
+        except redis.RedisError as error:
+            return json_response(503, {"status": "redis_unavailable", "detail": type(error).__name__})
+        if not listener.healthy:
+            return json_response(503, {"status": "reply_listener_down"})
+        return json_response(200, {"status": "ready"})
+
+    @app.get("/WeatherForecast")
+    def local_forecast() -> Response:
+        return json_response(200, five_day_forecast(datetime.now(UTC).date(), rng))
+
+    @app.post("/WeatherForecast/city")
+    def city_forecast() -> Response:
+        city, location = parse_city_query()
+        request_id = uuid.uuid4().hex
+        request_id_var.set(request_id)
+        sent_ms = contract.now_ms()
+        entry = contract.WeatherRequest(
+            request_id=request_id, reply_to=reply_stream, deadline_ms=sent_ms + timeout_ms,
+            city=city, location=location,
+        )
+        waiter = listener.expect(request_id)
+        started = time.perf_counter()
+        metrics.INFLIGHT.inc()
+        try:
+            try:
+                enqueue_redis.xadd(
+                    settings.request_stream, entry.to_fields(),
+                    minid=f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0", approximate=True,
+                )
+            except redis.RedisError as error:
+                metrics.REDIS_ERRORS.labels("enqueue").inc()
+                log.warning("enqueue failed", extra={"error": repr(error)})
+                raise ApiError(503, "redis_unavailable", "the request queue is unreachable; try again",
+                               {"Retry-After": "1"}) from None
+            remaining = entry.deadline_ms / 1000 - time.time()
+            reply = waiter.get(timeout=max(0.0, remaining), block=True) if remaining > 0 else None
+        except gevent.Timeout:
+            reply = None
+        finally:
+            metrics.INFLIGHT.dec()
+            listener.forget(request_id)
+        elapsed = time.perf_counter() - started
+        if reply is None:
+            metrics.TIMEOUTS.inc()
+            metrics.ROUNDTRIP_SECONDS.labels("timeout").observe(elapsed)
+            log.info("request timed out", extra={"timeout_seconds": settings.request_timeout_seconds})
+            raise ApiError(504, "timeout",
+                           f"no reply within {settings.request_timeout_seconds:g} s; the request was dropped")
+        if not reply.ok:
+            metrics.ROUNDTRIP_SECONDS.labels("error").observe(elapsed)
+            raise ApiError(502, "worker_error", str(reply.body.get("detail", "the worker could not process it")))
+        metrics.ROUNDTRIP_SECONDS.labels("ok").observe(elapsed)
+        return json_response(200, reply.body, {"X-Request-ID": request_id})
+
+    return app

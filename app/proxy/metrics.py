@@ -1,0 +1,27 @@
+"""The proxy's own metrics. Under gunicorn they live in PROMETHEUS_MULTIPROC_DIR, so
+one scrape of /metrics sums every worker process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INFLIGHT = Gauge(
+    "weather_proxy_inflight_requests",
+    "Requests enqueued and waiting for their reply.",
+    multiprocess_mode="livesum",
+)
+ROUNDTRIP_SECONDS = Histogram(
+    "weather_proxy_roundtrip_seconds",
+    "From enqueuing a request to receiving its reply, by result: ok, error, timeout.",
+    ["result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 30),
+)
+TIMEOUTS = Counter(
+    "weather_proxy_timeouts", "Requests answered 504 because no reply came before the deadline."
+)
+LATE_REPLIES = Counter(
+    "weather_proxy_late_replies", "Replies that arrived after their request had given up."
+)
+REDIS_ERRORS = Counter(
+    "weather_proxy_redis_errors", "Redis operations of the request path that failed.", ["operation"]
+)

@@ -1,0 +1,101 @@
+"""Reply routing inside one proxy process.
+
+Each gunicorn worker process owns one reply stream. One listener greenlet reads it
+with a blocking XREAD and wakes the request waiting for each reply by its id. No
+other process reads this stream, so no replica can take or delete another's reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+import redis
+from gevent.event import AsyncResult
+
+from app.proxy import metrics
+from app.shared import contract
+
+log = logging.getLogger("app.proxy.replies")
+
+READ_COUNT = 500
+BLOCK_MS = 5000
+ERROR_PAUSE_SECONDS = 0.5
+# Refresh the TTL well before it runs out, even on an idle stream.
+TTL_REFRESH_SECONDS = contract.REPLY_STREAM_TTL_SECONDS / 4
+
+
+class ReplyListener:
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.stream = stream
+        self._redis = client
+        self._waiters: dict[str, AsyncResult] = {}
+        self._greenlet: gevent.Greenlet | None = None
+        self._last_id = b"0-0"
+        self._last_refresh = 0.0
+        self.last_loop_monotonic = time.monotonic()
+        self.connected = False
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    @property
+    def healthy(self) -> bool:
+        alive = self._greenlet is not None and not self._greenlet.dead
+        return alive and time.monotonic() - self.last_loop_monotonic < BLOCK_MS / 1000 + 10
+
+    def expect(self, request_id: str) -> AsyncResult:
+        """Register before enqueuing, so that even an instant reply finds its waiter."""
+        waiter = AsyncResult()
+        self._waiters[request_id] = waiter
+        return waiter
+
+    def forget(self, request_id: str) -> None:
+        self._waiters.pop(request_id, None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _run(self) -> None:
+        while True:
+            self.last_loop_monotonic = time.monotonic()
+            try:
+                self._refresh_ttl()
+                response = self._redis.xread({self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS)
+                self.connected = True
+            except redis.RedisError as error:
+                if self.connected:
+                    log.warning("reply listener lost Redis", extra={"error": repr(error), "stream": self.stream})
+                self.connected = False
+                gevent.sleep(ERROR_PAUSE_SECONDS)
+                continue
+            if response:
+                self._deliver(response[0][1])
+
+    def _refresh_ttl(self) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh >= TTL_REFRESH_SECONDS:
+            # No-op while the stream does not exist yet; the first reply creates it with the TTL.
+            self._redis.expire(self.stream, contract.REPLY_STREAM_TTL_SECONDS)
+            self._last_refresh = now
+
+    def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        for entry_id, fields in entries:
+            self._last_id = entry_id
+            try:
+                reply = contract.Reply.from_fields(fields)
+            except contract.PoisonEntry as poison:
+                log.error("undecodable reply dropped", extra={"entry_id": entry_id.decode(), "reason": str(poison)})
+                continue
+            waiter = self._waiters.pop(reply.request_id, None)
+            if waiter is None:
+                metrics.LATE_REPLIES.inc()
+                log.info("late reply dropped", extra={"request_id": reply.request_id})
+            else:
+                waiter.set(reply)

@@ -1,0 +1,175 @@
+"""The wire contract between proxy and worker: key names, field names, encoding.
+
+Nothing else in the code base spells a key or a field. Changing anything here is a
+protocol change: bump PROTOCOL_VERSION and keep the old decoder until every
+replica speaks the new one.
+
+Stream entries are flat maps of bytes. Requests and replies carry their payload as
+one JSON document in the ``body`` field so that adding a payload field never
+changes the envelope.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+PROTOCOL_VERSION = "1"
+
+DEFAULT_REQUEST_STREAM = "weather-requests"
+DEFAULT_CONSUMER_GROUP = "weather-workers"
+DEAD_LETTER_SUFFIX = ":dlq"
+REPLY_STREAM_PREFIX = "weather-responses:"
+
+# A reply stream belongs to one proxy process. The owner refreshes this TTL while it
+# lives and every reply sets it again, so a stream whose owner died expires on its own.
+REPLY_STREAM_TTL_SECONDS = 120
+# Replies are read within milliseconds of being written; the cap only has to
+# outlast a short listener reconnect at the in-flight limit of one process.
+REPLY_STREAM_MAXLEN = 10_000
+
+FIELD_VERSION = "v"
+FIELD_REQUEST_ID = "id"
+FIELD_REPLY_TO = "reply_to"
+FIELD_DEADLINE_MS = "deadline_ms"
+FIELD_BODY = "body"
+FIELD_STATUS = "status"
+FIELD_TRACEPARENT = "traceparent"
+
+# Added to an entry when it is moved to the dead-letter stream.
+FIELD_DLQ_REASON = "dlq_reason"
+FIELD_DLQ_DELIVERIES = "dlq_delivery_count"
+FIELD_DLQ_SOURCE_ID = "dlq_source_id"
+FIELD_DLQ_CONSUMER = "dlq_consumer"
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+MAX_TEXT_LENGTH = 200
+
+_B = {name: name.encode() for name in (
+    FIELD_VERSION, FIELD_REQUEST_ID, FIELD_REPLY_TO, FIELD_DEADLINE_MS,
+    FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT,
+)}
+
+
+class PoisonEntry(ValueError):
+    """A stream entry that can never be processed, whatever the retry."""
+
+
+def dead_letter_stream(request_stream: str) -> str:
+    return request_stream + DEAD_LETTER_SUFFIX
+
+
+def reply_stream_name(host: str, pid: int, token: str) -> str:
+    # The token makes the name unique even when a restarted container reuses host and pid.
+    return f"{REPLY_STREAM_PREFIX}{host}:{pid}:{token}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(fields: dict[bytes, bytes], name: str) -> str:
+    raw = fields.get(_B[name])
+    if raw is None:
+        raise PoisonEntry(f"missing field {name!r}")
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise PoisonEntry(f"field {name!r} is not UTF-8") from exc
+
+
+def _json_object(raw: str, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonEntry(f"{what} is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise PoisonEntry(f"{what} is not a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WeatherRequest:
+    request_id: str
+    reply_to: str
+    deadline_ms: int
+    city: str
+    location: str
+    traceparent: str = ""
+
+    def expired(self, at_ms: int | None = None) -> bool:
+        return (now_ms() if at_ms is None else at_ms) > self.deadline_ms
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        fields: dict[str, str | bytes] = {
+            FIELD_VERSION: PROTOCOL_VERSION,
+            FIELD_REQUEST_ID: self.request_id,
+            FIELD_REPLY_TO: self.reply_to,
+            FIELD_DEADLINE_MS: str(self.deadline_ms),
+            FIELD_BODY: orjson.dumps({"city": self.city, "location": self.location}),
+        }
+        if self.traceparent:
+            fields[FIELD_TRACEPARENT] = self.traceparent
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> WeatherRequest:
+        version = _text(fields, FIELD_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise PoisonEntry(f"unsupported protocol version {version!r}")
+        request_id = _text(fields, FIELD_REQUEST_ID)
+        if not request_id or len(request_id) > 64:
+            raise PoisonEntry("request id is empty or too long")
+        reply_to = _text(fields, FIELD_REPLY_TO)
+        # A worker writes only to reply streams, never to a key an entry happens to name.
+        if not reply_to.startswith(REPLY_STREAM_PREFIX) or len(reply_to) > 256:
+            raise PoisonEntry("reply_to is not a reply stream")
+        try:
+            deadline_ms = int(_text(fields, FIELD_DEADLINE_MS))
+        except ValueError as exc:
+            raise PoisonEntry("deadline_ms is not an integer") from exc
+        body = _json_object(_text(fields, FIELD_BODY), "body")
+        city, location = body.get("city"), body.get("location")
+        for name, value in (("city", city), ("location", location)):
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT_LENGTH:
+                raise PoisonEntry(f"body.{name} is not a non-empty string")
+        traceparent_raw = fields.get(_B[FIELD_TRACEPARENT], b"")
+        return cls(
+            request_id=request_id,
+            reply_to=reply_to,
+            deadline_ms=deadline_ms,
+            city=city,  # type: ignore[arg-type]
+            location=location,  # type: ignore[arg-type]
+            traceparent=traceparent_raw.decode(errors="replace"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: str
+    status: str
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        return {
+            FIELD_REQUEST_ID: self.request_id,
+            FIELD_STATUS: self.status,
+            FIELD_BODY: orjson.dumps(self.body),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Reply:
+        request_id = _text(fields, FIELD_REQUEST_ID)
+        status = _text(fields, FIELD_STATUS)
+        if status not in (STATUS_OK, STATUS_ERROR):
+            raise PoisonEntry(f"unknown reply status {status!r}")
+        return cls(request_id, status, _json_object(_text(fields, FIELD_BODY), "reply body"))

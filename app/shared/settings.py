@@ -1,0 +1,95 @@
+"""Settings shared by both services, and the one way a service loads its settings.
+
+Every field reads the environment variable of the same name in upper case
+(``redis_url`` <- ``REDIS_URL``). A bad value stops the process with a message that
+names the variable, before anything connects anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.shared import contract
+
+StreamKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(SystemExit):
+    """Raised instead of starting with a bad configuration; exits with status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    bind_host: str = Field(default="0.0.0.0", min_length=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host")
+        try:
+            parts.port  # noqa: B018 - urlsplit validates the port lazily
+        except ValueError as exc:
+            raise ValueError("has an invalid port") from exc
+        return value
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return contract.dead_letter_stream(self.request_stream)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+# Values of these variables may hold credentials, so an error never echoes them.
+_SECRET_HINTS = re.compile(r"URL|PASSWORD|SECRET|TOKEN|KEY")
+
+
+def describe_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        variable = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+        shown = "<redacted>" if _SECRET_HINTS.search(variable) else repr(item.get("input"))
+        lines.append(f"{variable}: {item['msg']} (got {shown})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build the settings object or raise ConfigError naming every bad variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+def load_settings_or_exit(cls: type[S]) -> S:
+    try:
+        return load_settings(cls)
+    except ConfigError as error:
+        print(error.message, file=sys.stderr, flush=True)
+        raise

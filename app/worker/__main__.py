@@ -1,0 +1,56 @@
+"""python -m app.worker"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from app.shared.connections import redact_url, redis_client
+from app.shared.logs import configure_logging
+from app.shared.settings import ConfigError, load_settings_or_exit
+from app.worker.health import READINESS_PING_TIMEOUT_SECONDS, HealthApp, HealthServer
+from app.worker.settings import WorkerSettings
+from app.worker.worker import Worker
+
+
+def main() -> int:
+    try:
+        settings = load_settings_or_exit(WorkerSettings)
+    except ConfigError as error:
+        return int(error.code or 2)
+    configure_logging(settings.log_level, "worker")
+    log = logging.getLogger("app.worker")
+    name = settings.consumer_name
+    client = redis_client(
+        settings.redis_url,
+        client_name=f"worker:{name}",
+        # A blocking XREADGROUP must not be cut off by the socket timeout.
+        socket_timeout=settings.read_block_ms / 1000 + 2,
+        max_connections=settings.worker_terminals + 4,
+    )
+    ping_client = redis_client(
+        settings.redis_url, client_name=f"worker-ready:{name}",
+        socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
+    )
+    worker = Worker(settings, client)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        health = HealthServer(settings.bind_host, settings.metrics_port, HealthApp(worker, ping_client)).start()
+    except OSError as error:
+        log.error("cannot serve health and metrics", extra={"port": settings.metrics_port, "error": str(error)})
+        return 1
+    log.info("connecting", extra={"redis_url": redact_url(settings.redis_url)})
+    worker.run()
+    health.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The worker's small HTTP server: /healthz, /readyz and /metrics on METRICS_PORT."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+import redis
+from prometheus_client import make_wsgi_app
+
+from app.worker.worker import Worker
+
+READINESS_PING_TIMEOUT_SECONDS = 0.5
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - probes every few seconds
+        pass
+
+
+def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "application/json")])
+    return [orjson.dumps(body)]
+
+
+class HealthApp:
+    def __init__(self, worker: Worker, ping_client: redis.Redis) -> None:
+        self._worker = worker
+        self._ping_client = ping_client
+        self._metrics = make_wsgi_app()
+        # The reader loop ticks at least every read block; far longer means it is wedged.
+        self._stall_seconds = worker.settings.read_block_ms / 1000 + 30
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._metrics(environ, start_response)
+        if path == "/healthz":
+            stalled = time.monotonic() - self._worker.last_loop_monotonic > self._stall_seconds
+            if stalled and not self._worker.stopping:
+                return _json(start_response, "503 Service Unavailable", {"status": "stalled"})
+            return _json(start_response, "200 OK", {"status": "ok"})
+        if path == "/readyz":
+            return self._ready(start_response)
+        return _json(start_response, "404 Not Found", {"error": "not_found", "detail": path})
+
+    def _ready(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self._worker.stopping:
+            return _json(start_response, "503 Service Unavailable", {"status": "stopping"})
+        try:
+            self._ping_client.ping()
+        except redis.RedisError as error:
+            return _json(start_response, "503 Service Unavailable",
+                         {"status": "redis_unavailable", "detail": type(error).__name__})
+        if not self._worker.group_ready.is_set():
+            return _json(start_response, "503 Service Unavailable", {"status": "starting"})
+        return _json(start_response, "200 OK", {"status": "ready"})
+
+
+class HealthServer:
+    def __init__(self, host: str, port: int, app: HealthApp) -> None:
+        self._server = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,41 @@
+"""The worker's Prometheus metrics (one process, the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TERMINALS_CONFIGURED = Gauge(
+    "weather_worker_terminals_configured", "Terminals this worker runs (WORKER_TERMINALS)."
+)
+TERMINALS_ACTIVE = Gauge(
+    "weather_worker_terminals_active", "Terminals processing an entry right now."
+)
+PROCESSED = Counter(
+    "weather_worker_processed",
+    "Request entries finished, by outcome: ok, expired (deadline passed, skipped), "
+    "error (reply sent with an error), dead_lettered.",
+    ["outcome"],
+)
+PROCESSING_SECONDS = Histogram(
+    "weather_worker_processing_seconds",
+    "Time from taking an entry to acknowledging it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10),
+)
+GROUP_LAG = Gauge(
+    "weather_worker_group_lag_entries", "Entries in the request stream not yet delivered to the group."
+)
+GROUP_PENDING = Gauge(
+    "weather_worker_group_pending_entries", "Entries delivered to the group and not yet acknowledged."
+)
+QUEUE_DEPTH = Gauge(
+    "weather_worker_queue_depth_entries", "Group lag plus pending: requests waiting for or in work."
+)
+REQUEST_STREAM_LENGTH = Gauge(
+    "weather_worker_request_stream_length_entries", "Entries kept in the request stream (XLEN)."
+)
+DEAD_LETTER_LENGTH = Gauge(
+    "weather_worker_dead_letter_length_entries", "Entries in the dead-letter stream (XLEN)."
+)
+
+for _outcome in ("ok", "expired", "error", "dead_lettered"):
+    PROCESSED.labels(_outcome)

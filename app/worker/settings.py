@@ -1,0 +1,65 @@
+"""The worker's settings, read from the environment and validated at start."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from app.shared import contract
+from app.shared.settings import CommonSettings, Port, StreamKey
+
+
+@dataclass(frozen=True, slots=True)
+class DelayRange:
+    """Simulated work time: uniform between low and high milliseconds."""
+
+    low_ms: int
+    high_ms: int
+
+    @classmethod
+    def parse(cls, text: str) -> DelayRange:
+        low_text, sep, high_text = text.strip().partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if sep else low
+        except ValueError:
+            raise ValueError('must be milliseconds like "150" or a range like "100-500"') from None
+        if low < 0 or high < low or high > 600_000:
+            raise ValueError("must satisfy 0 <= low <= high <= 600000")
+        return cls(low, high)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(CommonSettings):
+    consumer_group: StreamKey = contract.DEFAULT_CONSUMER_GROUP
+    consumer_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")] = Field(
+        default_factory=default_consumer_name
+    )
+    worker_terminals: Annotated[int, Field(ge=1, le=1000)] = 5
+    processing_delay_ms: Annotated[DelayRange, NoDecode] = DelayRange(100, 500)
+    metrics_port: Port = 9100
+    shutdown_grace_seconds: Annotated[float, Field(gt=0, le=3600)] = 25.0
+    # Entries already in this consumer's hands wait at most this long for a free terminal.
+    read_block_ms: Annotated[int, Field(ge=10, le=60_000)] = 2000
+    dead_letter_maxlen: Annotated[int, Field(ge=100)] = 100_000
+
+    @field_validator("processing_delay_ms", mode="before")
+    @classmethod
+    def _parse_delay(cls, value: object) -> object:
+        if isinstance(value, (str, int)):
+            return DelayRange.parse(str(value))
+        return value
+
+    @model_validator(mode="after")
+    def _block_shorter_than_grace(self) -> WorkerSettings:
+        if self.read_block_ms / 1000 >= self.shutdown_grace_seconds:
+            raise ValueError("READ_BLOCK_MS must be shorter than SHUTDOWN_GRACE_SECONDS")
+        return self

@@ -1,0 +1,250 @@
+"""The worker loop: one reader feeding N terminals from a consumer group.
+
+The reader asks Redis only for as many entries as there are idle terminals, so an
+entry never waits in this process while a terminal of another worker is free, and
+one XREADGROUP serves several terminals at once under load.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+import redis
+
+from app.shared import contract
+from app.shared.logs import request_id_var
+from app.worker import metrics
+from app.worker.forecast import build_forecast
+from app.worker.replies import OutcomeWriter
+from app.worker.settings import WorkerSettings
+
+log = logging.getLogger("app.worker")
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+HOUSEKEEPING_INTERVAL_SECONDS = 5.0
+REDIS_ERROR_PAUSE_SECONDS = 1.0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, client: redis.Redis) -> None:
+        self.settings = settings
+        self._redis = client
+        self._writer = OutcomeWriter(
+            client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen
+        )
+        self._stopping = threading.Event()
+        self._idle_terminals = threading.Semaphore(settings.worker_terminals)
+        self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._terminals: list[threading.Thread] = []
+        self.group_ready = threading.Event()
+        self.last_loop_monotonic = time.monotonic()
+        self.processed = 0
+        self._processed_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stop requested: no new entries will be read")
+            self._stopping.set()
+
+    def run(self) -> None:
+        settings = self.settings
+        metrics.TERMINALS_CONFIGURED.set(settings.worker_terminals)
+        for number in range(settings.worker_terminals):
+            thread = threading.Thread(
+                target=self._terminal, args=(random.Random(),), name=f"terminal-{number}", daemon=True
+            )
+            thread.start()
+            self._terminals.append(thread)
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        log.info(
+            "worker started",
+            extra={"consumer": settings.consumer_name, "group": settings.consumer_group,
+                   "stream": settings.request_stream, "terminals": settings.worker_terminals},
+        )
+        self._read_loop()
+        self._drain()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        for _ in self._terminals:
+            self._work.put(None)
+        for thread in self._terminals:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        unfinished = sum(thread.is_alive() for thread in self._terminals)
+        # Entries still in work stay pending in the group, where another worker claims them.
+        log.info(
+            "worker stopped",
+            extra={"processed": self.processed, "unfinished_terminals": unfinished},
+        )
+
+    # -- reading -------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        try:
+            # Id 0, not $: requests queued before any worker ever started are work too.
+            self._redis.xgroup_create(
+                self.settings.request_stream, self.settings.consumer_group, id="0", mkstream=True
+            )
+            log.info("consumer group created", extra={"group": self.settings.consumer_group})
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self.group_ready.set()
+
+    def _read_loop(self) -> None:
+        terminals = self.settings.worker_terminals
+        while not self._stopping.is_set():
+            self.last_loop_monotonic = time.monotonic()
+            if not self._idle_terminals.acquire(timeout=0.5):
+                continue
+            permits = 1
+            while permits < terminals and self._idle_terminals.acquire(blocking=False):
+                permits += 1
+            try:
+                entries = self._read(permits)
+            except redis.RedisError as error:
+                entries = []
+                self._on_read_error(error)
+            for entry in entries:
+                self._work.put(entry)
+            for _ in range(permits - len(entries)):
+                self._idle_terminals.release()
+
+    def _read(self, count: int) -> list[Entry]:
+        if not self.group_ready.is_set():
+            self.ensure_group()
+        settings = self.settings
+        response: Any = self._redis.xreadgroup(
+            settings.consumer_group, settings.consumer_name, {settings.request_stream: ">"},
+            count=count, block=settings.read_block_ms,
+        )
+        if not response:
+            return []
+        return [(entry_id, fields) for entry_id, fields in response[0][1] if fields is not None]
+
+    def _on_read_error(self, error: redis.RedisError) -> None:
+        if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):
+            # Redis lost the stream or the group (restart without persistence): recreate.
+            log.warning("consumer group missing, recreating it")
+            self.group_ready.clear()
+            return
+        log.warning("reading the request stream failed", extra={"error": repr(error)})
+        self._stopping.wait(REDIS_ERROR_PAUSE_SECONDS)
+
+    # -- processing ----------------------------------------------------------------
+
+    def _terminal(self, rng: random.Random) -> None:
+        while True:
+            entry = self._work.get()
+            if entry is None:
+                return
+            metrics.TERMINALS_ACTIVE.inc()
+            try:
+                self._handle(*entry, rng=rng)
+            except Exception:  # a terminal must survive any single entry
+                log.exception("unexpected error handling an entry", extra={"entry_id": entry[0].decode()})
+            finally:
+                metrics.TERMINALS_ACTIVE.dec()
+                self._idle_terminals.release()
+
+    def _count(self, outcome: str) -> None:
+        metrics.PROCESSED.labels(outcome).inc()
+        with self._processed_lock:
+            self.processed += 1
+
+    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], rng: random.Random) -> None:
+        started = time.perf_counter()
+        try:
+            request = contract.WeatherRequest.from_fields(fields)
+        except contract.PoisonEntry as poison:
+            self._dead_letter(entry_id, fields, f"poison: {poison}", deliveries=1)
+            return
+        token = request_id_var.set(request.request_id)
+        try:
+            self._process(entry_id, request, rng)
+        except redis.RedisError as error:
+            # Not acknowledged: the entry stays pending and is delivered again later.
+            log.warning("could not reply or acknowledge; entry stays pending",
+                        extra={"entry_id": entry_id.decode(), "error": repr(error)})
+        finally:
+            request_id_var.reset(token)
+            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    def _process(self, entry_id: bytes, request: contract.WeatherRequest, rng: random.Random) -> None:
+        if request.expired():
+            # The proxy has already answered 504; doing the work now helps nobody.
+            self._writer.ack(entry_id)
+            self._count("expired")
+            log.info("skipped expired request", extra={"entry_id": entry_id.decode()})
+            return
+        delay = self.settings.processing_delay_ms
+        if delay.high_ms:
+            time.sleep(rng.uniform(delay.low_ms, delay.high_ms) / 1000)
+        try:
+            reply = contract.Reply(
+                request.request_id, contract.STATUS_OK,
+                build_forecast(request.city, request.location, request.request_id, rng),
+            )
+            outcome = "ok"
+        except Exception as error:  # a bug in the work still owes the caller an answer
+            log.exception("processing failed")
+            reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
+                                   {"error": "processing_failed", "detail": type(error).__name__})
+            outcome = "error"
+        self._writer.reply_and_ack(request.reply_to, reply, entry_id)
+        self._count(outcome)
+        log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome})
+
+    def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:
+        try:
+            self._writer.dead_letter_and_ack(entry_id, fields, reason, deliveries, self.settings.consumer_name)
+        except redis.RedisError as error:
+            log.warning("could not dead-letter; entry stays pending",
+                        extra={"entry_id": entry_id.decode(), "error": repr(error)})
+            return
+        self._count("dead_lettered")
+        log.warning("entry dead-lettered", extra={"entry_id": entry_id.decode(), "reason": reason})
+
+    # -- housekeeping --------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        while not self._stopping.wait(HOUSEKEEPING_INTERVAL_SECONDS if self.group_ready.is_set() else 0.5):
+            try:
+                self.refresh_queue_metrics()
+            except redis.RedisError as error:
+                log.debug("queue metrics not refreshed", extra={"error": repr(error)})
+
+    def refresh_queue_metrics(self) -> None:
+        settings = self.settings
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_groups(settings.request_stream)
+            pipe.xlen(settings.request_stream)
+            pipe.xlen(settings.dead_letter_stream)
+            groups, stream_length, dead_letters = pipe.execute(raise_on_error=False)
+        if isinstance(groups, list):
+            for group in groups:
+                if group.get("name") == settings.consumer_group.encode():
+                    pending = int(group.get("pending") or 0)
+                    lag = group.get("lag")
+                    # Redis reports no lag once entries were deleted in the undelivered
+                    # range; the stream length is then the safe upper bound.
+                    lag = int(lag) if lag is not None else int(stream_length or 0)
+                    metrics.GROUP_PENDING.set(pending)
+                    metrics.GROUP_LAG.set(lag)
+                    metrics.QUEUE_DEPTH.set(lag + pending)
+        if isinstance(stream_length, int):
+            metrics.REQUEST_STREAM_LENGTH.set(stream_length)
+        if isinstance(dead_letters, int):
+            metrics.DEAD_LETTER_LENGTH.set(dead_letters)

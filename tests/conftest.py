@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import Managed, Proxy, RedisServer, Worker
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_server_installed() -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on PATH; run `make setup` (it installs Debian's redis-server)")
+
+
+class Stack:
+    """The processes one test starts; all stopped at teardown, by PID."""
+
+    def __init__(self, workdir: Path, redis_server: RedisServer) -> None:
+        self.workdir = workdir
+        self.redis = redis_server
+        self.processes: list[Managed] = []
+
+    def proxy(self, **env: str) -> Proxy:
+        proxy = Proxy(self.workdir, self.redis.url, **env)
+        self.processes.append(proxy)
+        return proxy
+
+    def worker(self, name: str, **env: str) -> Worker:
+        worker = Worker(self.workdir, self.redis.url, name, **env)
+        self.processes.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        parts = []
+        for process in [*self.processes, self.redis]:
+            text = process.log()
+            parts.append(f"----- {process.name} (pid {process.pid}) -----\n{text[-6000:]}")
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    running = Stack(tmp_path, redis_server)
+    yield running
+    running.stop_all()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(running.logs())

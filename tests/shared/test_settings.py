@@ -1,0 +1,68 @@
+"""A bad variable stops either service with a message naming it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import BIN, ROOT, base_env, free_port
+
+PROXY_CASES = [
+    ("PORT", "eighty"),
+    ("PORT", "70000"),
+    ("REQUEST_TIMEOUT_SECONDS", "0"),
+    ("REQUEST_TIMEOUT_SECONDS", "soon"),
+    ("WEB_CONCURRENCY", "0"),
+    ("WORKER_CONNECTIONS", "-1"),
+    ("REDIS_URL", "http://localhost:6379"),
+    ("REDIS_URL", "redis://"),
+    ("LOG_LEVEL", "LOUD"),
+    ("REQUEST_STREAM", "has space"),
+    ("ACCESS_LOG", "maybe"),
+]
+WORKER_CASES = [
+    ("WORKER_TERMINALS", "0"),
+    ("WORKER_TERMINALS", "five"),
+    ("PROCESSING_DELAY_MS", "500-100"),
+    ("PROCESSING_DELAY_MS", "fast"),
+    ("METRICS_PORT", "0"),
+    ("SHUTDOWN_GRACE_SECONDS", "-1"),
+    ("CONSUMER_GROUP", ""),
+    ("REQUEST_STREAM", ""),
+    ("REDIS_URL", "localhost:6379"),
+    ("LOG_LEVEL", "verbose"),
+]
+
+
+def _run(argv: list[str], variable: str, value: str) -> subprocess.CompletedProcess[str]:
+    env = base_env(PORT=str(free_port()), METRICS_PORT=str(free_port()), REDIS_URL="redis://127.0.0.1:1/0")
+    env[variable] = value
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(("variable", "value"), PROXY_CASES)
+def test_proxy_refuses_to_start(variable, value):
+    result = _run([str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"], variable, value)
+
+    assert result.returncode == 2, result.stderr
+    assert "invalid configuration" in result.stderr
+    assert variable in result.stderr
+
+
+@pytest.mark.parametrize(("variable", "value"), WORKER_CASES)
+def test_worker_refuses_to_start(variable, value):
+    result = _run([sys.executable, "-m", "app.worker"], variable, value)
+
+    assert result.returncode == 2, result.stderr
+    assert "invalid configuration" in result.stderr
+    assert variable in result.stderr
+
+
+def test_a_bad_redis_url_is_not_echoed():
+    result = _run([sys.executable, "-m", "app.worker"], "REDIS_URL", "http://user:hunter2@example")
+
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
+    assert "hunter2" not in result.stderr

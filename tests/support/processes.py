@@ -1,0 +1,167 @@
+"""Real processes for tests: redis-server, the gunicorn proxy and the worker.
+
+Every process gets a free port and its own temp folder, logs to a file the test can
+read, and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except Exception:  # noqa: BLE001 - a condition may fail while things start
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class Managed:
+    """A child process with a log file, stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._log_file.close()
+        return self.process.returncode
+
+    def log(self) -> str:
+        if not self._log_file.closed:
+            self._log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PROMETHEUS_", "REDIS_"))}
+    env.update({"PYTHONUNBUFFERED": "1", "BIND_HOST": "127.0.0.1", "LOG_LEVEL": "INFO"})
+    env.update(overrides)
+    return env
+
+
+class RedisServer(Managed):
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir),
+            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
+        ]
+        super().__init__(f"redis:{self.port}", argv, base_env(), workdir / "redis.log")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        wait_until(lambda: self.client().ping(), 10, what=f"redis-server on {self.port}")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+class Proxy(Managed):
+    def __init__(self, workdir: Path, redis_url: str, **env: str) -> None:
+        self.port = free_port()
+        metrics_dir = workdir / f"proxy-metrics-{self.port}"
+        metrics_dir.mkdir(parents=True)
+        environment = base_env(
+            REDIS_URL=redis_url, PORT=str(self.port), WEB_CONCURRENCY="2",
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **env,
+        )
+        argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"]
+        super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> Proxy:
+        wait_until(lambda: requests.get(self.url + "/readyz", timeout=1).status_code == 200, timeout,
+                   what=f"{self.name} ready")
+        return self
+
+    def ask(self, city: str, location: str, timeout: float = 30) -> requests.Response:
+        return requests.post(self.url + "/WeatherForecast/city", json={"city": city, "location": location},
+                             timeout=timeout)
+
+
+class Worker(Managed):
+    def __init__(self, workdir: Path, redis_url: str, name: str, **env: str) -> None:
+        self.metrics_port = free_port()
+        environment = base_env(
+            REDIS_URL=redis_url, METRICS_PORT=str(self.metrics_port), CONSUMER_NAME=name, **env
+        )
+        argv = [sys.executable, "-m", "app.worker"]
+        super().__init__(f"worker:{name}", argv, environment, workdir / f"worker-{name}.log")
+        self.consumer = name
+        self.url = f"http://127.0.0.1:{self.metrics_port}"
+
+    def wait_ready(self, timeout: float = 20) -> Worker:
+        wait_until(lambda: requests.get(self.url + "/readyz", timeout=1).status_code == 200, timeout,
+                   what=f"{self.name} ready")
+        return self
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return metric_value(requests.get(self.url + "/metrics", timeout=5).text, name, labels)
+
+
+def metric_value(exposition: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of one metric whose labels include the given ones."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+    return total

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from app.worker.forecast import CONDITIONS, build_forecast
+
+
+def test_forecast_fields_stay_in_their_ranges():
+    rng = random.Random(7)
+    for _ in range(2000):
+        forecast = build_forecast("Oslo", "Norway", "abc", rng)
+        assert -10 <= forecast["temperature"] <= 40
+        assert 30 <= forecast["humidity"] <= 100
+        assert 0 <= forecast["windSpeed"] <= 30
+        assert forecast["condition"] in CONDITIONS
+        assert (forecast["city"], forecast["location"], forecast["requestId"]) == ("Oslo", "Norway", "abc")
+        stamp = datetime.fromisoformat(forecast["forecastTime"])
+        assert abs((datetime.now(UTC) - stamp).total_seconds()) < 5
