@@ -11,11 +11,20 @@ export METRICS_PORT="${METRICS_PORT:-9100}"
 py=.venv/bin/python
 data_dir=.data/redis
 
-pids=()
+# Each child runs in its own session, so Ctrl-C reaches only this script, which then
+# stops them in order: the proxy and the worker finish their requests while Redis is
+# still there, and Redis goes last.
+app_pids=()
+redis_pid=""
 stop_all() {
     trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait || true
+    for pid in "${app_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${app_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$redis_pid" ]; then
+        kill -TERM "$redis_pid" 2>/dev/null || true
+        wait "$redis_pid" 2>/dev/null || true
+    fi
+    echo "stopped"
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -38,9 +47,9 @@ if redis_answers; then
 elif [[ "$redis_host" == "localhost" || "$redis_host" == 127.* ]]; then
     mkdir -p "$data_dir"
     # AOF with fsync every second: queued requests survive a Redis restart.
-    redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir" \
+    setsid redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data_dir" \
         --appendonly yes --appendfsync everysec --save "" --loglevel warning &
-    pids+=($!)
+    redis_pid=$!
     for _ in $(seq 50); do redis_answers && break; sleep 0.1; done
     redis_answers || { echo "redis-server did not start on port $redis_port" >&2; exit 1; }
     echo "redis-server on ${redis_host}:${redis_port}, data in $data_dir"
@@ -49,10 +58,10 @@ else
     exit 1
 fi
 
-"$py" -m app.worker &
-pids+=($!)
-.venv/bin/gunicorn -c app/proxy/gunicorn.conf.py &
-pids+=($!)
+setsid "$py" -m app.worker &
+app_pids+=($!)
+setsid .venv/bin/gunicorn -c app/proxy/gunicorn.conf.py &
+app_pids+=($!)
 
 for _ in $(seq 100); do
     "$py" -c 'import os, urllib.request as u; u.urlopen("http://127.0.0.1:%s/readyz" % os.environ["PORT"], timeout=1)' \
