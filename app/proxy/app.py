@@ -26,6 +26,7 @@ from app.proxy.settings import ProxySettings
 from app.shared import contract
 from app.shared.connections import redact_url, redis_client
 from app.shared.logs import configure_logging, request_id_var
+from app.shared.resilience import CircuitOpen, RedisGuard
 
 log = logging.getLogger("app.proxy")
 
@@ -36,6 +37,9 @@ READINESS_PING_TIMEOUT_SECONDS = 0.5
 # MINID never drops an entry that could still be answered.
 TRIM_MARGIN_MS = 60_000
 UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz")
+# An XADD answers in well under a millisecond; a try that takes this long is a stuck
+# connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
+ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.5
 
 
 def _require_text(body: dict[str, Any], name: str) -> str:
@@ -97,8 +101,13 @@ def create_app(settings: ProxySettings) -> Flask:
 
     host, pid = socket.gethostname(), os.getpid()
     reply_stream = contract.reply_stream_name(host, pid, secrets.token_hex(4))
+    guard = RedisGuard(
+        "proxy", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
+        on_state=metrics.CIRCUIT_STATE.set,
+    )
     enqueue_redis = redis_client(
-        settings.redis_url, client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections
+        settings.redis_url, client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
+        socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS,
     )
     ping_redis = redis_client(
         settings.redis_url, client_name=f"proxy-ready:{host}-{pid}",
@@ -107,7 +116,7 @@ def create_app(settings: ProxySettings) -> Flask:
     listener = ReplyListener(
         redis_client(settings.redis_url, client_name=f"proxy-replies:{host}-{pid}",
                      socket_timeout=10, max_connections=1),
-        reply_stream,
+        reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()
     timeout_ms = int(settings.request_timeout_seconds * 1000)
@@ -127,6 +136,8 @@ def create_app(settings: ProxySettings) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
+        if guard.refusing:
+            return json_response(503, {"status": "circuit_open"}, {"Retry-After": guard.retry_after_header()})
         try:
             with gevent.Timeout(READINESS_PING_TIMEOUT_SECONDS, redis.TimeoutError("ping timed out")):
                 ping_redis.ping()
@@ -155,10 +166,15 @@ def create_app(settings: ProxySettings) -> Flask:
         metrics.INFLIGHT.inc()
         try:
             try:
-                enqueue_redis.xadd(
-                    settings.request_stream, entry.to_fields(),
+                guard.call(
+                    enqueue_redis.xadd, settings.request_stream, entry.to_fields(),
                     minid=f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0", approximate=True,
+                    budget_seconds=timeout_ms / 1000,
                 )
+            except CircuitOpen:
+                metrics.REDIS_ERRORS.labels("enqueue").inc()
+                raise ApiError(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
+                               {"Retry-After": guard.retry_after_header()}) from None
             except redis.RedisError as error:
                 metrics.REDIS_ERRORS.labels("enqueue").inc()
                 log.warning("enqueue failed", extra={"error": repr(error)})

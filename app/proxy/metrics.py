@@ -25,3 +25,8 @@ LATE_REPLIES = Counter(
 REDIS_ERRORS = Counter(
     "weather_proxy_redis_errors", "Redis operations of the request path that failed.", ["operation"]
 )
+CIRCUIT_STATE = Gauge(
+    "weather_proxy_circuit_state",
+    "Redis circuit breaker, worst of this proxy's processes: 0 closed, 1 half-open, 2 open.",
+    multiprocess_mode="livemax",
+)

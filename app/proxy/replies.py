@@ -16,20 +16,22 @@ from gevent.event import AsyncResult
 
 from app.proxy import metrics
 from app.shared import contract
+from app.shared.resilience import LoopBackoff, RedisGuard
 
 log = logging.getLogger("app.proxy.replies")
 
 READ_COUNT = 500
 BLOCK_MS = 5000
-ERROR_PAUSE_SECONDS = 0.5
 # Refresh the TTL well before it runs out, even on an idle stream.
 TTL_REFRESH_SECONDS = contract.REPLY_STREAM_TTL_SECONDS / 4
 
 
 class ReplyListener:
-    def __init__(self, client: redis.Redis, stream: str) -> None:
+    def __init__(self, client: redis.Redis, stream: str, guard: RedisGuard, reconnect_max_seconds: float) -> None:
         self.stream = stream
         self._redis = client
+        self._guard = guard
+        self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
         self._waiters: dict[str, AsyncResult] = {}
         self._greenlet: gevent.Greenlet | None = None
         self._last_id = b"0-0"
@@ -67,14 +69,19 @@ class ReplyListener:
             self.last_loop_monotonic = time.monotonic()
             try:
                 self._refresh_ttl()
-                response = self._redis.xread({self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS)
-                self.connected = True
+                response = self._guard.call_once(
+                    self._redis.xread, {self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS
+                )
             except redis.RedisError as error:
                 if self.connected:
                     log.warning("reply listener lost Redis", extra={"error": repr(error), "stream": self.stream})
                 self.connected = False
-                gevent.sleep(ERROR_PAUSE_SECONDS)
+                gevent.sleep(self._backoff.next_delay(error))
                 continue
+            if not self.connected:
+                log.info("reply listener connected", extra={"stream": self.stream})
+                self.connected = True
+                self._backoff.reset()
             if response:
                 self._deliver(response[0][1])
 
@@ -82,7 +89,7 @@ class ReplyListener:
         now = time.monotonic()
         if now - self._last_refresh >= TTL_REFRESH_SECONDS:
             # No-op while the stream does not exist yet; the first reply creates it with the TTL.
-            self._redis.expire(self.stream, contract.REPLY_STREAM_TTL_SECONDS)
+            self._guard.call_once(self._redis.expire, self.stream, contract.REPLY_STREAM_TTL_SECONDS)
             self._last_refresh = now
 
     def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

@@ -20,3 +20,6 @@ class ProxySettings(CommonSettings):
     redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 200
     # One JSON log line per HTTP request (gunicorn's access log).
     access_log: bool = False
+    # A caller is waiting: retry briefly, then answer 503 (never past the request's deadline).
+    redis_retry_base_seconds: Annotated[float, Field(gt=0, le=10)] = 0.05
+    redis_retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 1.0

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.shared import contract
+from app.shared.resilience import RetryPolicy
 
 StreamKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -39,6 +40,16 @@ class CommonSettings(BaseSettings):
     request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     bind_host: str = Field(default="0.0.0.0", min_length=1)
+    # Retries of one Redis operation on connection and timeout errors (never on data errors).
+    redis_retry_max_tries: Annotated[int, Field(ge=1, le=20)] = 3
+    redis_retry_base_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
+    redis_retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
+    # Longest pause between attempts of the long-running loops while Redis is down.
+    redis_reconnect_max_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # The breaker opens after this many consecutive failed operations ...
+    circuit_failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    # ... and lets a trial operation through after this long.
+    circuit_reset_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -58,6 +69,10 @@ class CommonSettings(BaseSettings):
         except ValueError as exc:
             raise ValueError("has an invalid port") from exc
         return value
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.redis_retry_max_tries, self.redis_retry_base_seconds, self.redis_retry_max_seconds)
 
     @property
     def dead_letter_stream(self) -> str:

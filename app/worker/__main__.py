@@ -8,7 +8,9 @@ import sys
 
 from app.shared.connections import redact_url, redis_client
 from app.shared.logs import configure_logging
+from app.shared.resilience import RedisGuard
 from app.shared.settings import ConfigError, load_settings_or_exit
+from app.worker import metrics
 from app.worker.health import READINESS_PING_TIMEOUT_SECONDS, HealthApp, HealthServer
 from app.worker.settings import WorkerSettings
 from app.worker.worker import Worker
@@ -33,7 +35,11 @@ def main() -> int:
         settings.redis_url, client_name=f"worker-ready:{name}",
         socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
     )
-    worker = Worker(settings, client)
+    guard = RedisGuard(
+        "worker", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
+        on_state=metrics.CIRCUIT_STATE.set,
+    )
+    worker = Worker(settings, client, guard)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})

@@ -56,6 +56,8 @@ class HealthApp:
     def _ready(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self._worker.stopping:
             return _json(start_response, "503 Service Unavailable", {"status": "stopping"})
+        if self._worker.guard.refusing:
+            return _json(start_response, "503 Service Unavailable", {"status": "circuit_open"})
         try:
             self._ping_client.ping()
         except redis.RedisError as error:

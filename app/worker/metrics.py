@@ -37,5 +37,23 @@ DEAD_LETTER_LENGTH = Gauge(
     "weather_worker_dead_letter_length_entries", "Entries in the dead-letter stream (XLEN)."
 )
 
+CLAIMED = Counter(
+    "weather_worker_claimed",
+    "Entries taken over from a consumer that left them pending past CLAIM_IDLE_SECONDS (redeliveries).",
+)
+DEAD_LETTERED = Counter(
+    "weather_worker_dead_lettered",
+    "Entries moved to the dead-letter stream, by reason: poison (undecodable), max_deliveries.",
+    ["reason"],
+)
+CONSUMERS_REMOVED = Counter(
+    "weather_worker_consumers_removed", "Gone consumers removed from the group (idle, nothing pending)."
+)
+CIRCUIT_STATE = Gauge(
+    "weather_worker_circuit_state", "Redis circuit breaker of this worker: 0 closed, 1 half-open, 2 open."
+)
+
+for _reason in ("poison", "max_deliveries"):
+    DEAD_LETTERED.labels(_reason)
 for _outcome in ("ok", "expired", "error", "dead_lettered"):
     PROCESSED.labels(_outcome)

@@ -50,6 +50,13 @@ class WorkerSettings(CommonSettings):
     # Entries already in this consumer's hands wait at most this long for a free terminal.
     read_block_ms: Annotated[int, Field(ge=10, le=60_000)] = 2000
     dead_letter_maxlen: Annotated[int, Field(ge=100)] = 100_000
+    # Entries pending this long with a consumer are taken over by a live worker. It must
+    # exceed the longest processing time, or slow entries are processed twice.
+    claim_idle_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    # Deliveries after which an entry is dead-lettered instead of processed again.
+    max_deliveries: Annotated[int, Field(ge=1, le=1000)] = 5
+    # Consumers idle this long with nothing pending are removed from the group.
+    consumer_expiry_seconds: Annotated[float, Field(gt=0, le=30 * 86_400)] = 300.0
 
     @field_validator("processing_delay_ms", mode="before")
     @classmethod
@@ -59,7 +66,11 @@ class WorkerSettings(CommonSettings):
         return value
 
     @model_validator(mode="after")
-    def _block_shorter_than_grace(self) -> WorkerSettings:
+    def _consistent_timings(self) -> WorkerSettings:
         if self.read_block_ms / 1000 >= self.shutdown_grace_seconds:
             raise ValueError("READ_BLOCK_MS must be shorter than SHUTDOWN_GRACE_SECONDS")
+        if self.claim_idle_seconds * 1000 <= self.processing_delay_ms.high_ms:
+            raise ValueError("CLAIM_IDLE_SECONDS must exceed the longest PROCESSING_DELAY_MS")
+        if self.consumer_expiry_seconds <= self.claim_idle_seconds:
+            raise ValueError("CONSUMER_EXPIRY_SECONDS must exceed CLAIM_IDLE_SECONDS")
         return self

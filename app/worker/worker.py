@@ -18,26 +18,41 @@ import redis
 
 from app.shared import contract
 from app.shared.logs import request_id_var
+from app.shared.resilience import LoopBackoff, RedisGuard
 from app.worker import metrics
 from app.worker.forecast import build_forecast
-from app.worker.replies import OutcomeWriter
+from app.worker.replies import ConsumerJanitor, OutcomeWriter
 from app.worker.settings import WorkerSettings
 
 log = logging.getLogger("app.worker")
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+# (entry id, fields, how many times it has been delivered)
+Entry = tuple[bytes, dict[bytes, bytes], int]
 
 HOUSEKEEPING_INTERVAL_SECONDS = 5.0
-REDIS_ERROR_PAUSE_SECONDS = 1.0
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, client: redis.Redis) -> None:
+    def __init__(self, settings: WorkerSettings, client: redis.Redis, guard: RedisGuard) -> None:
         self.settings = settings
         self._redis = client
+        self.guard = guard
         self._writer = OutcomeWriter(
             client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen
         )
+        self._janitor = ConsumerJanitor(
+            client, settings.request_stream, settings.consumer_group, settings.consumer_name
+        )
+        self._loop_backoff = LoopBackoff(0.05, settings.redis_reconnect_max_seconds)
+        self._claim_cursor = b"0-0"
+        self._next_claim = 0.0
+        # Look for orphans often enough that a dead consumer's entries wait little past the idle time.
+        self._claim_interval = min(5.0, max(0.2, settings.claim_idle_seconds / 4))
         self._stopping = threading.Event()
         self._idle_terminals = threading.Semaphore(settings.worker_terminals)
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
@@ -113,7 +128,8 @@ class Worker:
             while permits < terminals and self._idle_terminals.acquire(blocking=False):
                 permits += 1
             try:
-                entries = self._read(permits)
+                entries = self.guard.call_once(self._next_entries, permits)
+                self._loop_backoff.reset()
             except redis.RedisError as error:
                 entries = []
                 self._on_read_error(error)
@@ -122,9 +138,13 @@ class Worker:
             for _ in range(permits - len(entries)):
                 self._idle_terminals.release()
 
-    def _read(self, count: int) -> list[Entry]:
+    def _next_entries(self, count: int) -> list[Entry]:
         if not self.group_ready.is_set():
             self.ensure_group()
+        if time.monotonic() >= self._next_claim:
+            claimed = self._claim_orphans(count)
+            if claimed:
+                return claimed
         settings = self.settings
         response: Any = self._redis.xreadgroup(
             settings.consumer_group, settings.consumer_name, {settings.request_stream: ">"},
@@ -132,7 +152,31 @@ class Worker:
         )
         if not response:
             return []
-        return [(entry_id, fields) for entry_id, fields in response[0][1] if fields is not None]
+        return [(entry_id, fields, 1) for entry_id, fields in response[0][1] if fields is not None]
+
+    def _claim_orphans(self, count: int) -> list[Entry]:
+        """Take over entries another consumer left pending past CLAIM_IDLE_SECONDS."""
+        settings = self.settings
+        response: Any = self._redis.xautoclaim(
+            settings.request_stream, settings.consumer_group, settings.consumer_name,
+            min_idle_time=int(settings.claim_idle_seconds * 1000), start_id=self._claim_cursor, count=count,
+        )
+        self._claim_cursor = response[0]
+        if self._claim_cursor == b"0-0":
+            # A full pass over the pending list is done; the next one waits an interval.
+            self._next_claim = time.monotonic() + self._claim_interval
+        claimed = [(entry_id, fields) for entry_id, fields in response[1] if fields is not None]
+        if not claimed:
+            return []
+        ids = sorted((entry_id for entry_id, _ in claimed), key=_id_key)
+        details = self._redis.xpending_range(
+            settings.request_stream, settings.consumer_group, min=ids[0], max=ids[-1],
+            count=len(ids) + settings.worker_terminals + 16, consumername=settings.consumer_name,
+        )
+        deliveries = {item["message_id"]: int(item["times_delivered"]) for item in details}
+        metrics.CLAIMED.inc(len(claimed))
+        log.info("claimed orphaned entries", extra={"count": len(claimed)})
+        return [(entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
 
     def _on_read_error(self, error: redis.RedisError) -> None:
         if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):
@@ -140,8 +184,10 @@ class Worker:
             log.warning("consumer group missing, recreating it")
             self.group_ready.clear()
             return
-        log.warning("reading the request stream failed", extra={"error": repr(error)})
-        self._stopping.wait(REDIS_ERROR_PAUSE_SECONDS)
+        delay = self._loop_backoff.next_delay(error)
+        log.warning("reading the request stream failed",
+                    extra={"error": repr(error), "retry_in_seconds": round(delay, 3)})
+        self._stopping.wait(delay)
 
     # -- processing ----------------------------------------------------------------
 
@@ -164,12 +210,16 @@ class Worker:
         with self._processed_lock:
             self.processed += 1
 
-    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], rng: random.Random) -> None:
+    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, rng: random.Random) -> None:
         started = time.perf_counter()
         try:
             request = contract.WeatherRequest.from_fields(fields)
         except contract.PoisonEntry as poison:
-            self._dead_letter(entry_id, fields, f"poison: {poison}", deliveries=1)
+            self._dead_letter(entry_id, fields, f"poison: {poison}", deliveries, "poison")
+            return
+        if deliveries > self.settings.max_deliveries:
+            self._dead_letter(entry_id, fields, f"delivered {deliveries} times (MAX_DELIVERIES is "
+                              f"{self.settings.max_deliveries})", deliveries, "max_deliveries")
             return
         token = request_id_var.set(request.request_id)
         try:
@@ -185,7 +235,7 @@ class Worker:
     def _process(self, entry_id: bytes, request: contract.WeatherRequest, rng: random.Random) -> None:
         if request.expired():
             # The proxy has already answered 504; doing the work now helps nobody.
-            self._writer.ack(entry_id)
+            self.guard.call(self._writer.ack, entry_id)
             self._count("expired")
             log.info("skipped expired request", extra={"entry_id": entry_id.decode()})
             return
@@ -203,28 +253,40 @@ class Worker:
             reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
                                    {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
-        self._writer.reply_and_ack(request.reply_to, reply, entry_id)
+        self.guard.call(self._writer.reply_and_ack, request.reply_to, reply, entry_id)
         self._count(outcome)
         log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome})
 
-    def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int) -> None:
+    def _dead_letter(
+        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, category: str
+    ) -> None:
         try:
-            self._writer.dead_letter_and_ack(entry_id, fields, reason, deliveries, self.settings.consumer_name)
+            self.guard.call(self._writer.dead_letter_and_ack, entry_id, fields, reason, deliveries,
+                            self.settings.consumer_name)
         except redis.RedisError as error:
             log.warning("could not dead-letter; entry stays pending",
                         extra={"entry_id": entry_id.decode(), "error": repr(error)})
             return
         self._count("dead_lettered")
-        log.warning("entry dead-lettered", extra={"entry_id": entry_id.decode(), "reason": reason})
+        metrics.DEAD_LETTERED.labels(category).inc()
+        log.warning("entry dead-lettered",
+                    extra={"entry_id": entry_id.decode(), "reason": reason, "deliveries": deliveries})
 
     # -- housekeeping --------------------------------------------------------------
 
     def _housekeeping(self) -> None:
         while not self._stopping.wait(HOUSEKEEPING_INTERVAL_SECONDS if self.group_ready.is_set() else 0.5):
             try:
-                self.refresh_queue_metrics()
+                self.guard.call_once(self.refresh_queue_metrics)
+                removed = self.guard.call_once(
+                    self._janitor.remove_gone, int(self.settings.consumer_expiry_seconds * 1000)
+                )
             except redis.RedisError as error:
-                log.debug("queue metrics not refreshed", extra={"error": repr(error)})
+                log.debug("housekeeping skipped", extra={"error": repr(error)})
+                continue
+            if removed:
+                metrics.CONSUMERS_REMOVED.inc(len(removed))
+                log.info("removed gone consumers", extra={"consumers": removed})
 
     def refresh_queue_metrics(self) -> None:
         settings = self.settings

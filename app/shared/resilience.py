@@ -1,0 +1,168 @@
+"""Retries (backoff) and a circuit breaker (pybreaker) around Redis operations.
+
+Only connection and timeout errors are retried or counted as failures: a Redis
+error about the data (WRONGTYPE, NOGROUP, a script error) is an answer, not an
+outage. An empty answer of a blocking read is a success.
+
+pybreaker's ``call`` holds the breaker's lock while the wrapped function runs
+(danielfm/pybreaker#55), which would serialise every Redis operation of a process,
+blocking reads included. So the operation runs outside the breaker, and only its
+outcome is replayed through ``call``: pybreaker still owns states, counters,
+timeouts and listeners, and its lock is held for microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import backoff
+import pybreaker
+import redis
+
+log = logging.getLogger("app.resilience")
+
+T = TypeVar("T")
+
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+
+
+class CircuitOpen(redis.ConnectionError):
+    """Redis is considered down; nothing was sent. ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"circuit open; next attempt in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_tries: int
+    base_seconds: float
+    max_seconds: float
+
+
+def is_outage(error: BaseException) -> bool:
+    return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, CircuitOpen)
+
+
+class _StateReporter(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+    def __init__(self, component: str, on_state: Callable[[int], None]) -> None:
+        self._component = component
+        self._on_state = on_state
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        old_name = old_state.name if old_state is not None else None
+        level = logging.WARNING if new_state.name == pybreaker.STATE_OPEN else logging.INFO
+        log.log(level, "circuit breaker state changed",
+                extra={"component": self._component, "from": old_name, "to": new_state.name})
+        self._on_state(STATE_VALUES[new_state.name])
+
+
+def _replay(error: BaseException | None) -> None:
+    if error is not None:
+        raise error
+
+
+class RedisGuard:
+    """The one breaker of a service, and its retry policy."""
+
+    def __init__(
+        self,
+        component: str,
+        policy: RetryPolicy,
+        failure_threshold: int,
+        reset_seconds: float,
+        on_state: Callable[[int], None] = lambda _value: None,
+    ) -> None:
+        self.component = component
+        self.policy = policy
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=failure_threshold,
+            reset_timeout=reset_seconds,
+            exclude=[lambda error: not is_outage(error)],
+            listeners=[_StateReporter(component, on_state)],
+            name=component,
+        )
+        on_state(0)
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self._breaker.current_state)
+
+    def retry_after(self) -> float:
+        """Seconds until an open breaker lets a trial call through; 0 when it would now."""
+        if self.state != pybreaker.STATE_OPEN:
+            return 0.0
+        opened_at = self._breaker._state_storage.opened_at  # noqa: SLF001 - no public accessor
+        if opened_at is None:
+            return 0.0
+        reopen = opened_at + timedelta(seconds=self._breaker.reset_timeout)
+        return max(0.0, (reopen - datetime.now(UTC)).total_seconds())
+
+    @property
+    def refusing(self) -> bool:
+        """True while calls fail at once without reaching Redis."""
+        return self.retry_after() > 0
+
+    def retry_after_header(self) -> str:
+        return str(max(1, math.ceil(self.retry_after())))
+
+    # -- calls -----------------------------------------------------------------
+
+    def call(self, operation: Callable[..., T], *args: Any, budget_seconds: float | None = None,
+             **kwargs: Any) -> T:
+        """Run with retries, inside the breaker. `budget_seconds` caps the time spent retrying."""
+        max_time = self.policy.max_seconds if budget_seconds is None else min(budget_seconds, self.policy.max_seconds)
+        retrying = backoff.on_exception(
+            backoff.expo, RETRYABLE_ERRORS, max_tries=self.policy.max_tries, max_time=max_time,
+            jitter=backoff.full_jitter, factor=self.policy.base_seconds, logger=None,
+        )(operation)
+        return self.call_once(retrying, *args, **kwargs)
+
+    def call_once(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run once, inside the breaker: for loops that pace their own retries."""
+        wait = self.retry_after()
+        if wait > 0:
+            raise CircuitOpen(wait)
+        try:
+            result = operation(*args, **kwargs)
+        except Exception as error:
+            self._record(error)
+            raise
+        self._record(None)
+        return result
+
+    def _record(self, error: BaseException | None) -> None:
+        try:
+            self._breaker.call(_replay, error)
+        except pybreaker.CircuitBreakerError:
+            pass  # another caller opened it meanwhile; this outcome changes nothing
+        except Exception:  # noqa: S110 - the replayed error itself; the caller raises it
+            pass
+
+
+class LoopBackoff:
+    """Pacing for long-running loops while Redis is unreachable: exponential with full
+    jitter, capped, and never sooner than an open breaker would allow."""
+
+    def __init__(self, first_seconds: float, cap_seconds: float) -> None:
+        self._first = first_seconds
+        self._cap = cap_seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self._waits = backoff.expo(factor=self._first, max_value=self._cap)
+        next(self._waits)  # the generator's first step only primes it
+
+    def next_delay(self, error: BaseException) -> float:
+        if isinstance(error, CircuitOpen):
+            return min(max(error.retry_after, self._first), self._cap)
+        return float(backoff.full_jitter(next(self._waits)))
