@@ -39,7 +39,7 @@ TRIM_MARGIN_MS = 60_000
 UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz")
 # An XADD answers in well under a millisecond; a try that takes this long is a stuck
 # connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
-ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.5
+ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
 
 
 def _require_text(body: dict[str, Any], name: str) -> str:

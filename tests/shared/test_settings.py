@@ -21,6 +21,10 @@ PROXY_CASES = [
     ("LOG_LEVEL", "LOUD"),
     ("REQUEST_STREAM", "has space"),
     ("ACCESS_LOG", "maybe"),
+    ("REDIS_RETRY_MAX_TRIES", "0"),
+    ("REDIS_RETRY_MAX_SECONDS", "-1"),
+    ("CIRCUIT_FAILURE_THRESHOLD", "0"),
+    ("CIRCUIT_RESET_SECONDS", "never"),
 ]
 WORKER_CASES = [
     ("WORKER_TERMINALS", "0"),
@@ -33,6 +37,18 @@ WORKER_CASES = [
     ("REQUEST_STREAM", ""),
     ("REDIS_URL", "localhost:6379"),
     ("LOG_LEVEL", "verbose"),
+    ("CLAIM_IDLE_SECONDS", "0"),
+    ("MAX_DELIVERIES", "0"),
+    ("CONSUMER_EXPIRY_SECONDS", "x"),
+    ("REDIS_RECONNECT_MAX_SECONDS", "0"),
+    ("REDIS_RETRY_BASE_SECONDS", "-0.1"),
+]
+
+# Values that are fine alone but contradict another setting.
+WORKER_CONFLICTS = [
+    ({"PROCESSING_DELAY_MS": "100-5000", "CLAIM_IDLE_SECONDS": "5"}, "CLAIM_IDLE_SECONDS"),
+    ({"CLAIM_IDLE_SECONDS": "60", "CONSUMER_EXPIRY_SECONDS": "30"}, "CONSUMER_EXPIRY_SECONDS"),
+    ({"READ_BLOCK_MS": "5000", "SHUTDOWN_GRACE_SECONDS": "2"}, "READ_BLOCK_MS"),
 ]
 
 
@@ -66,3 +82,13 @@ def test_a_bad_redis_url_is_not_echoed():
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(("env", "named"), WORKER_CONFLICTS)
+def test_worker_refuses_contradicting_settings(env, named):
+    base = base_env(METRICS_PORT=str(free_port()), REDIS_URL="redis://127.0.0.1:1/0", **env)
+    result = subprocess.run([sys.executable, "-m", "app.worker"], cwd=ROOT, env=base, capture_output=True,
+                            text=True, timeout=30)
+
+    assert result.returncode == 2
+    assert named in result.stderr

@@ -117,10 +117,10 @@ class Proxy(Managed):
         self.port = free_port()
         metrics_dir = workdir / f"proxy-metrics-{self.port}"
         metrics_dir.mkdir(parents=True)
-        environment = base_env(
-            REDIS_URL=redis_url, PORT=str(self.port), WEB_CONCURRENCY="2",
-            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), **env,
-        )
+        environment = base_env(**{
+            "REDIS_URL": redis_url, "PORT": str(self.port), "WEB_CONCURRENCY": "2",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env,
+        })
         argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"]
         super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log")
         self.url = f"http://127.0.0.1:{self.port}"
