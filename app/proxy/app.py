@@ -106,16 +106,16 @@ def create_app(settings: ProxySettings) -> Flask:
         on_state=metrics.CIRCUIT_STATE.set,
     )
     enqueue_redis = redis_client(
-        settings.redis_url, client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
-        socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS,
+        settings.redis_url, **settings.redis_options(), client_name=f"proxy:{host}-{pid}",
+        max_connections=settings.redis_max_connections, socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS,
     )
     ping_redis = redis_client(
-        settings.redis_url, client_name=f"proxy-ready:{host}-{pid}",
+        settings.redis_url, **settings.redis_options(), client_name=f"proxy-ready:{host}-{pid}",
         socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
     )
     listener = ReplyListener(
-        redis_client(settings.redis_url, client_name=f"proxy-replies:{host}-{pid}",
-                     socket_timeout=10, max_connections=1),
+        redis_client(settings.redis_url, **settings.redis_options(),
+                     client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
         reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()

@@ -7,6 +7,8 @@ circuit breaker sees every failure.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -23,6 +25,7 @@ def redis_client(
     client_name: str,
     socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
     max_connections: int | None = None,
+    **options: Any,
 ) -> redis.Redis:
     """A client with its own pool; bytes in, bytes out (entries may hold any bytes)."""
     return redis.Redis.from_url(
@@ -35,6 +38,7 @@ def redis_client(
         retry=Retry(NoBackoff(), 0),
         max_connections=max_connections,
         client_name=client_name,
+        **options,
     )
 
 

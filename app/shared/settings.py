@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.shared import contract
@@ -37,6 +37,12 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     redis_url: str = "redis://localhost:6379/0"
+    # Credentials and TLS files kept out of the URL, so they can come from Secrets.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_tls_ca_file: FilePath | None = None
+    redis_tls_cert_file: FilePath | None = None
+    redis_tls_key_file: FilePath | None = None
     request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     bind_host: str = Field(default="0.0.0.0", min_length=1)
@@ -69,6 +75,21 @@ class CommonSettings(BaseSettings):
         except ValueError as exc:
             raise ValueError("has an invalid port") from exc
         return value
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments for redis-py on top of the URL."""
+        options: dict[str, Any] = {}
+        if self.redis_username:
+            options["username"] = self.redis_username
+        if self.redis_password is not None:
+            options["password"] = self.redis_password.get_secret_value()
+        if self.redis_tls_ca_file:
+            options["ssl_ca_certs"] = str(self.redis_tls_ca_file)
+        if self.redis_tls_cert_file:
+            options["ssl_certfile"] = str(self.redis_tls_cert_file)
+        if self.redis_tls_key_file:
+            options["ssl_keyfile"] = str(self.redis_tls_key_file)
+        return options
 
     @property
     def retry_policy(self) -> RetryPolicy:

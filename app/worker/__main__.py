@@ -25,14 +25,14 @@ def main() -> int:
     log = logging.getLogger("app.worker")
     name = settings.consumer_name
     client = redis_client(
-        settings.redis_url,
+        settings.redis_url, **settings.redis_options(),
         client_name=f"worker:{name}",
         # A blocking XREADGROUP must not be cut off by the socket timeout.
         socket_timeout=settings.read_block_ms / 1000 + 2,
         max_connections=settings.worker_terminals + 4,
     )
     ping_client = redis_client(
-        settings.redis_url, client_name=f"worker-ready:{name}",
+        settings.redis_url, **settings.redis_options(), client_name=f"worker-ready:{name}",
         socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
     )
     guard = RedisGuard(

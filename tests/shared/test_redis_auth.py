@@ -1,0 +1,44 @@
+"""Both services against a Redis that requires a password (REDIS_PASSWORD)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.support.processes import RedisServer, wait_until
+
+pytestmark = pytest.mark.system
+
+PASSWORD = "s3cret-Pa55word"
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis", password=PASSWORD)
+    yield server
+    server.stop()
+
+
+def test_services_authenticate_with_redis_password(stack):
+    proxy = stack.proxy(REDIS_PASSWORD=PASSWORD, REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    stack.worker("w", REDIS_PASSWORD=PASSWORD, PROCESSING_DELAY_MS="0").wait_ready()
+
+    assert proxy.ask("Oslo", "Norway").status_code == 200
+
+
+def test_wrong_password_fails_readiness_without_printing_it(stack):
+    wrong = "not-the-" + PASSWORD
+    proxy = stack.proxy(REDIS_PASSWORD=wrong, REQUEST_TIMEOUT_SECONDS="2")
+    worker = stack.worker("w", REDIS_PASSWORD=wrong, PROCESSING_DELAY_MS="0")
+    wait_until(lambda: requests.get(proxy.url + "/healthz", timeout=1).status_code == 200, 20, what="proxy up")
+    wait_until(lambda: requests.get(worker.url + "/healthz", timeout=1).status_code == 200, 20, what="worker up")
+    time.sleep(1)
+
+    assert requests.get(proxy.url + "/readyz", timeout=5).status_code == 503
+    assert requests.get(worker.url + "/readyz", timeout=5).status_code == 503
+    assert proxy.ask("Oslo", "Norway").status_code == 503
+    for process in (proxy, worker):
+        assert wrong not in process.log()
+        assert PASSWORD not in process.log()
