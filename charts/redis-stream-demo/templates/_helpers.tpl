@@ -1,0 +1,259 @@
+{{/* Chart name. */}}
+{{- define "rsd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Resource name prefix. */}}
+{{- define "rsd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "rsd.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "rsd.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "rsd.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "rsd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: redis-stream-demo
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "proxy"). */}}
+{{- define "rsd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rsd.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of one component. */}}
+{{- define "rsd.componentLabels" -}}
+{{ include "rsd.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "rsd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rsd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference: digest wins over tag, tag defaults to appVersion. */}}
+{{- define "rsd.image" -}}
+{{- $image := .image -}}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the embedded Redis is rendered. */}}
+{{- define "rsd.redis.embedded" -}}
+{{- if and .Values.redis.enabled (not .Values.redis.external.enabled) }}true{{ end }}
+{{- end }}
+
+{{- define "rsd.redis.fullname" -}}
+{{- printf "%s-redis" (include "rsd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* host:port of Redis, for KEDA. */}}
+{{- define "rsd.redis.address" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- printf "%s.%s.svc:6379" (include "rsd.redis.fullname" .) .Release.Namespace }}
+{{- else if .Values.redis.external.host }}
+{{- printf "%s:%v" .Values.redis.external.host .Values.redis.external.port }}
+{{- else }}
+{{- fail "worker.keda.enabled with an external Redis needs redis.external.host and redis.external.port" }}
+{{- end }}
+{{- end }}
+
+{{/* REDIS_URL without credentials. */}}
+{{- define "rsd.redis.url" -}}
+{{- $external := .Values.redis.external -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- printf "redis://%s:6379/0" (include "rsd.redis.fullname" .) }}
+{{- else if $external.enabled }}
+{{- if $external.url }}
+{{- $external.url }}
+{{- else if $external.host }}
+{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.host $external.port $external.db }}
+{{- else }}
+{{- fail "redis.external.enabled needs redis.external.url or redis.external.host" }}
+{{- end }}
+{{- else }}
+{{- fail "enable redis (embedded) or redis.external" }}
+{{- end }}
+{{- end }}
+
+{{/* Secret and key holding the Redis password, empty when there is none. */}}
+{{- define "rsd.redis.secretName" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- default (include "rsd.redis.fullname" .) .Values.redis.auth.existingSecret }}
+{{- else }}
+{{- .Values.redis.external.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.secretKey" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- .Values.redis.auth.existingSecretKey }}
+{{- else }}
+{{- .Values.redis.external.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Environment both services need for Redis: credentials from the Secret, TLS files. */}}
+{{- define "rsd.redis.env" -}}
+{{- if include "rsd.redis.secretName" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rsd.redis.secretName" . }}
+      key: {{ include "rsd.redis.secretKey" . }}
+{{- end }}
+{{- if and .Values.redis.external.enabled .Values.redis.external.username }}
+- name: REDIS_USERNAME
+  value: {{ .Values.redis.external.username | quote }}
+{{- end }}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/redis-tls/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.tlsVolumeMount" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: redis-tls
+  mountPath: /etc/redis-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.tlsVolume" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.external.tls.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level security context of the services. */}}
+{{- define "rsd.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context (restricted Pod Security Standard). */}}
+{{- define "rsd.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Whether a component can run more than one replica: (dict "values" .Values.proxy "keda" false). */}}
+{{- define "rsd.multiReplica" -}}
+{{- $v := .values -}}
+{{- if and .keda $v.keda.enabled }}
+{{- if gt (int $v.keda.maxReplicaCount) 1 }}true{{ end }}
+{{- else if $v.autoscaling.enabled }}
+{{- if gt (int $v.autoscaling.maxReplicas) 1 }}true{{ end }}
+{{- else if gt (int $v.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/* topologySpreadConstraints with this component's selector filled in. */}}
+{{- define "rsd.topologySpread" -}}
+{{- $selector := include "rsd.selectorLabels" (dict "root" .root "component" .component) | fromYaml -}}
+{{- range .constraints }}
+- {{- toYaml (merge (deepCopy .) (dict "labelSelector" (dict "matchLabels" $selector))) | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* HPA resource metrics from an autoscaling block. */}}
+{{- define "rsd.hpaMetrics" -}}
+{{- if not (or .targetCPUUtilizationPercentage .targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- with .targetCPUUtilizationPercentage }}
+- type: Resource
+  resource:
+    name: cpu
+    target:
+      type: Utilization
+      averageUtilization: {{ . }}
+{{- end }}
+{{- with .targetMemoryUtilizationPercentage }}
+- type: Resource
+  resource:
+    name: memory
+    target:
+      type: Utilization
+      averageUtilization: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* A PodDisruptionBudget: (dict "root" $ "component" "proxy" "values" .Values.proxy "keda" false). */}}
+{{- define "rsd.pdb" -}}
+{{- if and .values.pdb.enabled (include "rsd.multiReplica" (dict "values" .values "keda" .keda)) }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "rsd.fullname" .root }}-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "rsd.componentLabels" (dict "root" .root "component" .component) | nindent 4 }}
+spec:
+  minAvailable: {{ .values.pdb.minAvailable }}
+  selector:
+    matchLabels:
+      {{- include "rsd.selectorLabels" (dict "root" .root "component" .component) | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/* Egress every service pod needs: DNS and Redis. */}}
+{{- define "rsd.egressToDnsAndRedis" -}}
+- to:
+    - namespaceSelector:
+        {{- toYaml .Values.networkPolicy.dnsNamespaceSelector | nindent 8 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- if include "rsd.redis.embedded" . }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "rsd.selectorLabels" (dict "root" . "component" "redis") | nindent 10 }}
+  ports:
+    - port: 6379
+      protocol: TCP
+{{- else }}
+- {{- with .Values.redis.external.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
+  ports:
+    - port: {{ .Values.redis.external.port }}
+      protocol: TCP
+{{- end }}
+{{- end }}
