@@ -257,3 +257,16 @@ spec:
       protocol: TCP
 {{- end }}
 {{- end }}
+
+{{/*
+checkov skips that depend on image values, written where the image is chosen:
+(dict "image" .Values.proxy.image "value" "proxy.image").
+*/}}
+{{- define "rsd.checkovImageSkips" -}}
+{{- if not .image.digest }}
+checkov.io/skip1: CKV_K8S_43=Pinned by tag; set {{ .value }}.digest to pin by digest
+{{- end }}
+{{- if ne .image.pullPolicy "Always" }}
+checkov.io/skip2: CKV_K8S_15=Release tags are immutable, so {{ .value }}.pullPolicy IfNotPresent is safe
+{{- end }}
+{{- end }}
