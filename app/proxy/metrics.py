@@ -30,3 +30,8 @@ CIRCUIT_STATE = Gauge(
     "Redis circuit breaker, worst of this proxy's processes: 0 closed, 1 half-open, 2 open.",
     multiprocess_mode="livemax",
 )
+REDIS_UP = Gauge(
+    "weather_proxy_redis_up",
+    "1 while every reply listener of this proxy is connected to Redis, else 0.",
+    multiprocess_mode="livemin",
+)

@@ -68,6 +68,10 @@ class ReplyListener:
         while True:
             self.last_loop_monotonic = time.monotonic()
             try:
+                if not self.connected:
+                    # Known to be reachable now, not only when the first blocking read returns.
+                    self._guard.call_once(self._redis.ping)
+                    self._mark_connected()
                 self._refresh_ttl()
                 response = self._guard.call_once(
                     self._redis.xread, {self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS
@@ -76,14 +80,19 @@ class ReplyListener:
                 if self.connected:
                     log.warning("reply listener lost Redis", extra={"error": repr(error), "stream": self.stream})
                 self.connected = False
+                metrics.REDIS_UP.set(0)
                 gevent.sleep(self._backoff.next_delay(error))
                 continue
-            if not self.connected:
-                log.info("reply listener connected", extra={"stream": self.stream})
-                self.connected = True
-                self._backoff.reset()
+            self._mark_connected()
             if response:
                 self._deliver(response[0][1])
+
+    def _mark_connected(self) -> None:
+        if not self.connected:
+            log.info("reply listener connected", extra={"stream": self.stream})
+            self.connected = True
+            metrics.REDIS_UP.set(1)
+            self._backoff.reset()
 
     def _refresh_ttl(self) -> None:
         now = time.monotonic()

@@ -9,6 +9,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from app.shared.tracing import trace_ids
+
 # Greenlets (proxy) and threads (worker) each see their own value.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -21,11 +23,15 @@ FORMATTER_KWARGS: dict[str, Any] = {
 
 
 class RequestIdFilter(logging.Filter):
+    """Adds the request id and, while tracing, the trace and span ids."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             request_id = request_id_var.get()
             if request_id is not None:
                 record.request_id = request_id
+        for key, value in trace_ids().items():
+            setattr(record, key, value)
         return True
 
 

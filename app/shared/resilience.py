@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import backoff
 import pybreaker
 import redis
+
+from app.shared.settings import RetryPolicy
 
 log = logging.getLogger("app.resilience")
 
@@ -38,13 +39,6 @@ class CircuitOpen(redis.ConnectionError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"circuit open; next attempt in {retry_after:.1f} s")
         self.retry_after = retry_after
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    max_tries: int
-    base_seconds: float
-    max_seconds: float
 
 
 def is_outage(error: BaseException) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -16,7 +17,13 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.shared import contract
-from app.shared.resilience import RetryPolicy
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_tries: int
+    base_seconds: float
+    max_seconds: float
+
 
 StreamKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]

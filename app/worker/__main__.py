@@ -9,6 +9,7 @@ import sys
 from app.shared.connections import redact_url, redis_client
 from app.shared.logs import configure_logging
 from app.shared.resilience import RedisGuard
+from app.shared.tracing import configure_tracing
 from app.shared.settings import ConfigError, load_settings_or_exit
 from app.worker import metrics
 from app.worker.health import READINESS_PING_TIMEOUT_SECONDS, HealthApp, HealthServer
@@ -22,6 +23,7 @@ def main() -> int:
     except ConfigError as error:
         return int(error.code or 2)
     configure_logging(settings.log_level, "worker")
+    configure_tracing("worker")
     log = logging.getLogger("app.worker")
     name = settings.consumer_name
     client = redis_client(

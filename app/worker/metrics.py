@@ -49,6 +49,9 @@ DEAD_LETTERED = Counter(
 CONSUMERS_REMOVED = Counter(
     "weather_worker_consumers_removed", "Gone consumers removed from the group (idle, nothing pending)."
 )
+REDIS_UP = Gauge(
+    "weather_worker_redis_up", "1 when this worker's last Redis check (every 5 s) succeeded, else 0."
+)
 CIRCUIT_STATE = Gauge(
     "weather_worker_circuit_state", "Redis circuit breaker of this worker: 0 closed, 1 half-open, 2 open."
 )

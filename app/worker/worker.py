@@ -19,6 +19,7 @@ import redis
 from app.shared import contract
 from app.shared.logs import request_id_var
 from app.shared.resilience import LoopBackoff, RedisGuard
+from app.shared.tracing import consumer_span
 from app.worker import metrics
 from app.worker.forecast import build_forecast
 from app.worker.replies import ConsumerJanitor, OutcomeWriter
@@ -223,7 +224,10 @@ class Worker:
             return
         token = request_id_var.set(request.request_id)
         try:
-            self._process(entry_id, request, rng)
+            with consumer_span("process weather request", request.traceparent) as span:
+                span.set_attribute("messaging.message.id", entry_id.decode())
+                span.set_attribute("messaging.message.delivery_count", deliveries)
+                self._process(entry_id, request, rng)
         except redis.RedisError as error:
             # Not acknowledged: the entry stays pending and is delivered again later.
             log.warning("could not reply or acknowledge; entry stays pending",
@@ -282,8 +286,10 @@ class Worker:
                     self._janitor.remove_gone, int(self.settings.consumer_expiry_seconds * 1000)
                 )
             except redis.RedisError as error:
+                metrics.REDIS_UP.set(0)
                 log.debug("housekeeping skipped", extra={"error": repr(error)})
                 continue
+            metrics.REDIS_UP.set(1)
             if removed:
                 metrics.CONSUMERS_REMOVED.inc(len(removed))
                 log.info("removed gone consumers", extra={"consumers": removed})

@@ -1,0 +1,130 @@
+"""The dashboard and the alerts against a real Prometheus scraping real services."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+import yaml
+
+from tests.support.load import fire, summary
+from tests.support.processes import ROOT, Managed, base_env, free_port, wait_until
+
+pytestmark = pytest.mark.system
+
+DASHBOARD = json.loads((ROOT / "dashboards" / "redis-stream-demo.json").read_text())
+RULES = yaml.safe_load((ROOT / "alerts" / "redis-stream-demo.rules.yml").read_text())
+VARIABLES = {"$namespace": ".*", "$pod": ".*", "$__rate_interval": "20s"}
+METRIC_NAME = re.compile(r"\b((?:weather|flask)_[a-z_]+)\b")
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    queries = []
+    for panel in DASHBOARD["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def alert_queries() -> list[tuple[str, str]]:
+    return [(rule["alert"], rule["expr"]) for group in RULES["groups"] for rule in group["rules"]]
+
+
+class Prometheus(Managed):
+    def __init__(self, workdir, targets: list[str]) -> None:
+        self.port = free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(ROOT / "alerts" / "redis-stream-demo.rules.yml")],
+            "scrape_configs": [{"job_name": "redis-stream-demo", "static_configs": [{"targets": targets}]}],
+        }
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        argv = [shutil.which("prometheus") or "prometheus", f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}"]
+        super().__init__(f"prometheus:{self.port}", argv, base_env(), workdir / "prometheus.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(lambda: requests.get(self.url + "/-/ready", timeout=1).status_code == 200, 30,
+                   what="prometheus ready")
+
+    def query(self, expr: str) -> dict:
+        response = requests.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
+        body = response.json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]
+
+
+@pytest.fixture
+def observed(stack, tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not on PATH; run `make setup` (it installs Debian's prometheus)")
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="1", WEB_CONCURRENCY="2")
+    worker = stack.worker("w", PROCESSING_DELAY_MS="5-40", WORKER_TERMINALS="4", CLAIM_IDLE_SECONDS="1")
+    proxy.wait_ready()
+    worker.wait_ready()
+    prometheus = Prometheus(tmp_path, [f"127.0.0.1:{proxy.port}", f"127.0.0.1:{worker.metrics_port}"])
+    stack.processes.append(prometheus)
+
+    ok = fire([proxy.url], count=200, concurrency=10)
+    # A frozen worker makes requests time out (504); poison makes dead letters.
+    worker.signal(signal.SIGSTOP)
+    timed_out = fire([proxy.url], count=10, concurrency=10, start=1000)
+    worker.signal(signal.SIGCONT)
+    client = stack.redis.client()
+    for index in range(3):
+        client.xadd("weather-requests", {"garbage": str(index)})
+    more = fire([proxy.url], count=100, concurrency=10, start=2000)
+    print(summary("load", ok + timed_out + more))
+    wait_until(lambda: client.xlen("weather-requests:dlq") == 3, 10, what="dead letters")
+    # Let Prometheus scrape the final state a few times.
+    time.sleep(4)
+    return proxy, worker, prometheus, timed_out
+
+
+def test_every_panel_query_returns_data_and_every_alert_evaluates(observed):
+    proxy, worker, prometheus, timed_out = observed
+    assert {r.status for r in timed_out} == {504}
+
+    targets = prometheus.query("up")["result"]
+    assert len(targets) == 2 and all(t["value"][1] == "1" for t in targets)
+    empty = [(title, expr) for title, expr in panel_queries() if not prometheus.query(expr)["result"]]
+    assert empty == []
+    for _, expr in alert_queries():
+        prometheus.query(expr)
+    rules = requests.get(prometheus.url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
+    assert len(rules) == 7 and all(rule["health"] == "ok" for rule in rules)
+
+    assert float(prometheus.query("sum(weather_proxy_timeouts_total)")["result"][0]["value"][1]) == 10
+    dead = prometheus.query('sum(weather_worker_dead_lettered_total{reason="poison"})')["result"][0]["value"][1]
+    assert float(dead) == 3
+    saturated = prometheus.query('max(weather_worker_dead_letter_length_entries)')["result"][0]["value"][1]
+    assert float(saturated) == 3
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(observed):
+    proxy, worker, _, _ = observed
+    exported = requests.get(proxy.url + "/metrics", timeout=5).text + requests.get(worker.url + "/metrics",
+                                                                                     timeout=5).text
+    sample_names = {line.split("{")[0].split(" ")[0] for line in exported.splitlines() if line and line[0] != "#"}
+
+    used = {name for _, expr in panel_queries() + alert_queries() for name in METRIC_NAME.findall(expr)}
+
+    assert used, "no metric names found in the dashboard and rules"
+    assert used - sample_names == set()
+
+
+def test_promtool_finds_no_problems_in_either_exposition(observed):
+    proxy, worker, _, _ = observed
+    for url in (proxy.url, worker.url):
+        exposition = requests.get(url + "/metrics", timeout=5).text
+        result = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout + result.stderr == "", (url, result.stdout, result.stderr)
