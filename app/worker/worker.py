@@ -62,6 +62,10 @@ class Worker:
         self.last_loop_monotonic = time.monotonic()
         self.processed = 0
         self._processed_lock = threading.Lock()
+        # Entries this worker holds right now. A stalled worker (GC pause, CPU starvation)
+        # sees its own entries turn idle; claiming them must not start them a second time.
+        self._in_hand: set[bytes] = set()
+        self._in_hand_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -135,6 +139,8 @@ class Worker:
                 entries = []
                 self._on_read_error(error)
             for entry in entries:
+                with self._in_hand_lock:
+                    self._in_hand.add(entry[0])
                 self._work.put(entry)
             for _ in range(permits - len(entries)):
                 self._idle_terminals.release()
@@ -166,7 +172,9 @@ class Worker:
         if self._claim_cursor == b"0-0":
             # A full pass over the pending list is done; the next one waits an interval.
             self._next_claim = time.monotonic() + self._claim_interval
-        claimed = [(entry_id, fields) for entry_id, fields in response[1] if fields is not None]
+        with self._in_hand_lock:
+            claimed = [(entry_id, fields) for entry_id, fields in response[1]
+                       if fields is not None and entry_id not in self._in_hand]
         if not claimed:
             return []
         ids = sorted((entry_id for entry_id, _ in claimed), key=_id_key)
@@ -203,6 +211,8 @@ class Worker:
             except Exception:  # a terminal must survive any single entry
                 log.exception("unexpected error handling an entry", extra={"entry_id": entry[0].decode()})
             finally:
+                with self._in_hand_lock:
+                    self._in_hand.discard(entry[0])
                 metrics.TERMINALS_ACTIVE.dec()
                 self._idle_terminals.release()
 
