@@ -113,9 +113,14 @@ def observed(stack, tmp_path):
     print(summary("load", ok + timed_out + more))
     expected_letters = 8 if os.environ.get("RENDER_DASHBOARD") else 3
     wait_until(lambda: client.xlen("weather-requests:dlq") == expected_letters, 10, what="dead letters")
-    # Let Prometheus scrape the final state a few times.
-    time.sleep(4)
+    # Scrapes land on Prometheus's schedule: wait until rates have two samples to work with.
+    time.sleep(3)
+    wait_until(lambda: not _empty_panel_queries(prometheus), 30, interval=1, what="panel data in Prometheus")
     return proxy, worker, prometheus, timed_out
+
+
+def _empty_panel_queries(prometheus) -> list[tuple[str, str]]:
+    return [(title, expr) for title, expr in panel_queries() if not prometheus.query(expr)["result"]]
 
 
 def test_every_panel_query_returns_data_and_every_alert_evaluates(observed):
@@ -128,8 +133,7 @@ def test_every_panel_query_returns_data_and_every_alert_evaluates(observed):
 
     targets = prometheus.query("up")["result"]
     assert len(targets) == 2 and all(t["value"][1] == "1" for t in targets)
-    empty = [(title, expr) for title, expr in panel_queries() if not prometheus.query(expr)["result"]]
-    assert empty == []
+    assert _empty_panel_queries(prometheus) == []
     for _, expr in alert_queries():
         prometheus.query(expr)
     rules = requests.get(prometheus.url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
