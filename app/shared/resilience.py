@@ -45,7 +45,7 @@ def is_outage(error: BaseException) -> bool:
     return isinstance(error, RETRYABLE_ERRORS) and not isinstance(error, CircuitOpen)
 
 
-class _StateReporter(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _StateReporter(pybreaker.CircuitBreakerListener):
     def __init__(self, component: str, on_state: Callable[[int], None]) -> None:
         self._component = component
         self._on_state = on_state
@@ -95,7 +95,7 @@ class RedisGuard:
         """Seconds until an open breaker lets a trial call through; 0 when it would now."""
         if self.state != pybreaker.STATE_OPEN:
             return 0.0
-        opened_at = self._breaker._state_storage.opened_at  # noqa: SLF001 - no public accessor
+        opened_at = self._breaker._state_storage.opened_at
         if opened_at is None:
             return 0.0
         reopen = opened_at + timedelta(seconds=self._breaker.reset_timeout)

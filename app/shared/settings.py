@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.shared import contract
 
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_tries: int

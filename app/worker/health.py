@@ -43,7 +43,8 @@ class HealthApp:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return self._metrics(environ, start_response)
+            exposition: Iterable[bytes] = self._metrics(environ, start_response)
+            return exposition
         if path == "/healthz":
             stalled = time.monotonic() - self._worker.last_loop_monotonic > self._stall_seconds
             if stalled and not self._worker.stopping:

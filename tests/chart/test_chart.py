@@ -28,6 +28,7 @@ PROFILES = {
     "keda": [PROFILES_DIR / "keda.yaml"],
     "networkpolicy-off": [PROFILES_DIR / "networkpolicy-off.yaml"],
     "ingress": [PROFILES_DIR / "ingress.yaml"],
+    "ci": [ROOT / "ci" / "values-ci.yaml"],
 }
 KUBERNETES_MINORS = [f"1.{minor}.0" for minor in range(29, 36)]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
@@ -229,7 +230,7 @@ def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch):
     for suffix, settings in (("-proxy", ProxySettings), ("-worker", WorkerSettings)):
         for key, value in one(docs, "ConfigMap", suffix)["data"].items():
             monkeypatch.setenv(key, value)
-        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/var/run/prometheus-multiproc")
         settings()  # raises on any value the service would refuse
 
 

@@ -11,7 +11,8 @@ import pytest
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("KUBECONFIG"):
         return
-    skip = pytest.mark.skip(reason="KUBECONFIG is not set: no cluster to smoke-test (the e2e workflow runs these on kind)")
+    skip = pytest.mark.skip(
+        reason="KUBECONFIG is not set: no cluster to smoke-test (the e2e workflow runs these on kind)")
     for item in items:
         if "tests/cluster/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(skip)

@@ -124,7 +124,7 @@ def _empty_panel_queries(prometheus) -> list[tuple[str, str]]:
 
 
 def test_every_panel_query_returns_data_and_every_alert_evaluates(observed):
-    proxy, worker, prometheus, timed_out = observed
+    _, _, prometheus, timed_out = observed
     if os.environ.get("RENDER_DASHBOARD"):
         from tools.render_dashboard import render
 

@@ -11,7 +11,7 @@ from tests.support.processes import RedisServer, wait_until
 
 pytestmark = pytest.mark.system
 
-PASSWORD = "s3cret-Pa55word"
+PASSWORD = "s3cret-Pa55word"  # noqa: S105 - a test server's password
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
     while True:
         try:
             value = condition()
-        except Exception:  # noqa: BLE001 - a condition may fail while things start
+        except Exception:
             value = None
         if value:
             return value
@@ -51,7 +51,7 @@ class Managed:
         self.argv = argv
         self.env = env
         self.log_path = log_path
-        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file = open(log_path, "ab")
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -27,7 +27,7 @@ def test_monitor_shows_queue_consumers_and_services(stack):
     assert "weather-workers" in out and "watched" in out
     lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
     assert "closed" in lines["proxy"] and "up" in lines["proxy"]
-    assert "0/5" in [line for line in out.splitlines() if worker.url in line][0]
-    assert "unreachable" in [line for line in out.splitlines() if "127.0.0.1:1 " in line][0]
+    assert "0/5" in next(line for line in out.splitlines() if worker.url in line)
+    assert "unreachable" in next(line for line in out.splitlines() if "127.0.0.1:1 " in line)
     dead_letters = lines["weather-workers"].split("│")[-2].strip()
     assert dead_letters == "1"

@@ -35,6 +35,7 @@ def test_sigterm_finishes_in_flight_entries_and_leaves_nothing_pending(stack):
     assert stopped and stopped[0]["unfinished_terminals"] == 0
     # Everything it held at SIGTERM was finished: replied and acknowledged.
     assert stopped[0]["processed"] >= active
-    consumers = {c["name"].decode(): c for c in stack.redis.client().xinfo_consumers("weather-requests", "weather-workers")}
+    client = stack.redis.client()
+    consumers = {c["name"].decode(): c for c in client.xinfo_consumers("weather-requests", "weather-workers")}
     assert consumers["leaving"]["pending"] == 0
     assert staying.metric("weather_worker_processed_total", {"outcome": "ok"}) + stopped[0]["processed"] == 80
