@@ -1,0 +1,218 @@
+"""Load test for the proxy: python -m tools.loadtest --url http://127.0.0.1:8080
+
+Checks /readyz first, sends POST /WeatherForecast/city sequentially or with a fixed
+number of concurrent clients (closed loop), shows a progress bar, and ends with a summary
+table. Exits 1 when any request failed, 2 when the service is not ready. `--report`
+writes a latency histogram and throughput-over-time plot (.png, or .html embedding it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+CITY_PATH = "/WeatherForecast/city"
+
+
+@dataclass
+class Sample:
+    started: float  # seconds since the run began
+    seconds: float
+    status: int | None
+    error: str | None = None
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 200]
+
+    @property
+    def failed(self) -> list[Sample]:
+        return [s for s in self.samples if s.status != 200]
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.samples) / self.wall_seconds if self.wall_seconds else 0.0
+
+    def percentile(self, fraction: float, only_ok: bool = True) -> float:
+        values = sorted(s.seconds for s in (self.ok if only_ok else self.samples))
+        if not values:
+            return math.nan
+        index = min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))
+        return values[index]
+
+    def summary(self) -> dict[str, float | int]:
+        latencies = [s.seconds for s in self.ok]
+        return {
+            "sent": len(self.samples), "ok": len(self.ok), "failed": len(self.failed),
+            "seconds": round(self.wall_seconds, 3), "requests_per_second": round(self.requests_per_second, 1),
+            "p50_ms": round(self.percentile(0.50) * 1000, 2), "p90_ms": round(self.percentile(0.90) * 1000, 2),
+            "p99_ms": round(self.percentile(0.99) * 1000, 2),
+            "max_ms": round(max(latencies) * 1000, 2) if latencies else math.nan,
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else math.nan,
+        }
+
+
+async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: float, began: float,
+               body: dict | None) -> Sample:
+    payload = body if body is not None else {"city": f"City-{index}", "location": "loadtest"}
+    started = time.perf_counter()
+    try:
+        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            await response.read()
+            status: int | None = response.status
+            error = None if status == 200 else f"HTTP {status}"
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return Sample(started - began, time.perf_counter() - started, status, error)
+
+
+async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
+                   path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None) -> LoadResult:
+    """Closed loop: `concurrency` clients each send their next request when the last one answered."""
+    target = url.rstrip("/") + path
+    result = LoadResult()
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300)
+    next_index = 0
+    began = time.perf_counter()
+    stop_at = began + duration if duration else None
+    task = progress.add_task("requests", total=count if stop_at is None else None) if progress else None
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while True:
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                return
+            if stop_at is None and next_index >= (count or 0):
+                return
+            index = next_index
+            next_index += 1
+            result.samples.append(await _one(session, target, index, timeout, began, body))
+            if progress is not None and task is not None:
+                progress.advance(task)
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    result.wall_seconds = time.perf_counter() - began
+    return result
+
+
+async def check_ready(url: str) -> str | None:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            url.rstrip("/") + "/readyz", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
+            if response.status == 200:
+                return None
+            return f"/readyz answered {response.status}: {(await response.text())[:200]}"
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return f"/readyz unreachable: {type(exc).__name__} {exc}"
+
+
+def summary_table(result: LoadResult, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for status, number in sorted(Counter(str(s.status or "no answer") for s in result.samples).items()):
+        table.add_row(f"status {status}", str(number))
+    figures = result.summary()
+    table.add_row("requests/s", f"{figures['requests_per_second']:.1f}")
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        table.add_row(key.replace("_ms", " latency (ms, 200s)"), f"{figures[key]:.1f}")
+    examples: dict[str, int] = {}
+    for sample in result.failed:
+        examples[sample.error or "?"] = examples.get(sample.error or "?", 0) + 1
+    for error, number in list(examples.items())[:5]:
+        table.add_row(f"error: {error[:60]}", str(number))
+    return table
+
+
+def write_report(result: LoadResult, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(13, 4.5))
+    latency.hist([s.seconds * 1000 for s in result.ok] or [0], bins=60)
+    latency.set_title("Latency of 200 answers")
+    latency.set_xlabel("ms")
+    latency.set_ylabel("requests")
+    per_second = Counter(int(s.started + s.seconds) for s in result.samples)
+    failed_per_second = Counter(int(s.started + s.seconds) for s in result.failed)
+    seconds = list(range(max(per_second, default=0) + 1))
+    throughput.plot(seconds, [per_second.get(t, 0) for t in seconds], label="answered")
+    throughput.plot(seconds, [failed_per_second.get(t, 0) for t in seconds], label="failed")
+    throughput.set_title("Throughput")
+    throughput.set_xlabel("second of the run")
+    throughput.set_ylabel("requests/s")
+    throughput.legend()
+    figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    if path.suffix == ".png":
+        path.write_bytes(buffer.getvalue())
+        return
+    rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in result.summary().items())
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    path.write_text(f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>"
+                    f"<table>{rows}</table><img alt='latency and throughput' src='data:image/png;base64,{encoded}'>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the proxy's base URL")
+    parser.add_argument("--mode", choices=["sequential", "concurrent"], default="concurrent")
+    parser.add_argument("--count", type=int, default=1000, help="requests to send (ignored with --duration)")
+    parser.add_argument("--concurrency", type=int, default=50, help="concurrent clients in concurrent mode")
+    parser.add_argument("--timeout", type=float, default=35.0, help="seconds one request may take")
+    parser.add_argument("--duration", type=float, help="send for this many seconds instead of --count")
+    parser.add_argument("--report", type=Path, help="write a report: .png or .html")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.concurrency < 1 or args.timeout <= 0 or (args.duration is not None and args.duration <= 0):
+        parser.error("--count, --concurrency, --timeout and --duration must be positive")
+    if args.report and args.report.suffix not in (".png", ".html"):
+        parser.error("--report must end in .png or .html")
+    concurrency = 1 if args.mode == "sequential" else args.concurrency
+    console = Console(stderr=True)
+
+    problem = asyncio.run(check_ready(args.url))
+    if problem:
+        console.print(f"[red]not ready[/red]: {args.url} {problem}")
+        return 2
+    title = f"{args.mode}, {concurrency} client(s), {args.url}"
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=args.no_progress, transient=True) as progress:
+        result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency, timeout=args.timeout,
+                                      duration=args.duration, progress=progress))
+    Console().print(summary_table(result, title))
+    if args.report:
+        write_report(result, args.report, title)
+        console.print(f"report written to {args.report}")
+    return 1 if result.failed or not result.samples else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
