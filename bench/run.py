@@ -77,7 +77,7 @@ def scenario_overhead(workdir: Path, redis: RedisServer, concurrency: int, secon
             "ratio": round(end_to_end.requests_per_second / bare.requests_per_second, 3)}
 
 
-def scenario_headline(workdir: Path, redis: RedisServer, seconds: float, workers: int = 3) -> dict:
+def scenario_headline(workdir: Path, redis: RedisServer, seconds: float, workers: int = 1) -> dict:
     terminals, work_ms = 150, 150
     proxy = Proxy(workdir, redis.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING")
     pool = [Worker(workdir, redis.url, f"headline-{n}", PROCESSING_DELAY_MS=str(work_ms),

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 
-echo "== ruff";       "$bin/ruff" check app tests tools scripts
+echo "== ruff";       "$bin/ruff" check app tests tools scripts bench
 echo "== mypy";       "$bin/python" -m mypy app
 echo "== hadolint";   "$bin/hadolint" --failure-threshold warning Dockerfile.proxy Dockerfile.worker
 echo "== shellcheck"; "$bin/shellcheck" ci/*.sh scripts/*.sh .ci/run

@@ -81,7 +81,7 @@ async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: fl
             await response.read()
             status: int | None = response.status
             error = None if status == 200 else f"HTTP {status}"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return Sample(started - began, time.perf_counter() - started, status, error)
 
@@ -124,7 +124,7 @@ async def check_ready(url: str) -> str | None:
             if response.status == 200:
                 return None
             return f"/readyz answered {response.status}: {(await response.text())[:200]}"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return f"/readyz unreachable: {type(exc).__name__} {exc}"
 
 
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write a report: .png or .html")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     args = parser.parse_args(argv)
-    if args.count < 1 or args.concurrency < 1 or args.timeout <= 0 or (args.duration is not None and args.duration <= 0):
+    duration_bad = args.duration is not None and args.duration <= 0
+    if args.count < 1 or args.concurrency < 1 or args.timeout <= 0 or duration_bad:
         parser.error("--count, --concurrency, --timeout and --duration must be positive")
     if args.report and args.report.suffix not in (".png", ".html"):
         parser.error("--report must end in .png or .html")

@@ -19,6 +19,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.proxy import metrics
+from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
 from app.proxy.replies import ReplyListener
@@ -95,7 +96,7 @@ def _metrics_exporter(app: Flask) -> None:
 
 def create_app(settings: ProxySettings) -> Flask:
     configure_logging(settings.log_level, "proxy")
-    configure_tracing("proxy")
+    tracing = configure_tracing("proxy")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     register_error_handlers(app)
@@ -115,6 +116,7 @@ def create_app(settings: ProxySettings) -> Flask:
         settings.redis_url, **settings.redis_options(), client_name=f"proxy-ready:{host}-{pid}",
         socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
     )
+    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_stream)
     listener = ReplyListener(
         redis_client(settings.redis_url, **settings.redis_options(),
                      client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
@@ -155,6 +157,8 @@ def create_app(settings: ProxySettings) -> Flask:
 
     @app.post("/WeatherForecast/city")
     def city_forecast() -> Response:
+        if not tracing:
+            return ask_worker()
         with server_span("POST /WeatherForecast/city", dict(request.headers)) as span:
             response = ask_worker()
             span.set_attribute("http.response.status_code", response.status_code)
@@ -181,10 +185,10 @@ def create_app(settings: ProxySettings) -> Flask:
         metrics.INFLIGHT.inc()
         try:
             try:
-                guard.call(
-                    enqueue_redis.xadd, settings.request_stream, entry.to_fields(),
-                    minid=f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0", approximate=True,
-                    budget_seconds=timeout_ms / 1000,
+                enqueuer.enqueue(
+                    entry.to_fields(), f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0",
+                    # The retry budget plus the longest a try can block, never past the deadline.
+                    min(timeout_ms / 1000, settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS),
                 )
             except CircuitOpen:
                 metrics.REDIS_ERRORS.labels("enqueue").inc()

@@ -18,11 +18,24 @@ _multiproc_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="proxy-metrics-")
 )
 
+from gunicorn.glogging import Logger  # noqa: E402
+
 from app.proxy.settings import ProxySettings  # noqa: E402
 from app.shared.settings import load_settings_or_exit  # noqa: E402
 
 _settings = load_settings_or_exit(ProxySettings)
 
+
+
+class AppLogger(Logger):  # type: ignore[misc]
+    """gunicorn builds every access-log line whenever a logging config is given, even
+    when the access logger drops it; build them only when ACCESS_LOG is on."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return _settings.access_log
+
+
+logger_class = AppLogger
 wsgi_app = "app.proxy.wsgi:app"
 bind = [f"{_settings.bind_host}:{_settings.port}"]
 workers = _settings.web_concurrency

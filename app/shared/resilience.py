@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -58,6 +59,10 @@ class _StateReporter(pybreaker.CircuitBreakerListener):
         self._on_state(STATE_VALUES[new_state.name])
 
 
+def _invoke(operation: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return operation(*args, **kwargs)
+
+
 def _replay(error: BaseException | None) -> None:
     if error is not None:
         raise error
@@ -83,7 +88,17 @@ class RedisGuard:
             listeners=[_StateReporter(component, on_state)],
             name=component,
         )
+        # Built once: backoff reads the time budget per call from this (thread- or,
+        # under gevent, greenlet-) local.
+        self._budget = threading.local()
+        self._retrying = backoff.on_exception(
+            backoff.expo, RETRYABLE_ERRORS, max_tries=policy.max_tries, max_time=self._max_time,
+            jitter=backoff.full_jitter, factor=policy.base_seconds, logger=None,
+        )(_invoke)
         on_state(0)
+
+    def _max_time(self) -> float:
+        return float(getattr(self._budget, "seconds", self.policy.max_seconds))
 
     # -- state -----------------------------------------------------------------
 
@@ -114,12 +129,11 @@ class RedisGuard:
     def call(self, operation: Callable[..., T], *args: Any, budget_seconds: float | None = None,
              **kwargs: Any) -> T:
         """Run with retries, inside the breaker. `budget_seconds` caps the time spent retrying."""
-        max_time = self.policy.max_seconds if budget_seconds is None else min(budget_seconds, self.policy.max_seconds)
-        retrying = backoff.on_exception(
-            backoff.expo, RETRYABLE_ERRORS, max_tries=self.policy.max_tries, max_time=max_time,
-            jitter=backoff.full_jitter, factor=self.policy.base_seconds, logger=None,
-        )(operation)
-        return self.call_once(retrying, *args, **kwargs)
+        self._budget.seconds = (
+            self.policy.max_seconds if budget_seconds is None else min(budget_seconds, self.policy.max_seconds)
+        )
+        result: T = self.call_once(self._retrying, operation, args, kwargs)
+        return result
 
     def call_once(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run once, inside the breaker: for loops that pace their own retries."""

@@ -19,7 +19,7 @@ def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff():
-    result = run(BIN / "ruff", "check", "app", "tests", "tools", "scripts")
+    result = run(BIN / "ruff", "check", "app", "tests", "tools", "scripts", "bench")
     assert result.returncode == 0, result.stdout
 
 

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import ROOT, free_port
+
+pytestmark = pytest.mark.system
+
+
+def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tools.loadtest", "--no-progress", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+
+
+def test_a_clean_run_exits_zero_with_a_summary_and_reports(stack, tmp_path):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    stack.worker("w", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="8").wait_ready()
+
+    result = _loadtest("--url", proxy.url, "--count", "120", "--concurrency", "8",
+                       "--report", str(tmp_path / "report.html"))
+    sequential = _loadtest("--url", proxy.url, "--mode", "sequential", "--count", "10",
+                           "--report", str(tmp_path / "report.png"))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"status 200\s+│\s+120\s+│", result.stdout), result.stdout
+    assert "p99 latency" in result.stdout and "requests/s" in result.stdout
+    assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
+    assert sequential.returncode == 0
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failures_give_exit_one_with_examples(stack):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="0.5").wait_ready()  # no worker: every request times out
+
+    result = _loadtest("--url", proxy.url, "--count", "6", "--concurrency", "3")
+
+    assert result.returncode == 1
+    assert "status 504" in result.stdout
+    assert "error: HTTP 504" in result.stdout
+
+
+def test_a_service_that_is_not_ready_is_not_loaded():
+    result = _loadtest("--url", f"http://127.0.0.1:{free_port()}", "--count", "5")
+
+    assert result.returncode == 2
+    assert "not ready" in result.stderr
+
+
+def test_bad_arguments_are_refused():
+    result = _loadtest("--count", "0")
+    assert result.returncode == 2
+    assert "must be positive" in result.stderr
