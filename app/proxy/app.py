@@ -15,10 +15,11 @@ from typing import Any
 import gevent
 import orjson
 import redis
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.proxy import metrics
+from app.proxy.auth import JwtAuthenticator
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
@@ -39,6 +40,7 @@ READINESS_PING_TIMEOUT_SECONDS = 0.5
 # MINID never drops an entry that could still be answered.
 TRIM_MARGIN_MS = 60_000
 UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz")
+API_PREFIX = "/WeatherForecast"
 # An XADD answers in well under a millisecond; a try that takes this long is a stuck
 # connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
 ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
@@ -117,6 +119,7 @@ def create_app(settings: ProxySettings) -> Flask:
         socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
     )
     enqueuer = Enqueuer(enqueue_redis, guard, settings.request_stream)
+    authenticator = JwtAuthenticator(settings) if settings.auth_jwt_enabled else None
     listener = ReplyListener(
         redis_client(settings.redis_url, **settings.redis_options(),
                      client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
@@ -133,6 +136,9 @@ def create_app(settings: ProxySettings) -> Flask:
     def _clear_request_id() -> None:
         # A kept-alive connection serves many requests in one greenlet.
         request_id_var.set(None)
+        g.subject = ""
+        if authenticator is not None and request.path.startswith(API_PREFIX):
+            g.subject = authenticator.subject(request.headers.get("Authorization"))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -173,12 +179,16 @@ def create_app(settings: ProxySettings) -> Flask:
 
     def _ask_worker() -> Response:
         city, location = parse_city_query()
+        if listener.waiting >= settings.max_inflight_per_process:
+            metrics.OVERLOADED.inc()
+            raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
+                           {"Retry-After": "1"})
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
             request_id=request_id, reply_to=reply_stream, deadline_ms=sent_ms + timeout_ms,
-            city=city, location=location, traceparent=current_traceparent(),
+            city=city, location=location, traceparent=current_traceparent(), subject=g.subject,
         )
         waiter = listener.expect(request_id)
         started = time.perf_counter()

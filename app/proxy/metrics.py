@@ -35,3 +35,6 @@ REDIS_UP = Gauge(
     "1 while every reply listener of this proxy is connected to Redis, else 0.",
     multiprocess_mode="livemin",
 )
+OVERLOADED = Counter(
+    "weather_proxy_overloaded", "Requests refused with 503 because the process held MAX_INFLIGHT_PER_PROCESS."
+)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from app.shared.settings import CommonSettings, Port
+
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["HS256"]
 
 
 class ProxySettings(CommonSettings):
@@ -23,3 +31,40 @@ class ProxySettings(CommonSettings):
     # A caller is waiting: retry briefly, then answer 503 (never past the request's deadline).
     redis_retry_base_seconds: Annotated[float, Field(gt=0, le=10)] = 0.05
     redis_retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 1.0
+    # Requests one proxy process may hold waiting for replies; past it, 503 at once, so a
+    # flood cannot exhaust greenlets, memory or Redis connections.
+    max_inflight_per_process: Annotated[int, Field(ge=1, le=100_000)] = 500
+
+    # JWT authentication of the API (probes and /metrics stay open).
+    auth_jwt_enabled: bool = False
+    # Comma-separated, e.g. "RS256" or "HS256,HS512".
+    auth_jwt_algorithms: Annotated[list[JwtAlgorithm], NoDecode] = Field(default_factory=_default_algorithms)
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_public_key_file: FilePath | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_leeway_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+
+    @field_validator("auth_jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _jwt_key_present(self) -> ProxySettings:
+        if not self.auth_jwt_enabled:
+            return self
+        symmetric = any(a.startswith("HS") for a in self.auth_jwt_algorithms)
+        asymmetric = any(not a.startswith("HS") for a in self.auth_jwt_algorithms)
+        if symmetric and asymmetric:
+            raise ValueError("AUTH_JWT_ALGORITHMS must be all HS* (shared secret) or all RS*/ES* (public key)")
+        if symmetric and not self.auth_jwt_secret:
+            raise ValueError("AUTH_JWT_ENABLED with HS* algorithms needs AUTH_JWT_SECRET")
+        if asymmetric and not self.auth_jwt_public_key_file:
+            raise ValueError("AUTH_JWT_ENABLED with RS*/ES* algorithms needs AUTH_JWT_PUBLIC_KEY_FILE")
+        return self
+
+    def jwt_key(self) -> str:
+        if self.auth_jwt_public_key_file:
+            return Path(self.auth_jwt_public_key_file).read_text()
+        return self.auth_jwt_secret.get_secret_value() if self.auth_jwt_secret else ""

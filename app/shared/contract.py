@@ -38,6 +38,7 @@ FIELD_DEADLINE_MS = "deadline_ms"
 FIELD_BODY = "body"
 FIELD_STATUS = "status"
 FIELD_TRACEPARENT = "traceparent"
+FIELD_SUBJECT = "sub"
 
 # Added to an entry when it is moved to the dead-letter stream.
 FIELD_DLQ_REASON = "dlq_reason"
@@ -52,7 +53,7 @@ MAX_TEXT_LENGTH = 200
 
 _B = {name: name.encode() for name in (
     FIELD_VERSION, FIELD_REQUEST_ID, FIELD_REPLY_TO, FIELD_DEADLINE_MS,
-    FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT,
+    FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT, FIELD_SUBJECT,
 )}
 
 
@@ -101,6 +102,8 @@ class WeatherRequest:
     city: str
     location: str
     traceparent: str = ""
+    # The authenticated caller (JWT `sub`), for the worker's logs; empty without auth.
+    subject: str = ""
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) > self.deadline_ms
@@ -115,6 +118,8 @@ class WeatherRequest:
         }
         if self.traceparent:
             fields[FIELD_TRACEPARENT] = self.traceparent
+        if self.subject:
+            fields[FIELD_SUBJECT] = self.subject
         return fields
 
     @classmethod
@@ -139,6 +144,7 @@ class WeatherRequest:
             if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT_LENGTH:
                 raise PoisonEntry(f"body.{name} is not a non-empty string")
         traceparent_raw = fields.get(_B[FIELD_TRACEPARENT], b"")
+        subject_raw = fields.get(_B[FIELD_SUBJECT], b"")
         return cls(
             request_id=request_id,
             reply_to=reply_to,
@@ -146,6 +152,7 @@ class WeatherRequest:
             city=city,  # type: ignore[arg-type]
             location=location,  # type: ignore[arg-type]
             traceparent=traceparent_raw.decode(errors="replace"),
+            subject=subject_raw.decode(errors="replace")[:256],
         )
 
 

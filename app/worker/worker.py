@@ -251,7 +251,7 @@ class Worker:
             # The proxy has already answered 504; doing the work now helps nobody.
             self.guard.call(self._writer.ack, entry_id)
             self._count("expired")
-            log.info("skipped expired request", extra={"entry_id": entry_id.decode()})
+            log.info("skipped expired request", extra={"entry_id": entry_id.decode(), "subject": request.subject})
             return
         delay = self.settings.processing_delay_ms
         if delay.high_ms:
@@ -269,7 +269,7 @@ class Worker:
             outcome = "error"
         self.guard.call(self._writer.reply_and_ack, request.reply_to, reply, entry_id)
         self._count(outcome)
-        log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome})
+        log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome, "subject": request.subject})
 
     def _dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, category: str

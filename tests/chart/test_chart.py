@@ -29,6 +29,7 @@ PROFILES = {
     "networkpolicy-off": [PROFILES_DIR / "networkpolicy-off.yaml"],
     "ingress": [PROFILES_DIR / "ingress.yaml"],
     "ci": [ROOT / "ci" / "values-ci.yaml"],
+    "auth": [PROFILES_DIR / "auth.yaml"],
 }
 KUBERNETES_MINORS = [f"1.{minor}.0" for minor in range(29, 36)]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
@@ -421,3 +422,20 @@ def test_checkov_finds_nothing():
     assert summary["failed"] == 0, result.stdout[-3000:]
     assert summary["passed"] > 100
     assert summary["parsing_errors"] == 0
+
+
+def test_auth_wires_the_key_from_a_secret():
+    rs = one(render("auth"), "Deployment", "-proxy")["spec"]["template"]["spec"]
+    hs = one(render("default", "proxy.auth.enabled=true", "proxy.auth.existingSecret=jwt"), "Deployment",
+             "-proxy")["spec"]["template"]["spec"]
+    config = one(render("auth"), "ConfigMap", "-proxy")["data"]
+
+    assert config["AUTH_JWT_ENABLED"] == "true" and config["AUTH_JWT_ALGORITHMS"] == "RS256"
+    assert config["AUTH_JWT_AUDIENCE"] == "weather-api"
+    rs_env = {e["name"]: e for e in rs["containers"][0]["env"]}
+    assert rs_env["AUTH_JWT_PUBLIC_KEY_FILE"]["value"] == "/etc/jwt/jwt-public-key.pem"
+    assert {"name": "jwt-public-key", "mountPath": "/etc/jwt", "readOnly": True} in rs["containers"][0]["volumeMounts"]
+    hs_env = {e["name"]: e for e in hs["containers"][0]["env"]}
+    assert hs_env["AUTH_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "jwt", "key": "jwt-secret"}
+    missing = helm("template", "demo", str(CHART), "--set", "proxy.auth.enabled=true", check=False)
+    assert missing.returncode != 0 and "proxy.auth.existingSecret is required" in missing.stderr

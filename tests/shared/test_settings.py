@@ -92,3 +92,23 @@ def test_worker_refuses_contradicting_settings(env, named):
 
     assert result.returncode == 2
     assert named in result.stderr
+
+
+PROXY_CONFLICTS = [
+    ({"AUTH_JWT_ENABLED": "true"}, "AUTH_JWT_SECRET"),
+    ({"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "RS256"}, "AUTH_JWT_PUBLIC_KEY_FILE"),
+    ({"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "HS256,RS256", "AUTH_JWT_SECRET": "x"},
+     "AUTH_JWT_ALGORITHMS"),
+    ({"AUTH_JWT_ALGORITHMS": "none"}, "AUTH_JWT_ALGORITHMS"),
+    ({"MAX_INFLIGHT_PER_PROCESS": "0"}, "MAX_INFLIGHT_PER_PROCESS"),
+]
+
+
+@pytest.mark.parametrize(("env", "named"), PROXY_CONFLICTS)
+def test_proxy_refuses_bad_auth_and_limits(env, named):
+    base = base_env(PORT=str(free_port()), REDIS_URL="redis://127.0.0.1:1/0", **env)
+    result = subprocess.run([str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"], cwd=ROOT, env=base,
+                            capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr

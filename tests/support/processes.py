@@ -141,9 +141,9 @@ class Proxy(Managed):
 class Worker(Managed):
     def __init__(self, workdir: Path, redis_url: str, name: str, **env: str) -> None:
         self.metrics_port = free_port()
-        environment = base_env(
-            REDIS_URL=redis_url, METRICS_PORT=str(self.metrics_port), CONSUMER_NAME=name, **env
-        )
+        environment = base_env(**{
+            "REDIS_URL": redis_url, "METRICS_PORT": str(self.metrics_port), "CONSUMER_NAME": name, **env,
+        })
         argv = [sys.executable, "-m", "app.worker"]
         super().__init__(f"worker:{name}", argv, environment, workdir / f"worker-{name}.log")
         self.consumer = name
