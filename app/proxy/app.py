@@ -23,6 +23,7 @@ from app.proxy.auth import JwtAuthenticator
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
+from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import ReplyListener
 from app.proxy.settings import ProxySettings
 from app.shared import contract
@@ -139,6 +140,8 @@ def create_app(settings: ProxySettings) -> Flask:
         g.subject = ""
         if authenticator is not None and request.path.startswith(API_PREFIX):
             g.subject = authenticator.subject(request.headers.get("Authorization"))
+
+    install_rate_limit(app, settings, API_PREFIX)
 
     @app.get("/healthz")
     def healthz() -> Response:

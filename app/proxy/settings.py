@@ -35,6 +35,11 @@ class ProxySettings(CommonSettings):
     # flood cannot exhaust greenlets, memory or Redis connections.
     max_inflight_per_process: Annotated[int, Field(ge=1, le=100_000)] = 500
 
+    # Flask-Limiter limits, e.g. "100/minute;10/second"; empty turns rate limiting off.
+    rate_limit: str = ""
+    # X-Forwarded-For hops set by trusted proxies in front (ingress, load balancer).
+    trusted_proxies: Annotated[int, Field(ge=0, le=10)] = 0
+
     # JWT authentication of the API (probes and /metrics stay open).
     auth_jwt_enabled: bool = False
     # Comma-separated, e.g. "RS256" or "HS256,HS512".
@@ -49,6 +54,18 @@ class ProxySettings(CommonSettings):
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError as error:
+                raise ValueError(f'must look like "100/minute;10/second": {error}') from None
+        return value.strip()
 
     @model_validator(mode="after")
     def _jwt_key_present(self) -> ProxySettings:

@@ -1,0 +1,50 @@
+"""Rate limiting with Flask-Limiter, counted in Redis so every proxy replica shares it.
+
+Off unless RATE_LIMIT is set (e.g. "100/minute;10/second"). The client is the JWT
+subject when there is one, else the client address, honouring TRUSTED_PROXIES
+X-Forwarded-For hops. If Redis cannot count, requests pass: the limiter must not turn
+a Redis hiccup into an outage of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, g, request
+from flask_limiter import HeaderNames, Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.proxy.settings import ProxySettings
+
+
+def _client_key() -> str:
+    subject = getattr(g, "subject", "")
+    return f"sub:{subject}" if subject else f"ip:{get_remote_address()}"
+
+
+def install_rate_limit(app: Flask, settings: ProxySettings, api_prefix: str) -> Limiter | None:
+    if not settings.rate_limit:
+        return None
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    # A count that takes longer than this is given up on (swallow_errors lets the request in).
+    storage_options: Any = {**settings.redis_options(), "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    return Limiter(
+        _client_key,
+        app=app,
+        default_limits=[settings.rate_limit],
+        default_limits_exempt_when=lambda: not request.path.startswith(api_prefix),
+        storage_uri=settings.redis_url,
+        storage_options=storage_options,
+        strategy="moving-window",
+        key_prefix="rsd-ratelimit",
+        headers_enabled=True,
+        # The IETF RateLimit header names, plus Retry-After on 429.
+        header_name_mapping={
+            HeaderNames.LIMIT: "RateLimit-Limit",
+            HeaderNames.REMAINING: "RateLimit-Remaining",
+            HeaderNames.RESET: "RateLimit-Reset",
+        },
+        swallow_errors=True,
+    )
