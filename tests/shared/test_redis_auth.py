@@ -42,3 +42,32 @@ def test_wrong_password_fails_readiness_without_printing_it(stack):
     for process in (proxy, worker):
         assert wrong not in process.log()
         assert PASSWORD not in process.log()
+
+
+# Least privilege for both services: their keys only, no admin or dangerous commands.
+ACL_USER = "stream-demo"
+ACL_PASSWORD = "acl-Pa55word"  # noqa: S105 - a test server's password
+ACL_RULES = (f"{ACL_USER} on >{ACL_PASSWORD} ~weather-* resetchannels "
+             "-@all +@stream +@scripting +@connection +expire +ping -script|flush -script|kill")
+
+
+@pytest.fixture
+def acl_redis(tmp_path):
+    server = RedisServer(tmp_path / "acl-redis", password=PASSWORD, extra_args=["--user", *ACL_RULES.split()])
+    yield server
+    server.stop()
+
+
+def test_services_work_as_a_least_privilege_acl_user(stack, acl_redis):
+    env = {"REDIS_USERNAME": ACL_USER, "REDIS_PASSWORD": ACL_PASSWORD}
+    proxy = stack.proxy(REDIS_URL=acl_redis.url, REQUEST_TIMEOUT_SECONDS="10", **env)
+    worker = stack.worker("acl", REDIS_URL=acl_redis.url, PROCESSING_DELAY_MS="0", **env)
+    proxy.wait_ready()
+    worker.wait_ready()
+
+    assert proxy.ask("Oslo", "Norway").status_code == 200
+    stack.redis.client().ping()  # the default user still works for the test itself
+    wait_until(lambda: worker.metric("weather_worker_queue_depth_entries") == 0 and
+               worker.metric("weather_worker_redis_up") == 1, 15, what="worker housekeeping as the ACL user")
+    for process in (proxy, worker):
+        assert "NOPERM" not in process.log()

@@ -97,7 +97,7 @@ def base_env(**overrides: str) -> dict[str, str]:
 
 class RedisServer(Managed):
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
-                 password: str | None = None) -> None:
+                 password: str | None = None, extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +105,7 @@ class RedisServer(Managed):
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
             *(["--requirepass", password] if password else []),
+            *(extra_args or []),
         ]
         self.password = password
         super().__init__(f"redis:{self.port}", argv, base_env(), workdir / "redis.log")
