@@ -20,6 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.proxy import metrics
 from app.proxy.auth import JwtAuthenticator
+from app.proxy.docs import docs
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
@@ -40,7 +41,7 @@ READINESS_PING_TIMEOUT_SECONDS = 0.5
 # skew between this host and Redis (entry ids carry Redis's clock), so trimming by
 # MINID never drops an entry that could still be answered.
 TRIM_MARGIN_MS = 60_000
-UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz")
+UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json", "/docs")
 API_PREFIX = "/WeatherForecast"
 # An XADD answers in well under a millisecond; a try that takes this long is a stuck
 # connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
@@ -142,6 +143,7 @@ def create_app(settings: ProxySettings) -> Flask:
             g.subject = authenticator.subject(request.headers.get("Authorization"))
 
     install_rate_limit(app, settings, API_PREFIX)
+    app.register_blueprint(docs)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -1,0 +1,43 @@
+"""GET /openapi.json and the Swagger UI at /docs, served from packaged files (no CDN:
+a cluster may have no internet)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from flask import Blueprint, Response, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+
+docs = Blueprint("docs", __name__)
+
+OPENAPI = resources.files("app.proxy").joinpath("openapi.json").read_bytes()
+
+PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>redis-stream-demo API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+# A separate script, not inline, so a strict Content-Security-Policy can forbid inline code.
+INIT = b'window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui"});\n'
+
+
+@docs.get("/openapi.json")
+def openapi() -> Response:
+    return Response(OPENAPI, mimetype="application/json")
+
+
+@docs.get("/docs")
+def page() -> Response:
+    return Response(PAGE, mimetype="text/html")
+
+
+@docs.get("/docs/init.js")
+def init() -> Response:
+    return Response(INIT, mimetype="text/javascript")
+
+
+@docs.get("/docs/<any('swagger-ui.css', 'swagger-ui-bundle.js'):name>")
+def asset(name: str) -> Response:
+    return send_from_directory(swagger_ui_path, name, max_age=3600)
