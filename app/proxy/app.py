@@ -22,7 +22,7 @@ from app.proxy import metrics
 from app.proxy.auth import JwtAuthenticator
 from app.proxy.docs import docs
 from app.proxy.enqueue import Enqueuer
-from app.proxy.errors import ApiError, json_response, register_error_handlers
+from app.proxy.errors import ApiError, api_error_response, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
 from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import ReplyListener
@@ -180,7 +180,7 @@ def create_app(settings: ProxySettings) -> Flask:
             return _ask_worker()
         except ApiError as error:
             # Answered here rather than by the error handler so the span sees the status.
-            return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
+            return api_error_response(error)
 
     def _ask_worker() -> Response:
         city, location = parse_city_query()

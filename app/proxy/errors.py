@@ -1,15 +1,24 @@
-"""Every error the proxy answers is JSON: {"error": <code>, "detail": <text>}."""
+"""Every error the proxy answers is an RFC 9457 problem (application/problem+json):
+
+    {"type": "urn:redis-stream-demo:problem:<code>", "title": ..., "status": ..., "detail": ...,
+     "error": "<code>"}
+
+`error` is an extension member holding the stable code clients branch on.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from http import HTTPStatus
 
 import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("app.proxy")
+
+PROBLEM_TYPE = "urn:redis-stream-demo:problem:"
 
 
 class ApiError(Exception):
@@ -25,6 +34,16 @@ def json_response(status: int, body: object, headers: dict[str, str] | None = No
     return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
+def problem_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"type": PROBLEM_TYPE + code, "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
+            "error": code}
+    return Response(orjson.dumps(body), status=status, mimetype="application/problem+json", headers=headers)
+
+
+def api_error_response(error: ApiError) -> Response:
+    return problem_response(error.status, error.error, error.detail, error.headers)
+
+
 def _code(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -32,16 +51,16 @@ def _code(name: str) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
-        return json_response(error.status, {"error": error.error, "detail": error.detail}, error.headers)
+        return api_error_response(error)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         valid_methods = getattr(error, "valid_methods", None)
         headers = {"Allow": ", ".join(valid_methods)} if valid_methods else None
-        return json_response(status, {"error": _code(error.name), "detail": error.description}, headers)
+        return problem_response(status, _code(error.name), error.description or error.name, headers)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error")
-        return json_response(500, {"error": "internal_error", "detail": "unexpected error; see the proxy log"})
+        return problem_response(500, "internal_error", "unexpected error; see the proxy log")

@@ -268,6 +268,8 @@ def test_external_redis_renders_no_embedded_redis_and_wires_tls():
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-credentials"
         assert env["REDIS_USERNAME"]["value"] == "stream-demo"
         assert env["REDIS_TLS_CA_FILE"]["value"] == "/etc/redis-tls/ca.crt"
+        assert env["REDIS_TLS_CERT_FILE"]["value"] == "/etc/redis-tls/tls.crt"
+        assert env["REDIS_TLS_KEY_FILE"]["value"] == "/etc/redis-tls/tls.key"
         assert {"name": "redis-tls", "secret": {"secretName": "redis-ca"}} in spec["volumes"]
     egress = one(docs, "NetworkPolicy", "-worker")["spec"]["egress"]
     assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in egress[1]["to"]

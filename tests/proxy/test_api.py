@@ -67,7 +67,10 @@ def test_bad_bodies_get_a_json_error(proxy, body, status, error):
     response = _post(proxy, body)
 
     assert response.status_code == status
-    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == status
+    assert response.json()["type"] == "urn:redis-stream-demo:problem:" + error
+    assert response.json()["title"]
     assert response.json()["error"] == error
     assert response.json()["detail"]
 

@@ -126,6 +126,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
 - name: REDIS_TLS_CA_FILE
   value: /etc/redis-tls/ca.crt
+{{- if .Values.redis.external.tls.clientCertificate }}
+- name: REDIS_TLS_CERT_FILE
+  value: /etc/redis-tls/tls.crt
+- name: REDIS_TLS_KEY_FILE
+  value: /etc/redis-tls/tls.key
+{{- end }}
 {{- end }}
 {{- end }}
 
