@@ -22,13 +22,13 @@ from app.proxy import metrics
 from app.proxy.auth import JwtAuthenticator
 from app.proxy.docs import docs
 from app.proxy.enqueue import Enqueuer
-from app.proxy.errors import ApiError, api_error_response, json_response, register_error_handlers
+from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
 from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import ReplyListener
 from app.proxy.settings import ProxySettings
 from app.shared import contract
-from app.shared.connections import redact_url, redis_client
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, redact_url, redis_client
 from app.shared.logs import configure_logging, request_id_var
 from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.tracing import configure_tracing, current_traceparent, server_span
@@ -36,7 +36,6 @@ from app.shared.tracing import configure_tracing, current_traceparent, server_sp
 log = logging.getLogger("app.proxy")
 
 MAX_BODY_BYTES = 64 * 1024
-READINESS_PING_TIMEOUT_SECONDS = 0.5
 # Requests older than their deadline are useless to a worker. The margin covers clock
 # skew between this host and Redis (entry ids carry Redis's clock), so trimming by
 # MINID never drops an entry that could still be answered.
@@ -129,8 +128,10 @@ def create_app(settings: ProxySettings) -> Flask:
     )
     listener.start()
     timeout_ms = int(settings.request_timeout_seconds * 1000)
+    # The retry budget plus the longest a try can block, never past the deadline.
+    enqueue_wait = min(settings.request_timeout_seconds,
+                       settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     rng = random.Random()
-    app.extensions["reply_listener"] = listener
     log.info("proxy process started",
              extra={"reply_stream": reply_stream, "redis_url": redact_url(settings.redis_url)})
 
@@ -171,18 +172,15 @@ def create_app(settings: ProxySettings) -> Flask:
         if not tracing:
             return ask_worker()
         with server_span("POST /WeatherForecast/city", dict(request.headers)) as span:
-            response = ask_worker()
+            try:
+                response = ask_worker()
+            except ApiError as error:  # answered by the error handler; the span records the status
+                span.set_attribute("http.response.status_code", error.status)
+                raise
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
     def ask_worker() -> Response:
-        try:
-            return _ask_worker()
-        except ApiError as error:
-            # Answered here rather than by the error handler so the span sees the status.
-            return api_error_response(error)
-
-    def _ask_worker() -> Response:
         city, location = parse_city_query()
         if listener.waiting >= settings.max_inflight_per_process:
             metrics.OVERLOADED.inc()
@@ -193,18 +191,15 @@ def create_app(settings: ProxySettings) -> Flask:
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
             request_id=request_id, reply_to=reply_stream, deadline_ms=sent_ms + timeout_ms,
-            city=city, location=location, traceparent=current_traceparent(), subject=g.subject,
+            city=city, location=location, traceparent=current_traceparent() if tracing else "",
+            subject=g.subject,
         )
         waiter = listener.expect(request_id)
         started = time.perf_counter()
         metrics.INFLIGHT.inc()
         try:
             try:
-                enqueuer.enqueue(
-                    entry.to_fields(), f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0",
-                    # The retry budget plus the longest a try can block, never past the deadline.
-                    min(timeout_ms / 1000, settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS),
-                )
+                enqueuer.enqueue(entry.to_fields(), f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0", enqueue_wait)
             except CircuitOpen:
                 metrics.REDIS_ERRORS.labels("enqueue").inc()
                 raise ApiError(503, "circuit_open", "Redis is failing; requests are refused until it recovers",

@@ -17,6 +17,8 @@ from redis.retry import Retry
 # socket that stays silent this long is a broken connection, not a slow server.
 DEFAULT_SOCKET_TIMEOUT_SECONDS = 2.0
 CONNECT_TIMEOUT_SECONDS = 2.0
+# Readiness means Redis answers PING within this; both services probe the same way.
+READINESS_PING_TIMEOUT_SECONDS = 0.5
 
 
 def redis_client(

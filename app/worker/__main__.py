@@ -6,13 +6,13 @@ import logging
 import signal
 import sys
 
-from app.shared.connections import redact_url, redis_client
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, redact_url, redis_client
 from app.shared.logs import configure_logging
 from app.shared.resilience import RedisGuard
 from app.shared.settings import ConfigError, load_settings_or_exit
 from app.shared.tracing import configure_tracing
 from app.worker import metrics
-from app.worker.health import READINESS_PING_TIMEOUT_SECONDS, HealthApp, HealthServer
+from app.worker.health import HealthApp, HealthServer
 from app.worker.settings import WorkerSettings
 from app.worker.worker import Worker
 

@@ -15,8 +15,6 @@ from prometheus_client import make_wsgi_app
 
 from app.worker.worker import Worker
 
-READINESS_PING_TIMEOUT_SECONDS = 0.5
-
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True

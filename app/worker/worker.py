@@ -21,8 +21,9 @@ from app.shared.logs import request_id_var
 from app.shared.resilience import LoopBackoff, RedisGuard
 from app.shared.tracing import consumer_span
 from app.worker import metrics
+from app.worker.consumers import ConsumerJanitor
 from app.worker.forecast import build_forecast
-from app.worker.replies import ConsumerJanitor, OutcomeWriter
+from app.worker.replies import OutcomeWriter
 from app.worker.settings import WorkerSettings
 
 log = logging.getLogger("app.worker")

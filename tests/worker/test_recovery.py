@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from app.shared import contract
-from app.worker.replies import ConsumerJanitor
+from app.worker.consumers import ConsumerJanitor
 from tests.support.processes import wait_until
 
 STREAM, GROUP = "weather-requests", "weather-workers"
