@@ -43,6 +43,8 @@ class Stack:
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        # A test may have replaced the fixture's Redis with one of its own (a restart).
+        self.redis.stop()
 
     def logs(self) -> str:
         parts = []
