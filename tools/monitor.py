@@ -20,7 +20,8 @@ from rich.live import Live
 from rich.table import Table
 
 from app.shared import contract
-from app.shared.connections import redact_url
+from app.shared.connections import RedisConnector
+from app.shared.settings import CommonSettings
 
 CIRCUIT = {0: "closed", 1: "half-open", 2: "open"}
 
@@ -63,8 +64,8 @@ def take_snapshot(client: redis.Redis, stream: str, group: str, services: list[t
     return snapshot
 
 
-def render(snapshot: Snapshot, redis_url: str, stream: str) -> Group:
-    queue = Table(title=f"Redis {redact_url(redis_url)} — stream {stream}", expand=False)
+def render(snapshot: Snapshot, where: str, stream: str) -> Group:
+    queue = Table(title=f"Redis {where} — stream {stream}", expand=False)
     for column in ("group", "lag", "pending", "entries", "dead letters"):
         queue.add_column(column, justify="right" if column != "group" else "left")
     if snapshot.redis_error:
@@ -110,14 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     args = parser.parse_args(argv)
 
-    client = redis.Redis.from_url(args.redis_url, password=args.redis_password, socket_timeout=2,
-                                  socket_connect_timeout=2)
+    # The services' own settings decide the topology (REDIS_SENTINELS and the rest from the environment).
+    settings = CommonSettings(redis_url=args.redis_url, redis_password=args.redis_password)
+    connector = RedisConnector(settings)
+    client = connector.client(client_name="monitor")
     services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:8080"]]
     services += [("worker", url) for url in args.worker or ["http://127.0.0.1:9100"]]
     console = Console()
 
     def frame() -> Group:
-        return render(take_snapshot(client, args.stream, args.group, services), args.redis_url, args.stream)
+        return render(take_snapshot(client, args.stream, args.group, services), connector.describe(), args.stream)
 
     if args.once:
         console.print(frame())

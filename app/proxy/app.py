@@ -28,8 +28,9 @@ from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import ReplyListener
 from app.proxy.settings import ProxySettings
 from app.shared import contract
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, redact_url, redis_client
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisConnector
 from app.shared.logs import configure_logging, request_id_var
+from app.shared.replication import ReplicaWait
 from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.tracing import configure_tracing, current_traceparent, server_span
 
@@ -107,23 +108,20 @@ def create_app(settings: ProxySettings) -> Flask:
 
     host, pid = socket.gethostname(), os.getpid()
     reply_stream = contract.reply_stream_name(host, pid, secrets.token_hex(4))
+    connector = RedisConnector(settings)
+    ping_redis = connector.client(client_name=f"proxy-ready:{host}-{pid}",
+                                  socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
     guard = RedisGuard(
         "proxy", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
-        on_state=metrics.CIRCUIT_STATE.set,
+        on_state=metrics.CIRCUIT_STATE.set, probe=ping_redis.ping,
     )
-    enqueue_redis = redis_client(
-        settings.redis_url, **settings.redis_options(), client_name=f"proxy:{host}-{pid}",
-        max_connections=settings.redis_max_connections, socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS,
-    )
-    ping_redis = redis_client(
-        settings.redis_url, **settings.redis_options(), client_name=f"proxy-ready:{host}-{pid}",
-        socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
-    )
-    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_stream)
+    enqueue_redis = connector.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
+                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_stream,
+                        ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
     authenticator = JwtAuthenticator(settings) if settings.auth_jwt_enabled else None
     listener = ReplyListener(
-        redis_client(settings.redis_url, **settings.redis_options(),
-                     client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
+        connector.client(client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
         reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()
@@ -133,7 +131,7 @@ def create_app(settings: ProxySettings) -> Flask:
                        settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     rng = random.Random()
     log.info("proxy process started",
-             extra={"reply_stream": reply_stream, "redis_url": redact_url(settings.redis_url)})
+             extra={"reply_stream": reply_stream, "redis": connector.describe()})
 
     @app.before_request
     def _clear_request_id() -> None:
@@ -143,7 +141,7 @@ def create_app(settings: ProxySettings) -> Flask:
         if authenticator is not None and request.path.startswith(API_PREFIX):
             g.subject = authenticator.subject(request.headers.get("Authorization"))
 
-    install_rate_limit(app, settings, API_PREFIX)
+    install_rate_limit(app, settings, connector, API_PREFIX)
     app.register_blueprint(docs)
 
     @app.get("/healthz")
@@ -152,7 +150,7 @@ def create_app(settings: ProxySettings) -> Flask:
 
     @app.get("/readyz")
     def readyz() -> Response:
-        if guard.refusing:
+        if not guard.probe():
             return json_response(503, {"status": "circuit_open"}, {"Retry-After": guard.retry_after_header()})
         try:
             with gevent.Timeout(READINESS_PING_TIMEOUT_SECONDS, redis.TimeoutError("ping timed out")):

@@ -3,6 +3,11 @@
 Under load many greenlets enqueue at once; one greenlet sends whatever has queued up
 as a single pipeline, so N requests cost one round trip and one pool checkout instead
 of N. With one request in flight the batch is just that request, so nothing waits.
+
+With REDIS_WAIT_REPLICAS above 0 the pipeline ends with one WAIT: the whole batch is
+acknowledged by the replicas in one round trip, or the try fails and is retried. A
+retry queues the entries again (they may already be on the primary), so a request
+can be processed twice; it cannot be lost once its caller is told it was accepted.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import redis
 from gevent.event import AsyncResult
 from gevent.queue import Empty, Queue
 
+from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard
 
 MAX_BATCH = 256
 
 
 class Enqueuer:
-    def __init__(self, client: redis.Redis, guard: RedisGuard, stream: str) -> None:
+    def __init__(self, client: redis.Redis, guard: RedisGuard, stream: str, replicas: ReplicaWait) -> None:
         self._client = client
         self._guard = guard
         self._stream = stream
+        self._replicas = replicas
         self._queue: Queue = Queue()
         self._greenlet = gevent.spawn(self._run)
 
@@ -57,4 +64,5 @@ class Enqueuer:
         with self._client.pipeline(transaction=False) as pipe:
             for fields, minid, _ in batch:
                 pipe.xadd(self._stream, fields, minid=minid, approximate=True)
-            pipe.execute()
+            self._replicas.add_to(pipe)
+            self._replicas.check(pipe.execute())

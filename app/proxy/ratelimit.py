@@ -8,14 +8,13 @@ a Redis hiccup into an outage of its own.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask, g, request
 from flask_limiter import HeaderNames, Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.proxy.settings import ProxySettings
+from app.shared.connections import RedisConnector
 
 
 def _client_key() -> str:
@@ -23,19 +22,20 @@ def _client_key() -> str:
     return f"sub:{subject}" if subject else f"ip:{get_remote_address()}"
 
 
-def install_rate_limit(app: Flask, settings: ProxySettings, api_prefix: str) -> Limiter | None:
+def install_rate_limit(app: Flask, settings: ProxySettings, connector: RedisConnector,
+                       api_prefix: str) -> Limiter | None:
     if not settings.rate_limit:
         return None
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
-    # A count that takes longer than this is given up on (swallow_errors lets the request in).
-    storage_options: Any = {**settings.redis_options(), "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+    # A count that takes longer than half a second is given up on (swallow_errors lets the request in).
+    storage_uri, storage_options = connector.limiter_storage()
     return Limiter(
         _client_key,
         app=app,
         default_limits=[settings.rate_limit],
         default_limits_exempt_when=lambda: not request.path.startswith(api_prefix),
-        storage_uri=settings.redis_url,
+        storage_uri=storage_uri,
         storage_options=storage_options,
         strategy="moving-window",
         key_prefix="rsd-ratelimit",

@@ -71,10 +71,10 @@ class ReplyListener:
             try:
                 if not self.connected:
                     # Known to be reachable now, not only when the first blocking read returns.
-                    self._guard.call_once(self._redis.ping)
+                    self._guard.call_from_loop(self._redis.ping)
                     self._mark_connected()
                 self._refresh_ttl()
-                response: Any = self._guard.call_once(
+                response: Any = self._guard.call_from_loop(
                     self._redis.xread, {self.stream: self._last_id}, count=READ_COUNT, block=BLOCK_MS
                 )
             except redis.RedisError as error:
@@ -82,7 +82,7 @@ class ReplyListener:
                     log.warning("reply listener lost Redis", extra={"error": repr(error), "stream": self.stream})
                 self.connected = False
                 metrics.REDIS_UP.set(0)
-                gevent.sleep(self._backoff.next_delay(error))
+                gevent.sleep(self._backoff.next_delay())
                 continue
             self._mark_connected()
             if response:
@@ -99,7 +99,7 @@ class ReplyListener:
         now = time.monotonic()
         if now - self._last_refresh >= TTL_REFRESH_SECONDS:
             # No-op while the stream does not exist yet; the first reply creates it with the TTL.
-            self._guard.call_once(self._redis.expire, self.stream, contract.REPLY_STREAM_TTL_SECONDS)
+            self._guard.call_from_loop(self._redis.expire, self.stream, contract.REPLY_STREAM_TTL_SECONDS)
             self._last_refresh = now
 
     def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

@@ -1,8 +1,16 @@
 """Retries (backoff) and a circuit breaker (pybreaker) around Redis operations.
 
-Only connection and timeout errors are retried or counted as failures: a Redis
-error about the data (WRONGTYPE, NOGROUP, a script error) is an answer, not an
-outage. An empty answer of a blocking read is a success.
+Only connection and timeout errors, and READONLY (a primary demoted in a failover),
+are retried or counted as failures: a Redis error about the data (WRONGTYPE,
+NOGROUP, a script error) is an answer, not an outage. An empty answer of a blocking
+read is a success.
+
+An open breaker does not wait out CIRCUIT_RESET_SECONDS when Redis is back sooner:
+the services' background loops (and readiness checks) probe it while it is open, and
+an answer moves the breaker to half-open, so the next operation is the trial: a
+success closes it, a failure re-opens it at once. Recovery then takes about one
+loop pause (REDIS_RECONNECT_MAX_SECONDS), and a Redis that answers PING but fails
+real work costs one failed operation per probe, not a burst.
 
 pybreaker's ``call`` holds the breaker's lock while the wrapped function runs
 (danielfm/pybreaker#55), which would serialise every Redis operation of a process,
@@ -23,6 +31,7 @@ from typing import Any, TypeVar
 import backoff
 import pybreaker
 import redis
+from redis.exceptions import ReadOnlyError
 
 from app.shared.settings import RetryPolicy
 
@@ -30,7 +39,9 @@ log = logging.getLogger("app.resilience")
 
 T = TypeVar("T")
 
-RETRYABLE_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, ReadOnlyError,
+)
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 
@@ -78,8 +89,11 @@ class RedisGuard:
         failure_threshold: int,
         reset_seconds: float,
         on_state: Callable[[int], None] = lambda _value: None,
+        probe: Callable[[], object] | None = None,
     ) -> None:
         self.component = component
+        # A short PING on a client of its own: it must not wait behind a blocked read.
+        self._probe = probe
         self.policy = policy
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=failure_threshold,
@@ -124,6 +138,25 @@ class RedisGuard:
     def retry_after_header(self) -> str:
         return str(max(1, math.ceil(self.retry_after())))
 
+    def probe(self) -> bool:
+        """While open: ask Redis directly; an answer moves the breaker to half-open.
+
+        True when calls may go through now. A probe that fails changes nothing (the
+        breaker stays open; it is not a call)."""
+        if not self.refusing:
+            return True
+        if self._probe is None:
+            return False
+        try:
+            self._probe()
+        except redis.RedisError as error:
+            if is_outage(error):
+                return False
+            # Any other answer (NOAUTH, a script error) still means Redis is reachable.
+        if self._breaker.current_state == pybreaker.STATE_OPEN:
+            self._breaker.half_open()
+        return True
+
     # -- calls -----------------------------------------------------------------
 
     def call(self, operation: Callable[..., T], *args: Any, budget_seconds: float | None = None,
@@ -148,6 +181,12 @@ class RedisGuard:
         self._record(None)
         return result
 
+    def call_from_loop(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call_once` for background loops: while open, probe first, so that a loop
+        that paces its own retries also notices the recovery."""
+        self.probe()
+        return self.call_once(operation, *args, **kwargs)
+
     def _record(self, error: BaseException | None) -> None:
         try:
             self._breaker.call(_replay, error)
@@ -159,7 +198,7 @@ class RedisGuard:
 
 class LoopBackoff:
     """Pacing for long-running loops while Redis is unreachable: exponential with full
-    jitter, capped, and never sooner than an open breaker would allow."""
+    jitter, capped. An open breaker does not stretch it: the loop probes Redis."""
 
     def __init__(self, first_seconds: float, cap_seconds: float) -> None:
         self._first = first_seconds
@@ -170,7 +209,5 @@ class LoopBackoff:
         self._waits = backoff.expo(factor=self._first, max_value=self._cap)
         next(self._waits)  # the generator's first step only primes it
 
-    def next_delay(self, error: BaseException) -> float:
-        if isinstance(error, CircuitOpen):
-            return min(max(error.retry_after, self._first), self._cap)
+    def next_delay(self) -> float:
         return float(backoff.full_jitter(next(self._waits)))

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.shared import contract
 
@@ -28,6 +28,20 @@ class RetryPolicy:
 
 StreamKey = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def parse_host_ports(text: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` (IPv6 as ``[::1]:26379``) into pairs; empty text gives none."""
+    addresses = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port_text = item.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"{item!r} is not host:port")
+        addresses.append((host, int(port_text)))
+    return addresses
 
 
 class ConfigError(SystemExit):
@@ -51,6 +65,18 @@ class CommonSettings(BaseSettings):
     redis_tls_ca_file: FilePath | None = None
     redis_tls_cert_file: FilePath | None = None
     redis_tls_key_file: FilePath | None = None
+    # Sentinel mode when set: "host:port,host:port". The primary is asked of the Sentinels;
+    # REDIS_URL then only gives the database number (and TLS to the primary with rediss://).
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1, pattern=r"^[^\s]+$")
+    # The Sentinels' own credentials and TLS (their ACL is separate from the primary's).
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_sentinel_tls: bool = False
+    # Durable writes: each enqueue (and each reply + ack) is confirmed by WAIT on this many
+    # replicas within REDIS_WAIT_TIMEOUT_MS, or counts as a failed try.
+    redis_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
+    redis_wait_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 100
     request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     bind_host: str = Field(default="0.0.0.0", min_length=1)
@@ -59,7 +85,9 @@ class CommonSettings(BaseSettings):
     redis_retry_base_seconds: Annotated[float, Field(gt=0, le=10)] = 0.1
     redis_retry_max_seconds: Annotated[float, Field(gt=0, le=300)] = 30.0
     # Longest pause between attempts of the long-running loops while Redis is down.
-    redis_reconnect_max_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # While the breaker is open the loops probe Redis at this pace, so it closes within
+    # about this long after Redis answers again, not only after CIRCUIT_RESET_SECONDS.
+    redis_reconnect_max_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     # The breaker opens after this many consecutive failed operations ...
     circuit_failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
     # ... and lets a trial operation through after this long.
@@ -69,6 +97,11 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        return parse_host_ports(value) if isinstance(value, str) else value
 
     @field_validator("redis_url")
     @classmethod
@@ -97,6 +130,18 @@ class CommonSettings(BaseSettings):
             options["ssl_certfile"] = str(self.redis_tls_cert_file)
         if self.redis_tls_key_file:
             options["ssl_keyfile"] = str(self.redis_tls_key_file)
+        return options
+
+    def sentinel_options(self) -> dict[str, Any]:
+        """Keyword arguments for the connections to the Sentinels themselves."""
+        options: dict[str, Any] = {}
+        if self.redis_sentinel_username:
+            options["username"] = self.redis_sentinel_username
+        if self.redis_sentinel_password is not None:
+            options["password"] = self.redis_sentinel_password.get_secret_value()
+        if self.redis_sentinel_tls:
+            options["ssl"] = True
+            options.update({k: v for k, v in self.redis_options().items() if k.startswith("ssl_")})
         return options
 
     @property

@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, redact_url, redis_client
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisConnector
 from app.shared.logs import configure_logging
 from app.shared.resilience import RedisGuard
 from app.shared.settings import ConfigError, load_settings_or_exit
@@ -26,20 +26,18 @@ def main() -> int:
     configure_tracing("worker")
     log = logging.getLogger("app.worker")
     name = settings.consumer_name
-    client = redis_client(
-        settings.redis_url, **settings.redis_options(),
+    connector = RedisConnector(settings)
+    client = connector.client(
         client_name=f"worker:{name}",
         # A blocking XREADGROUP must not be cut off by the socket timeout.
         socket_timeout=settings.read_block_ms / 1000 + 2,
         max_connections=settings.worker_terminals + 4,
     )
-    ping_client = redis_client(
-        settings.redis_url, **settings.redis_options(), client_name=f"worker-ready:{name}",
-        socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4,
-    )
+    ping_client = connector.client(client_name=f"worker-ready:{name}",
+                                   socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
     guard = RedisGuard(
         "worker", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
-        on_state=metrics.CIRCUIT_STATE.set,
+        on_state=metrics.CIRCUIT_STATE.set, probe=ping_client.ping,
     )
     worker = Worker(settings, client, guard)
 
@@ -54,7 +52,7 @@ def main() -> int:
     except OSError as error:
         log.error("cannot serve health and metrics", extra={"port": settings.metrics_port, "error": str(error)})
         return 1
-    log.info("connecting", extra={"redis_url": redact_url(settings.redis_url)})
+    log.info("connecting", extra={"redis": connector.describe()})
     worker.run()
     health.stop()
     return 0

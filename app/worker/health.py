@@ -55,7 +55,7 @@ class HealthApp:
     def _ready(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self._worker.stopping:
             return _json(start_response, "503 Service Unavailable", {"status": "stopping"})
-        if self._worker.guard.refusing:
+        if not self._worker.guard.probe():
             return _json(start_response, "503 Service Unavailable", {"status": "circuit_open"})
         try:
             self._ping_client.ping()

@@ -18,7 +18,8 @@ import redis
 
 from app.shared import contract
 from app.shared.logs import request_id_var
-from app.shared.resilience import LoopBackoff, RedisGuard
+from app.shared.replication import ReplicaWait
+from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
 from app.shared.tracing import consumer_span
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
@@ -45,7 +46,8 @@ class Worker:
         self._redis = client
         self.guard = guard
         self._writer = OutcomeWriter(
-            client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen
+            client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen,
+            ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
         )
         self._janitor = ConsumerJanitor(
             client, settings.request_stream, settings.consumer_group, settings.consumer_name
@@ -129,12 +131,15 @@ class Worker:
         while not self._stopping.is_set():
             self.last_loop_monotonic = time.monotonic()
             if not self._idle_terminals.acquire(timeout=0.5):
+                # Every terminal may be waiting on an open breaker to write a reply:
+                # someone has to notice that Redis is back.
+                self.guard.probe()
                 continue
             permits = 1
             while permits < terminals and self._idle_terminals.acquire(blocking=False):
                 permits += 1
             try:
-                entries = self.guard.call_once(self._next_entries, permits)
+                entries = self.guard.call_from_loop(self._next_entries, permits)
                 self._loop_backoff.reset()
             except redis.RedisError as error:
                 entries = []
@@ -194,7 +199,7 @@ class Worker:
             log.warning("consumer group missing, recreating it")
             self.group_ready.clear()
             return
-        delay = self._loop_backoff.next_delay(error)
+        delay = self._loop_backoff.next_delay()
         log.warning("reading the request stream failed",
                     extra={"error": repr(error), "retry_in_seconds": round(delay, 3)})
         self._stopping.wait(delay)
@@ -268,9 +273,26 @@ class Worker:
             reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
                                    {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
-        self.guard.call(self._writer.reply_and_ack, request.reply_to, reply, entry_id)
+        self._until_deadline(request, self._writer.reply_and_ack, request.reply_to, reply, entry_id)
         self._count(outcome)
         log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome, "subject": request.subject})
+
+    def _until_deadline(self, request: contract.WeatherRequest, write: Any, *args: Any) -> None:
+        """Retries a reply across an outage or a failover while its caller still waits.
+
+        The entry stays pending meanwhile, so giving up loses nothing: it is delivered
+        again later. Retrying here is what lets a reply reach a new primary in time."""
+        pacing = LoopBackoff(0.05, self.settings.redis_reconnect_max_seconds)
+        while True:
+            try:
+                self.guard.call(write, *args, budget_seconds=max(0.0, request.deadline_ms / 1000 - time.time()))
+                return
+            except redis.RedisError as error:
+                if not (is_outage(error) or isinstance(error, CircuitOpen)) or request.expired():
+                    raise
+                delay = pacing.next_delay()
+                log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
+                time.sleep(delay)
 
     def _dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, category: str
@@ -292,8 +314,8 @@ class Worker:
     def _housekeeping(self) -> None:
         while not self._stopping.wait(HOUSEKEEPING_INTERVAL_SECONDS if self.group_ready.is_set() else 0.5):
             try:
-                self.guard.call_once(self.refresh_queue_metrics)
-                removed = self.guard.call_once(
+                self.guard.call_from_loop(self.refresh_queue_metrics)
+                removed = self.guard.call_from_loop(
                     self._janitor.remove_gone, int(self.settings.consumer_expiry_seconds * 1000)
                 )
             except redis.RedisError as error:

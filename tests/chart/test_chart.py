@@ -30,6 +30,7 @@ PROFILES = {
     "ingress": [PROFILES_DIR / "ingress.yaml"],
     "ci": [ROOT / "ci" / "values-ci.yaml"],
     "auth": [PROFILES_DIR / "auth.yaml"],
+    "external-sentinel": [PROFILES_DIR / "external-sentinel.yaml"],
 }
 KUBERNETES_MINORS = [f"1.{minor}.0" for minor in range(29, 36)]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
@@ -109,6 +110,9 @@ def test_manifests_validate_strictly(profile, version):
     (["config.logLevel=LOUD"], "/config/logLevel"),
     (["redis.appendfsync=sometimes"], "/redis/appendfsync"),
     (["proxy.image.digest=latest"], "/proxy/image/digest"),
+    (["config.redisWaitReplicas=-1"], "/config/redisWaitReplicas"),
+    (["redis.external.sentinel.hosts[0]=no-port"], "/redis/external/sentinel/hosts/0"),
+    (["redis.external.sentinel.enabled=true"], "/redis/external/sentinel/hosts"),
 ])
 def test_schema_rejects_bad_values(sets, complaint):
     result = helm("lint", "--strict", str(CHART), *_value_args([], tuple(sets)), check=False)
@@ -226,8 +230,9 @@ def test_environment_names_are_the_ones_the_services_read(profile, suffix, setti
     assert {ref["configMapRef"]["name"] for ref in container["envFrom"]} == {configmap["metadata"]["name"]}
 
 
-def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch):
-    docs = render("prod")
+@pytest.mark.parametrize("profile", ["prod", "external-sentinel"])
+def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch, profile):
+    docs = render(profile)
     for suffix, settings in (("-proxy", ProxySettings), ("-worker", WorkerSettings)):
         for key, value in one(docs, "ConfigMap", suffix)["data"].items():
             monkeypatch.setenv(key, value)
@@ -274,6 +279,44 @@ def test_external_redis_renders_no_embedded_redis_and_wires_tls():
     egress = one(docs, "NetworkPolicy", "-worker")["spec"]["egress"]
     assert {"ipBlock": {"cidr": "10.20.0.0/16"}} in egress[1]["to"]
     assert egress[1]["ports"] == [{"port": 6380, "protocol": "TCP"}]
+
+
+def test_sentinel_mode_wires_sentinels_their_password_and_durable_writes(monkeypatch):
+    docs = render("external-sentinel")
+    sentinels = ",".join(f"redis-node-{n}.redis-headless:26379" for n in range(3))
+
+    assert kinds(docs, "StatefulSet") == []
+    for suffix, settings_class in (("-proxy", ProxySettings), ("-worker", WorkerSettings)):
+        data = one(docs, "ConfigMap", suffix)["data"]
+        assert data["REDIS_SENTINELS"] == sentinels
+        assert data["REDIS_SENTINEL_MASTER"] == "mymaster"
+        assert data["REDIS_WAIT_REPLICAS"] == "1"
+        env = {e["name"]: e for e in one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "redis-credentials", "key": "sentinel-password"}
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-credentials"
+        for key, value in data.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+        parsed = settings_class()
+        assert parsed.redis_sentinels == [(f"redis-node-{n}.redis-headless", 26379) for n in range(3)]
+    for suffix in ("-proxy", "-worker"):
+        egress = one(docs, "NetworkPolicy", suffix)["spec"]["egress"]
+        assert {"port": 26379, "protocol": "TCP"} in egress[1]["ports"]
+        assert {"port": 6379, "protocol": "TCP"} in egress[1]["ports"]
+
+
+def test_keda_uses_the_sentinel_streams_scaler_with_both_passwords():
+    docs = render("external-sentinel")
+    [trigger] = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+    auth = one(docs, "TriggerAuthentication", "-worker")
+
+    assert trigger["type"] == "redis-sentinel-streams"
+    assert trigger["metadata"]["addresses"] == ",".join(f"redis-node-{n}.redis-headless:26379" for n in range(3))
+    assert trigger["metadata"]["sentinelMaster"] == "mymaster"
+    assert "address" not in trigger["metadata"]
+    assert {(r["parameter"], r["key"]) for r in auth["spec"]["secretTargetRef"]} == {
+        ("password", "redis-password"), ("sentinelPassword", "sentinel-password")}
 
 
 # -- network policies ----------------------------------------------------------------

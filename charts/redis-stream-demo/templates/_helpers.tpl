@@ -64,6 +64,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-redis" (include "rsd.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "rsd.redis.sentinel" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.sentinel.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Whether KEDA needs a TriggerAuthentication: a password for Redis or for the Sentinels. */}}
+{{- define "rsd.keda.authenticated" -}}
+{{- if or (include "rsd.redis.secretName" .) (and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret) }}true{{ end }}
+{{- end }}
+
 {{/* host:port of Redis, for KEDA. */}}
 {{- define "rsd.redis.address" -}}
 {{- if include "rsd.redis.embedded" . }}
@@ -80,6 +89,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $external := .Values.redis.external -}}
 {{- if include "rsd.redis.embedded" . }}
 {{- printf "redis://%s:6379/0" (include "rsd.redis.fullname" .) }}
+{{- else if include "rsd.redis.sentinel" . }}
+{{- /* Sentinel mode reads only the database number (and rediss:// for TLS) from the URL. */}}
+{{- printf "%s://%s/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.sentinel.masterName $external.db }}
 {{- else if $external.enabled }}
 {{- if $external.url }}
 {{- $external.url }}
@@ -110,6 +122,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* ConfigMap entries both services read for Redis: where it is and how writes are confirmed. */}}
+{{- define "rsd.redis.config" -}}
+REDIS_URL: {{ include "rsd.redis.url" . | quote }}
+{{- if include "rsd.redis.sentinel" . }}
+{{- with .Values.redis.external.sentinel }}
+REDIS_SENTINELS: {{ join "," .hosts | quote }}
+REDIS_SENTINEL_MASTER: {{ .masterName | quote }}
+REDIS_SENTINEL_TLS: {{ .tls | quote }}
+{{- with .username }}
+REDIS_SENTINEL_USERNAME: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+REDIS_WAIT_REPLICAS: {{ .Values.config.redisWaitReplicas | quote }}
+REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
+{{- end }}
+
+{{/* Ports of the Sentinels, from their host:port addresses. */}}
+{{- define "rsd.redis.sentinelPorts" -}}
+{{- $ports := list }}
+{{- range .Values.redis.external.sentinel.hosts }}
+{{- $ports = append $ports (last (splitList ":" .)) }}
+{{- end }}
+{{- join "," (uniq $ports) }}
+{{- end }}
+
 {{/* Environment both services need for Redis: credentials from the Secret, TLS files. */}}
 {{- define "rsd.redis.env" -}}
 {{- if include "rsd.redis.secretName" . }}
@@ -118,6 +156,13 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "rsd.redis.secretName" . }}
       key: {{ include "rsd.redis.secretKey" . }}
+{{- end }}
+{{- if and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.sentinel.existingSecret }}
+      key: {{ .Values.redis.external.sentinel.existingSecretKey }}
 {{- end }}
 {{- if and .Values.redis.external.enabled .Values.redis.external.username }}
 - name: REDIS_USERNAME
@@ -261,6 +306,12 @@ spec:
   ports:
     - port: {{ .Values.redis.external.port }}
       protocol: TCP
+    {{- if include "rsd.redis.sentinel" . }}
+    {{- range splitList "," (include "rsd.redis.sentinelPorts" .) }}
+    - port: {{ atoi . }}
+      protocol: TCP
+    {{- end }}
+    {{- end }}
 {{- end }}
 {{- end }}
 

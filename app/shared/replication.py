@@ -1,0 +1,34 @@
+"""Confirming writes on replicas with WAIT (REDIS_WAIT_REPLICAS).
+
+WAIT counts the replicas that have every write of its own connection, so it is sent
+in the same pipeline as the writes it confirms: one WAIT per pipeline, however many
+writes it carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+
+class ReplicasBehind(redis.ConnectionError):
+    """Fewer replicas confirmed the write than asked: a failed try, retried like a
+    lost connection (the write may still be lost in a failover)."""
+
+
+class ReplicaWait:
+    def __init__(self, replicas: int, timeout_ms: int) -> None:
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+
+    def add_to(self, pipe: Any) -> None:
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, results: list[Any]) -> None:
+        """Raises ReplicasBehind when the pipeline's WAIT (its last result) fell short."""
+        if self.replicas and int(results[-1]) < self.replicas:
+            raise ReplicasBehind(
+                f"{results[-1]} of {self.replicas} replicas confirmed the write within {self.timeout_ms} ms"
+            )

@@ -1,0 +1,152 @@
+"""Chaos 5: a Sentinel set (primary, replica, three Sentinels) fails over under load."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support.load import SteadyLoad, ask, summary
+from tests.support.processes import RedisServer, metric_value, wait_until
+from tests.support.sentinel import SentinelSet
+
+pytestmark = pytest.mark.system
+
+TIMEOUT_SECONDS = 10
+CLAIM_IDLE_SECONDS = 2
+RATE = 40
+# REDIS_URL names only the database in Sentinel mode: a host that does not exist proves it.
+SENTINEL_URL = "redis://not-used-in-sentinel-mode:6379/0"
+
+
+@pytest.fixture
+def sentinels(tmp_path, request) -> Iterator[SentinelSet]:
+    running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 1))
+    yield running
+    running.stop()
+
+
+def _start(stack, sentinels: SentinelSet, **env: str):
+    common = {"REDIS_URL": SENTINEL_URL, **sentinels.env(), **env}
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS), **common)
+    workers = [stack.worker(f"w{i}", PROCESSING_DELAY_MS="20-60", WORKER_TERMINALS="5",
+                            CLAIM_IDLE_SECONDS=str(CLAIM_IDLE_SECONDS), **common) for i in range(2)]
+    for process in (proxy, *workers):
+        process.wait_ready()
+    assert [ask(proxy.url, i, 5).status for i in range(5)] == [200] * 5
+    return proxy, workers
+
+
+def _each_reply_is_its_own(results) -> bool:
+    return all(r.body["city"] == r.city for r in results if r.status == 200)
+
+
+def _late_replies(proxy) -> float:
+    return metric_value(requests.get(proxy.url + "/metrics", timeout=2).text, "weather_proxy_late_replies_total")
+
+
+# Two replicas: with REDIS_WAIT_REPLICAS=1 the promoted one needs another to confirm its
+# writes. With a single replica every enqueue is refused (503) until the old primary
+# rejoins: that is the durability trade-off of REDIS_WAIT_REPLICAS.
+@pytest.mark.parametrize("sentinels", [2], indirect=True)
+def test_primary_killed_under_load_every_request_answered_nothing_lost(stack, sentinels):
+    proxy, workers = _start(stack, sentinels, REDIS_WAIT_REPLICAS="1")
+    old = sentinels.primary
+
+    with SteadyLoad(proxy.url, RATE, max_seconds=25, timeout=TIMEOUT_SECONDS + 10, start=1000) as load:
+        time.sleep(3)
+        old.signal(signal.SIGKILL)
+        old.wait(timeout=5)
+        killed_at = time.monotonic()
+        promotion_seconds = sentinels.wait_promotion(old.port)
+        promoted_at = killed_at + promotion_seconds
+        time.sleep(8)
+        results = load.stop()
+
+    new_primary = sentinels.node(sentinels.primary_port()).client()
+    wait_until(lambda: new_primary.xpending("weather-requests", "weather-workers")["pending"] == 0,
+               CLAIM_IDLE_SECONDS + 10, what="nothing pending on the new primary")
+    counts = collections.Counter(r.status for r in results)
+    refused = [r for r in results if r.status == 503]
+    after_window = [r for r in results if r.started >= promoted_at + 5]
+    first_ok_after = min((r.started + r.seconds - promoted_at for r in results
+                          if r.status == 200 and r.started > killed_at), default=float("nan"))
+    print(summary("sentinel failover", results),
+          f"| promotion={promotion_seconds:.2f}s after the kill; "
+          f"503 max={max((r.seconds for r in refused), default=0):.2f}s; "
+          f"first 200 sent after the kill answered {first_ok_after:.2f}s "
+          f"after promotion; 200s among requests sent 5 s after promotion: "
+          f"{sum(r.status == 200 for r in after_window)}/{len(after_window)}; "
+          f"late (duplicate) replies={_late_replies(proxy):g}; slowest={max(r.seconds for r in results):.2f}s")
+
+    assert len(results) > RATE * 10
+    assert set(counts) <= {200, 503}, counts  # no 504, no 5xx of another kind, none without an answer
+    assert max((r.seconds for r in refused), default=0) <= 2.5
+    assert after_window and all(r.status == 200 for r in after_window)
+    assert _each_reply_is_its_own(results)
+    assert all(p.alive() for p in (proxy, *workers))
+
+
+def test_old_primary_rejoins_as_replica_without_callers_noticing(stack, sentinels):
+    proxy, workers = _start(stack, sentinels)
+    old = sentinels.primary
+    old.signal(signal.SIGKILL)
+    old.wait(timeout=5)
+    sentinels.wait_promotion(old.port)
+    wait_until(lambda: ask(proxy.url, 0, 5).status == 200, 10, interval=0.2, what="served by the new primary")
+    wait_until(lambda: requests.get(workers[0].url + "/readyz", timeout=2).status_code == 200, 10,
+               what="worker ready")
+
+    with SteadyLoad(proxy.url, RATE, max_seconds=20, timeout=TIMEOUT_SECONDS + 10, start=5000) as load:
+        time.sleep(1)
+        restarted = RedisServer(old.workdir, port=old.port, appendonly=True)
+        stack.processes.append(restarted)
+        started = time.monotonic()
+        wait_until(lambda: restarted.client().info("replication").get("master_link_status") == "up", 20,
+                   interval=0.1, what="the old primary replicating from the new one")
+        rejoined = time.monotonic() - started
+        time.sleep(3)
+        results = load.stop()
+
+    print(summary("old primary rejoins", results), f"| rejoined as replica in {rejoined:.2f}s")
+    assert restarted.client().info("replication")["role"] == "slave"
+    assert [r.status for r in results] == [200] * len(results)
+    assert _each_reply_is_its_own(results)
+
+
+def test_graceful_failover_demoted_primary_answers_readonly_never_seen_by_callers(stack, sentinels):
+    """SENTINEL FAILOVER: the old primary stays up as a replica and answers READONLY on open connections."""
+    proxy, _ = _start(stack, sentinels)
+    old_port = sentinels.primary_port()
+    with SteadyLoad(proxy.url, RATE, max_seconds=15, timeout=TIMEOUT_SECONDS + 10, start=9000) as load:
+        time.sleep(2)
+        sentinels.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "mymaster")
+        promotion_seconds = sentinels.wait_promotion(old_port)
+        time.sleep(6)
+        results = load.stop()
+
+    counts = collections.Counter(r.status for r in results)
+    print(summary("graceful failover", results), f"| promotion={promotion_seconds:.2f}s")
+    assert set(counts) <= {200, 503}, counts
+    assert max((r.seconds for r in results if r.status == 503), default=0) <= 2.5
+    assert all("READONLY" not in str(r.body) for r in results)
+
+
+def test_replica_not_confirming_in_time_gives_fast_503s_never_a_hang(stack, sentinels):
+    proxy, _ = _start(stack, sentinels, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="100")
+    replica = sentinels.replicas[0]
+    replica.signal(signal.SIGSTOP)
+    try:
+        results = [ask(proxy.url, 100 + i, TIMEOUT_SECONDS + 5) for i in range(10)]
+    finally:
+        replica.signal(signal.SIGCONT)
+    print(summary("replica paused", results),
+          f"| slowest={max(r.seconds for r in results):.2f}s errors={collections.Counter(r.body['error'] for r in results)}")
+    assert [r.status for r in results] == [503] * 10
+    assert {r.body["error"] for r in results} <= {"redis_unavailable", "circuit_open"}
+    assert max(r.seconds for r in results) < 2.5
+    wait_until(lambda: ask(proxy.url, 200, 5).status == 200, 10, interval=0.2, what="200 once the replica answers")

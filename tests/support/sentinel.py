@@ -1,0 +1,93 @@
+"""A real Sentinel set for tests: a primary (AOF), replicas and three Sentinels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from tests.support.processes import Managed, RedisServer, base_env, free_port, wait_until
+
+MASTER_NAME = "mymaster"
+DOWN_AFTER_MS = 1000
+
+
+class SentinelProcess(Managed):
+    def __init__(self, workdir: Path, primary_port: int) -> None:
+        self.port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "sentinel.conf"
+        # Sentinel rewrites its config file as it learns the set, so it lives in the temp folder.
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {MASTER_NAME} 10000\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        super().__init__(f"sentinel:{self.port}", ["redis-server", str(config), "--sentinel"], base_env(),
+                         workdir / "sentinel.log")
+        wait_until(lambda: self.client().ping(), 10, what=f"sentinel on {self.port}")
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+
+
+class SentinelSet:
+    """Started in order: primary, replicas (synced), Sentinels (seeing every replica)."""
+
+    def __init__(self, workdir: Path, replicas: int = 1) -> None:
+        self.workdir = workdir
+        self.primary = RedisServer(workdir / "node-0", appendonly=True)
+        self.replicas = [
+            RedisServer(workdir / f"node-{n}", appendonly=True,
+                        extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+            for n in range(1, replicas + 1)
+        ]
+        for replica in self.replicas:
+            wait_until(lambda r=replica: r.client().info("replication")["master_link_status"] == "up", 20,
+                       what=f"{replica.name} in sync")
+        self.sentinels = [SentinelProcess(workdir / f"sentinel-{n}", self.primary.port) for n in range(3)]
+        wait_until(self._everyone_sees_everyone, 20, interval=0.2, what="sentinels discover the set")
+
+    def _everyone_sees_everyone(self) -> bool:
+        for sentinel in self.sentinels:
+            master = sentinel.client().sentinel_master(MASTER_NAME)
+            if int(master["num-slaves"]) < len(self.replicas) or int(master["num-other-sentinels"]) < 2:
+                return False
+        return True
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def env(self) -> dict[str, str]:
+        """What a proxy or worker needs to use this set (REDIS_URL gives only the database)."""
+        return {"REDIS_SENTINELS": self.addresses, "REDIS_SENTINEL_MASTER": MASTER_NAME}
+
+    def primary_port(self) -> int:
+        return int(self.sentinels[0].client().sentinel_get_master_addr_by_name(MASTER_NAME)[1])
+
+    def node(self, port: int) -> RedisServer:
+        return next(node for node in [self.primary, *self.replicas] if node.port == port)
+
+    def wait_promotion(self, old_port: int, timeout: float = 20) -> float:
+        """Seconds until every Sentinel names a primary other than `old_port` and it says it is one."""
+        started = time.monotonic()
+
+        def promoted() -> bool:
+            ports = {int(s.client().sentinel_get_master_addr_by_name(MASTER_NAME)[1]) for s in self.sentinels}
+            if len(ports) != 1 or old_port in ports:
+                return False
+            return self.node(ports.pop()).client().info("replication")["role"] == "master"
+
+        wait_until(promoted, timeout, interval=0.05, what="a replica promoted")
+        return time.monotonic() - started
+
+    def processes(self) -> list[Managed]:
+        return [self.primary, *self.replicas, *self.sentinels]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes()):
+            process.stop()
