@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Managed, Proxy, RedisServer, Worker
+from tests.support.sentinel import SentinelSet
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -69,3 +70,11 @@ def stack(tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequ
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(running.logs())
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    """A primary (AOF), replicas (1, or `indirect` parametrize) and three Sentinels."""
+    running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 1))
+    yield running
+    running.stop()

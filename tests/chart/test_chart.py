@@ -291,13 +291,14 @@ def test_sentinel_mode_wires_sentinels_their_password_and_durable_writes(monkeyp
         assert data["REDIS_SENTINELS"] == sentinels
         assert data["REDIS_SENTINEL_MASTER"] == "mymaster"
         assert data["REDIS_WAIT_REPLICAS"] == "1"
-        env = {e["name"]: e for e in one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]["env"]}
+        [container] = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
         assert env["REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "redis-credentials", "key": "sentinel-password"}
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-credentials"
         for key, value in data.items():
             monkeypatch.setenv(key, value)
-        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/var/run/prometheus-multiproc")
         parsed = settings_class()
         assert parsed.redis_sentinels == [(f"redis-node-{n}.redis-headless", 26379) for n in range(3)]
     for suffix in ("-proxy", "-worker"):

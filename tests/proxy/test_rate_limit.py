@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import requests
 
+from tests.support.sentinel import SENTINEL_URL
+
 pytestmark = pytest.mark.system
 
 
@@ -28,6 +30,17 @@ def test_two_proxies_enforce_one_combined_limit(stack):
     assert "RateLimit-Remaining" in allowed.headers
     # Probes and metrics are never limited.
     assert all(requests.get(proxies[0].url + "/healthz", timeout=5).status_code == 200 for _ in range(25))
+
+
+def test_in_sentinel_mode_the_limit_is_counted_on_the_primary(stack, sentinels):
+    proxy = stack.proxy(RATE_LIMIT="5/minute", REQUEST_TIMEOUT_SECONDS="10", REDIS_URL=SENTINEL_URL,
+                        **sentinels.env()).wait_ready()
+    stack.worker("w", PROCESSING_DELAY_MS="0", REDIS_URL=SENTINEL_URL, **sentinels.env()).wait_ready()
+
+    statuses = [proxy.ask(f"city-{i}", "x").status_code for i in range(8)]
+
+    assert statuses == [200] * 5 + [429] * 3
+    assert any(b"rsd-ratelimit" in key for key in sentinels.primary.client().scan_iter())
 
 
 def test_without_redis_the_limiter_lets_requests_through_to_a_clean_503(stack):

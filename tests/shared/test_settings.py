@@ -25,6 +25,11 @@ PROXY_CASES = [
     ("REDIS_RETRY_MAX_SECONDS", "-1"),
     ("CIRCUIT_FAILURE_THRESHOLD", "0"),
     ("CIRCUIT_RESET_SECONDS", "never"),
+    ("REDIS_SENTINELS", "sentinel-without-port"),
+    ("REDIS_SENTINELS", "host:99999"),
+    ("REDIS_SENTINEL_TLS", "maybe"),
+    ("REDIS_WAIT_REPLICAS", "-1"),
+    ("REDIS_WAIT_TIMEOUT_MS", "0"),
 ]
 WORKER_CASES = [
     ("WORKER_TERMINALS", "0"),
@@ -38,6 +43,9 @@ WORKER_CASES = [
     ("REDIS_URL", "localhost:6379"),
     ("LOG_LEVEL", "verbose"),
     ("CLAIM_IDLE_SECONDS", "0"),
+    ("REDIS_SENTINELS", "a:1,:2"),
+    ("REDIS_SENTINEL_MASTER", ""),
+    ("REDIS_WAIT_REPLICAS", "many"),
     ("MAX_DELIVERIES", "0"),
     ("CONSUMER_EXPIRY_SECONDS", "x"),
     ("REDIS_RECONNECT_MAX_SECONDS", "0"),

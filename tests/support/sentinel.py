@@ -10,6 +10,8 @@ import redis
 from tests.support.processes import Managed, RedisServer, base_env, free_port, wait_until
 
 MASTER_NAME = "mymaster"
+# REDIS_URL names only the database in Sentinel mode: a host that does not exist proves it.
+SENTINEL_URL = "redis://not-used-in-sentinel-mode:6379/0"
 DOWN_AFTER_MS = 1000
 
 

@@ -31,3 +31,19 @@ def test_monitor_shows_queue_consumers_and_services(stack):
     assert "unreachable" in next(line for line in out.splitlines() if "127.0.0.1:1 " in line)
     dead_letters = lines["weather-workers"].split("│")[-2].strip()
     assert dead_letters == "1"
+
+
+def test_monitor_finds_the_primary_through_the_sentinels(sentinels):
+    sentinels.primary.client().xadd("weather-requests", {"x": "1"})
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", **sentinels.env()}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", "redis://not-used/0",
+         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    flat = "".join(line.strip() for line in result.stdout.splitlines())
+    assert f"sentinel://{sentinels.addresses}" in flat  # the title, wrapped by rich
+    assert "Error" not in result.stdout  # a failed read shows as "<Exception>: ..." in the table
