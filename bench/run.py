@@ -7,6 +7,8 @@ prints one table, every figure measured in this run. Results go to bench/results
    1,000 req/s and p99 - 150 ms <= 20 ms.
 3. peer: Celery (Redis broker and result backend), apply_async + get at the same
    concurrency as 1. Target >= 5x Celery's req/s.
+4. durability: zero work with REDIS_WAIT_REPLICAS=1 (each enqueue pipeline and each
+   reply + ack confirmed by a local replica) vs 0, against the same primary and replica.
 """
 
 from __future__ import annotations
@@ -63,16 +65,7 @@ def scenario_overhead(workdir: Path, redis: RedisServer, concurrency: int, secon
     finally:
         echo.stop()
         trivial.stop()
-    proxy = Proxy(workdir, redis.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING")
-    worker = Worker(workdir, redis.url, "zero", PROCESSING_DELAY_MS="0", WORKER_TERMINALS=str(concurrency),
-                    LOG_LEVEL="WARNING")
-    try:
-        proxy.wait_ready()
-        worker.wait_ready()
-        end_to_end = load(proxy.url, concurrency, seconds)
-    finally:
-        proxy.stop()
-        worker.stop()
+    end_to_end = zero_work(workdir, redis, concurrency, seconds)
     return {"loadgen_ceiling": ceiling.summary(), "echo": bare.summary(), "end_to_end": end_to_end.summary(),
             "ratio": round(end_to_end.requests_per_second / bare.requests_per_second, 3)}
 
@@ -97,6 +90,32 @@ def scenario_headline(workdir: Path, redis: RedisServer, seconds: float, workers
     return {"terminals": terminals, "work_ms": work_ms, "worker_processes": workers, "ideal_rps": ideal,
             "result": summary, "fraction_of_ideal": round(result.requests_per_second / ideal, 3),
             "p99_overhead_ms": round(summary["p99_ms"] - work_ms, 2)}
+
+
+def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: float, **env: str) -> LoadResult:
+    proxy = Proxy(workdir, redis.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
+    worker = Worker(workdir, redis.url, f"zero-{free_port()}", PROCESSING_DELAY_MS="0",
+                    WORKER_TERMINALS=str(concurrency), LOG_LEVEL="WARNING", **env)
+    try:
+        proxy.wait_ready()
+        worker.wait_ready()
+        return load(proxy.url, concurrency, seconds)
+    finally:
+        proxy.stop()
+        worker.stop()
+
+
+def scenario_wait(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
+    replica = RedisServer(workdir / "replica", extra_args=["--replicaof", "127.0.0.1", str(redis.port)])
+    try:
+        wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up", 20,
+                   what="replica in sync")
+        without = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="0")
+        confirmed = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="1")
+    finally:
+        replica.stop()
+    return {"wait_0": without.summary(), "wait_1": confirmed.summary(),
+            "ratio": round(confirmed.requests_per_second / without.requests_per_second, 3)}
 
 
 def scenario_celery(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
@@ -129,17 +148,20 @@ def main() -> int:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis")
         try:
-            console.print("1/3 zero-work overhead ...")
+            console.print("1/4 zero-work overhead ...")
             overhead = scenario_overhead(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("2/3 150 terminals x 150 ms (fixed, then 130-170 ms) ...")
+            console.print("2/4 150 terminals x 150 ms (fixed, then 130-170 ms) ...")
             headline = scenario_headline(workdir, redis, args.seconds)
             redis.client().flushall()
             # Fixed work makes a closed loop march in lockstep waves; jitter shows the steady state.
             jittered = scenario_headline(workdir, redis, args.seconds, delay="130-170")
             redis.client().flushall()
-            console.print("3/3 Celery peer ...")
+            console.print("3/4 Celery peer ...")
             celery = scenario_celery(workdir, redis, args.concurrency, args.seconds)
+            redis.client().flushall()
+            console.print("4/4 WAIT for one replica vs none ...")
+            durability = scenario_wait(workdir, redis, args.concurrency, args.seconds)
         finally:
             redis.stop()
 
@@ -165,12 +187,16 @@ def main() -> int:
     table.add_row(f"3. vs Celery at {args.concurrency} clients",
                   f"{e2e_rps:.0f} vs {celery['requests_per_second']:.0f} req/s = {celery_ratio:.2f}x",
                   ">= 5x", verdict(celery_ratio >= 5))
+    table.add_row("4. zero work, REDIS_WAIT_REPLICAS=1 (local replica) vs 0",
+                  f"{durability['wait_1']['requests_per_second']:.0f} vs "
+                  f"{durability['wait_0']['requests_per_second']:.0f} req/s = {durability['ratio']:.2f}x "
+                  f"(p99 {durability['wait_1']['p99_ms']:.1f} vs {durability['wait_0']['p99_ms']:.1f} ms)", "-", "-")
     console.print(table)
 
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "seconds_per_run": args.seconds, "concurrency": args.concurrency,
               "overhead": overhead, "headline": headline, "headline_jittered": jittered, "celery": celery,
-              "celery_ratio": celery_ratio}
+              "celery_ratio": celery_ratio, "durability": durability}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
