@@ -65,4 +65,5 @@ class Enqueuer:
             for fields, minid, _ in batch:
                 pipe.xadd(self._stream, fields, minid=minid, approximate=True)
             self._replicas.add_to(pipe)
-            self._replicas.check(pipe.execute())
+            results = pipe.execute()
+        self._replicas.check(results, self._client)

@@ -26,9 +26,15 @@ class ReplicaWait:
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
 
-    def check(self, results: list[Any]) -> None:
-        """Raises ReplicasBehind when the pipeline's WAIT (its last result) fell short."""
+    def check(self, results: list[Any], client: redis.Redis) -> None:
+        """Raises ReplicasBehind when the pipeline's WAIT (its last result) fell short.
+
+        The idle connections are dropped too: a primary that lost its replicas may have
+        been replaced (Sentinel promotes a replica before it demotes the old primary,
+        which keeps taking writes meanwhile), and a new connection asks again where the
+        primary is."""
         if self.replicas and int(results[-1]) < self.replicas:
+            client.connection_pool.disconnect(inuse_connections=False)
             raise ReplicasBehind(
                 f"{results[-1]} of {self.replicas} replicas confirmed the write within {self.timeout_ms} ms"
             )

@@ -81,7 +81,8 @@ class OutcomeWriter:
         with self._client.pipeline(transaction=False) as pipe:
             pipe.evalsha(self._script.sha, len(keys), *keys, *args)
             self._replicas.add_to(pipe)
-            self._replicas.check(pipe.execute())
+            results = pipe.execute()
+        self._replicas.check(results, self._client)
 
     def ack(self, entry_id: bytes) -> None:
         self._client.xack(self._request_stream, self._group, entry_id)
