@@ -61,9 +61,18 @@ def server_span(name: str, headers: Mapping[str, str]) -> Iterator[trace.Span]:
         yield span
 
 
+def tracing_active() -> bool:
+    """True once a real tracer provider is installed (configure_tracing, or a test's own)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 @contextmanager
 def consumer_span(name: str, traceparent: str) -> Iterator[trace.Span]:
     """The worker's span of one entry, a child of the proxy span that queued it."""
+    if not tracing_active():
+        # Even a no-op span costs context switching and propagation on every entry.
+        yield trace.INVALID_SPAN
+        return
     context = propagate.extract({"traceparent": traceparent}) if traceparent else None
     with tracer.start_as_current_span(name, context=context, kind=trace.SpanKind.CONSUMER) as span:
         yield span

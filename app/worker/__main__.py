@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+# Terminals, the reader and the reply sender are greenlets: one OS thread, no GIL
+# hand-offs between them, and a terminal costs a few kilobytes instead of a thread.
+# The work they stand for waits on I/O; CPU-bound work wants more worker processes.
+from gevent import monkey
+
+monkey.patch_all()
+
 import logging
 import signal
 import sys

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from app.shared import contract
+from app.shared.batching import Batcher
 from app.shared.logs import request_id_var
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
@@ -24,7 +25,7 @@ from app.shared.tracing import consumer_span
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
 from app.worker.forecast import build_forecast
-from app.worker.replies import OutcomeWriter
+from app.worker.replies import Outcome, OutcomeWriter
 from app.worker.settings import WorkerSettings
 
 log = logging.getLogger("app.worker")
@@ -33,6 +34,8 @@ log = logging.getLogger("app.worker")
 Entry = tuple[bytes, dict[bytes, bytes], int]
 
 HOUSEKEEPING_INTERVAL_SECONDS = 5.0
+
+_PROCESSED = {outcome: metrics.PROCESSED.labels(outcome) for outcome in ("ok", "error", "expired", "dead_lettered")}
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
@@ -49,6 +52,8 @@ class Worker:
             client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen,
             ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
         )
+        # Terminals that finish together share one pipeline of replies and one XACK.
+        self._outcomes: Batcher[Outcome] = Batcher(self._write_outcomes, "outcomes")
         self._janitor = ConsumerJanitor(
             client, settings.request_stream, settings.consumer_group, settings.consumer_name
         )
@@ -198,6 +203,7 @@ class Worker:
             # Redis lost the stream or the group (restart without persistence): recreate.
             log.warning("consumer group missing, recreating it")
             self.group_ready.clear()
+            self._writer.ttl.forget_all()  # the reply streams went with it
             return
         delay = self._loop_backoff.next_delay()
         log.warning("reading the request stream failed",
@@ -223,7 +229,7 @@ class Worker:
                 self._idle_terminals.release()
 
     def _count(self, outcome: str) -> None:
-        metrics.PROCESSED.labels(outcome).inc()
+        _PROCESSED[outcome].inc()
         with self._processed_lock:
             self.processed += 1
 
@@ -255,7 +261,7 @@ class Worker:
     def _process(self, entry_id: bytes, request: contract.WeatherRequest, rng: random.Random) -> None:
         if request.expired():
             # The proxy has already answered 504; doing the work now helps nobody.
-            self.guard.call(self._writer.ack, entry_id)
+            self._outcomes.submit(Outcome(entry_id))
             self._count("expired")
             log.info("skipped expired request", extra={"entry_id": entry_id.decode(), "subject": request.subject})
             return
@@ -273,11 +279,16 @@ class Worker:
             reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
                                    {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
-        self._until_deadline(request, self._writer.reply_and_ack, request.reply_to, reply, entry_id)
+        self._until_deadline(request, Outcome(entry_id, request.reply_to, reply))
         self._count(outcome)
-        log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome, "subject": request.subject})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome, "subject": request.subject})
 
-    def _until_deadline(self, request: contract.WeatherRequest, write: Any, *args: Any) -> None:
+    def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
+        # One try per batch inside the breaker; the terminals pace their own retries.
+        return self.guard.call_once(self._writer.write, batch)
+
+    def _until_deadline(self, request: contract.WeatherRequest, outcome: Outcome) -> None:
         """Retries a reply across an outage or a failover while its caller still waits.
 
         The entry stays pending meanwhile, so giving up loses nothing: it is delivered
@@ -285,7 +296,7 @@ class Worker:
         pacing = LoopBackoff(0.05, self.settings.redis_reconnect_max_seconds)
         while True:
             try:
-                self.guard.call(write, *args, budget_seconds=max(0.0, request.deadline_ms / 1000 - time.time()))
+                self._outcomes.submit(outcome)
                 return
             except redis.RedisError as error:
                 if not (is_outage(error) or isinstance(error, CircuitOpen)) or request.expired():

@@ -1,4 +1,4 @@
-"""Reply + acknowledge as one step, against a real Redis."""
+"""Replies and acknowledgements of a batch, and dead letters, against a real Redis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import redis
 
 from app.shared import contract
 from app.shared.replication import ReplicasBehind, ReplicaWait
-from app.worker.replies import OutcomeWriter
+from app.worker.replies import Outcome, OutcomeWriter, ReplyTtl
 from tests.support.processes import RedisServer, wait_until
 
 STREAM, GROUP = "weather-requests", "weather-workers"
@@ -29,35 +29,68 @@ def _deliver(client, fields=None) -> bytes:
     return entry_id
 
 
-def test_reply_is_written_with_ttl_then_acknowledged(client):
+def test_a_batch_is_replied_with_ttl_then_acknowledged_in_one_xack(client):
     writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
-    entry_id = _deliver(client)
+    first, second, expired = _deliver(client), _deliver(client), _deliver(client)
+    before = client.info("commandstats")
 
-    writer.reply_and_ack("weather-responses:h:1:t", contract.Reply("r1", "ok", {"a": 1}), entry_id)
+    errors = writer.write([
+        Outcome(first, "weather-responses:h:1:t", contract.Reply("r1", "ok", {"a": 1})),
+        Outcome(second, "weather-responses:h:2:t", contract.Reply("r2", "error", {"detail": "x"})),
+        Outcome(expired),  # acknowledged without a reply
+    ])
 
+    assert errors == [None, None, None]
     [(_, fields)] = client.xrange("weather-responses:h:1:t")
     assert contract.Reply.from_fields(fields) == contract.Reply("r1", "ok", {"a": 1})
-    assert 0 < client.ttl("weather-responses:h:1:t") <= contract.REPLY_STREAM_TTL_SECONDS
+    assert client.xlen("weather-responses:h:2:t") == 1
+    for stream in ("weather-responses:h:1:t", "weather-responses:h:2:t"):
+        assert 0 < client.ttl(stream) <= contract.REPLY_STREAM_TTL_SECONDS
     assert client.xpending(STREAM, GROUP)["pending"] == 0
+    after = client.info("commandstats")
+    assert after["cmdstat_xack"]["calls"] - before.get("cmdstat_xack", {"calls": 0})["calls"] == 1
 
 
-def test_failed_reply_leaves_the_entry_pending(client):
+def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
+    now = [1000.0]
     writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
-    entry_id = _deliver(client)
+    writer.ttl = ReplyTtl(30, clock=lambda: now[0])
+    stream = "weather-responses:h:1:t"
+
+    def expires_sent(outcomes: int) -> int:
+        before = client.info("commandstats").get("cmdstat_expire", {"calls": 0})["calls"]
+        writer.write([Outcome(_deliver(client), stream, contract.Reply("r", "ok", {})) for _ in range(outcomes)])
+        return client.info("commandstats")["cmdstat_expire"]["calls"] - before
+
+    assert expires_sent(3) == 1  # a stream new to this worker gets its TTL with its first reply
+    now[0] += 29
+    assert expires_sent(2) == 0
+    now[0] += 2
+    assert expires_sent(1) == 1
+    client.persist(stream)
+    writer.ttl.forget_all()  # what the worker does when Redis lost its data
+    assert expires_sent(1) == 1
+    assert client.ttl(stream) > 0
+
+
+def test_a_failed_reply_leaves_only_its_own_entry_pending(client):
+    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    broken, fine = _deliver(client), _deliver(client)
     client.set("weather-responses:h:1:t", "not a stream")
 
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        writer.reply_and_ack("weather-responses:h:1:t", contract.Reply("r1", "ok", {}), entry_id)
+    errors = writer.write([Outcome(broken, "weather-responses:h:1:t", contract.Reply("r1", "ok", {})),
+                           Outcome(fine, "weather-responses:h:2:t", contract.Reply("r2", "ok", {}))])
 
-    assert client.xpending(STREAM, GROUP)["pending"] == 1
+    assert isinstance(errors[0], redis.ResponseError) and "WRONGTYPE" in str(errors[0])
+    assert errors[1] is None
+    assert [entry["message_id"] for entry in client.xpending_range(STREAM, GROUP, "-", "+", 10)] == [broken]
 
 
 def test_reply_stream_length_is_bounded(client):
     writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     reply = contract.Reply("r", "ok", {})
-    with client.pipeline(transaction=False):
-        for _ in range(contract.REPLY_STREAM_MAXLEN + 3000):
-            writer.reply_and_ack("weather-responses:h:1:t", reply, b"0-1")
+    for _ in range((contract.REPLY_STREAM_MAXLEN + 3000) // 250):
+        writer.write([Outcome(b"0-1", "weather-responses:h:1:t", reply)] * 250)
 
     # Approximate trimming keeps whole radix-tree nodes (100 entries each by default).
     assert contract.REPLY_STREAM_MAXLEN <= client.xlen("weather-responses:h:1:t") < contract.REPLY_STREAM_MAXLEN + 200
@@ -77,25 +110,27 @@ def test_dead_letter_keeps_the_original_fields_and_says_why(client):
     assert client.xpending(STREAM, GROUP)["pending"] == 0
 
 
-def test_with_wait_the_reply_and_ack_are_confirmed_by_a_replica_and_survive_an_empty_script_cache(
+def test_with_wait_replies_are_confirmed_by_a_replica_and_dead_letters_survive_an_empty_script_cache(
         client, redis_server, tmp_path):
     replica = RedisServer(tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(redis_server.port)])
     try:
         wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up", 20, what="in sync")
         writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=ReplicaWait(1, 1000))
+
+        assert writer.write([Outcome(_deliver(client), "weather-responses:h:1:t",
+                                     contract.Reply("r1", "ok", {}))]) == [None]
+        # Confirmed by WAIT: the replica has the reply already.
+        assert replica.client().xlen("weather-responses:h:1:t") == 1
+
         # A primary promoted in a failover knows none of the scripts: NOSCRIPT is answered by loading it again.
         client.script_flush()
-        entry_id = _deliver(client)
+        writer.dead_letter_and_ack(_deliver(client), {b"x": b"1"}, "poison", 1, "c")
+        assert replica.client().xlen(STREAM + ":dlq") == 1
 
-        writer.reply_and_ack("weather-responses:h:1:t", contract.Reply("r1", "ok", {}), entry_id)
-
-        # Confirmed by WAIT: the replica has both the reply and the acknowledgement already.
-        assert replica.client().xlen("weather-responses:h:1:t") == 1
-        assert replica.client().xpending(STREAM, GROUP)["pending"] == 0
         replica.signal(signal.SIGSTOP)
         try:
             with pytest.raises(ReplicasBehind):
-                writer.reply_and_ack("weather-responses:h:1:t", contract.Reply("r2", "ok", {}), _deliver(client))
+                writer.write([Outcome(_deliver(client), "weather-responses:h:1:t", contract.Reply("r2", "ok", {}))])
         finally:
             replica.signal(signal.SIGCONT)
     finally:
