@@ -1,9 +1,18 @@
 """Load test for the proxy: python -m tools.loadtest --url http://127.0.0.1:8080
 
-Checks /readyz first, sends POST /WeatherForecast/city sequentially or with a fixed
-number of concurrent clients (closed loop), shows a progress bar, and ends with a summary
-table. Exits 1 when any request failed, 2 when the service is not ready. `--report`
-writes a latency histogram and throughput-over-time plot (.png, or .html embedding it).
+Checks /readyz first, sends POST /WeatherForecast/city, shows a progress bar, and ends
+with a summary table. Exits 1 when any request failed, 2 when the service is not ready.
+`--report` writes a latency histogram and throughput-over-time plot (.png, or .html).
+
+Which mode answers which question:
+  --rate R            open loop: R requests start every second on a fixed schedule, whatever
+                      the answers. "What latency do users see at R req/s, and what happens
+                      past capacity?" Latency counts from each request's scheduled start, so
+                      queueing (in the service or in this tool) shows instead of hiding.
+  --mode concurrent   closed loop: N clients, each sends its next request when its last one
+                      answered. "How much can the service do?" It slows down with the service,
+                      so its latencies hide queueing; use it for throughput, not latency.
+  --mode sequential   one client, one request at a time: the unloaded round trip.
 """
 
 from __future__ import annotations
@@ -30,10 +39,19 @@ CITY_PATH = "/WeatherForecast/city"
 
 @dataclass
 class Sample:
-    started: float  # seconds since the run began
-    seconds: float
+    started: float  # seconds since the run began (open loop: when it was scheduled to start)
+    seconds: float  # until the answer, from `started`
     status: int | None
     error: str | None = None
+    # Open loop: how late this tool actually sent it. Large values mean the tool, not
+    # the service, could not keep the schedule.
+    send_lag: float = 0.0
+
+
+def _quantile(values: list[float], fraction: float) -> float:
+    if not values:
+        return math.nan
+    return values[min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))]
 
 
 @dataclass
@@ -53,18 +71,20 @@ class LoadResult:
     def requests_per_second(self) -> float:
         return len(self.samples) / self.wall_seconds if self.wall_seconds else 0.0
 
+    @property
+    def ok_per_second(self) -> float:
+        return len(self.ok) / self.wall_seconds if self.wall_seconds else 0.0
+
     def percentile(self, fraction: float, only_ok: bool = True) -> float:
-        values = sorted(s.seconds for s in (self.ok if only_ok else self.samples))
-        if not values:
-            return math.nan
-        index = min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))
-        return values[index]
+        return _quantile(sorted(s.seconds for s in (self.ok if only_ok else self.samples)), fraction)
 
     def summary(self) -> dict[str, float | int]:
         latencies = [s.seconds for s in self.ok]
         return {
             "sent": len(self.samples), "ok": len(self.ok), "failed": len(self.failed),
             "seconds": round(self.wall_seconds, 3), "requests_per_second": round(self.requests_per_second, 1),
+            "ok_per_second": round(self.ok_per_second, 1),
+            "send_lag_p99_ms": round(_quantile(sorted(s.send_lag for s in self.samples), 0.99) * 1000, 2),
             "p50_ms": round(self.percentile(0.50) * 1000, 2), "p90_ms": round(self.percentile(0.90) * 1000, 2),
             "p99_ms": round(self.percentile(0.99) * 1000, 2),
             "max_ms": round(max(latencies) * 1000, 2) if latencies else math.nan,
@@ -73,9 +93,10 @@ class LoadResult:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: float, began: float,
-               body: dict | None) -> Sample:
+               body: dict | None, scheduled: float | None = None) -> Sample:
     payload = body if body is not None else {"city": f"City-{index}", "location": "loadtest"}
-    started = time.perf_counter()
+    sent = time.perf_counter()
+    started = sent if scheduled is None else scheduled
     try:
         async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             await response.read()
@@ -83,7 +104,7 @@ async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: fl
             error = None if status == 200 else f"HTTP {status}"
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return Sample(started - began, time.perf_counter() - started, status, error)
+    return Sample(started - began, time.perf_counter() - started, status, error, sent - started)
 
 
 async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
@@ -116,6 +137,39 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
     return result
 
 
+async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: float, duration: float | None = None,
+                        path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
+                        max_connections: int = 4000) -> LoadResult:
+    """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
+    ones answered; its latency counts from that due time (no coordinated omission)."""
+    target = url.rstrip("/") + path
+    result = LoadResult()
+    total = count if duration is None else math.ceil(duration * rate)
+    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
+    task = progress.add_task("requests", total=total) if progress else None
+    began = time.perf_counter()
+
+    async def fire(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
+        result.samples.append(await _one(session, target, index, timeout, began, body, scheduled))
+        if progress is not None and task is not None:
+            progress.advance(task)
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        in_flight: set[asyncio.Task[None]] = set()
+        for index in range(total or 0):
+            scheduled = began + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            request = asyncio.create_task(fire(session, index, scheduled))
+            in_flight.add(request)
+            request.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+    # Throughput over the schedule, not over the tail of the last answers.
+    result.wall_seconds = max(time.perf_counter() - began, (total or 0) / rate)
+    return result
+
+
 async def check_ready(url: str) -> str | None:
     try:
         async with aiohttp.ClientSession() as session, session.get(
@@ -136,6 +190,7 @@ def summary_table(result: LoadResult, title: str) -> Table:
         table.add_row(f"status {status}", str(number))
     figures = result.summary()
     table.add_row("requests/s", f"{figures['requests_per_second']:.1f}")
+    table.add_row("200 answers/s", f"{figures['ok_per_second']:.1f}")
     for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
         table.add_row(key.replace("_ms", " latency (ms, 200s)"), f"{figures[key]:.1f}")
     examples: dict[str, int] = {}
@@ -143,6 +198,8 @@ def summary_table(result: LoadResult, title: str) -> Table:
         examples[sample.error or "?"] = examples.get(sample.error or "?", 0) + 1
     for error, number in list(examples.items())[:5]:
         table.add_row(f"error: {error[:60]}", str(number))
+    if any(sample.send_lag for sample in result.samples):
+        table.add_row("send lag p99 (ms, this tool behind schedule)", f"{figures['send_lag_p99_ms']:.1f}")
     return table
 
 
@@ -183,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the proxy's base URL")
-    parser.add_argument("--mode", choices=["sequential", "concurrent"], default="concurrent")
+    parser.add_argument("--mode", choices=["sequential", "concurrent"], default="concurrent",
+                        help="closed loop (ignored with --rate)")
+    parser.add_argument("--rate", type=float, help="open loop: requests started per second on a fixed schedule")
     parser.add_argument("--count", type=int, default=1000, help="requests to send (ignored with --duration)")
     parser.add_argument("--concurrency", type=int, default=50, help="concurrent clients in concurrent mode")
     parser.add_argument("--timeout", type=float, default=35.0, help="seconds one request may take")
@@ -192,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     args = parser.parse_args(argv)
     duration_bad = args.duration is not None and args.duration <= 0
-    if args.count < 1 or args.concurrency < 1 or args.timeout <= 0 or duration_bad:
-        parser.error("--count, --concurrency, --timeout and --duration must be positive")
+    rate_bad = args.rate is not None and args.rate <= 0
+    if args.count < 1 or args.concurrency < 1 or args.timeout <= 0 or duration_bad or rate_bad:
+        parser.error("--count, --concurrency, --timeout, --duration and --rate must be positive")
     if args.report and args.report.suffix not in (".png", ".html"):
         parser.error("--report must end in .png or .html")
     concurrency = 1 if args.mode == "sequential" else args.concurrency
@@ -203,11 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         console.print(f"[red]not ready[/red]: {args.url} {problem}")
         return 2
-    title = f"{args.mode}, {concurrency} client(s), {args.url}"
+    if args.rate:
+        title = f"open loop, {args.rate:g} req/s, {args.url}"
+    else:
+        title = f"{args.mode}, {concurrency} client(s), {args.url}"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.no_progress, transient=True) as progress:
-        result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency, timeout=args.timeout,
-                                      duration=args.duration, progress=progress))
+        if args.rate:
+            result = asyncio.run(run_open_loop(args.url, rate=args.rate, count=args.count, timeout=args.timeout,
+                                               duration=args.duration, progress=progress))
+        else:
+            result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency,
+                                          timeout=args.timeout, duration=args.duration, progress=progress))
     Console().print(summary_table(result, title))
     if args.report:
         write_report(result, args.report, title)

@@ -10,6 +10,8 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.processes import wait_until
+
 pytestmark = pytest.mark.system
 
 SECRET = "a-test-secret-of-32-bytes-or-more!!"  # noqa: S105 - a test key
@@ -39,8 +41,9 @@ def test_a_valid_token_is_served_and_its_subject_reaches_the_worker(stack, proxy
     response = _ask(proxy, _token())
 
     assert response.status_code == 200
-    worker_log = next(p for p in stack.processes if p.name.startswith("worker")).log()
-    assert '"subject": "alice"' in worker_log
+    worker = next(p for p in stack.processes if p.name.startswith("worker"))
+    # The worker logs once the entry is acknowledged, just after the reply went out.
+    wait_until(lambda: '"subject": "alice"' in worker.log(), 5, what="the subject in the worker's log")
 
 
 @pytest.mark.parametrize(("token", "detail"), [

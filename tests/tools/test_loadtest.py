@@ -54,3 +54,25 @@ def test_bad_arguments_are_refused():
     result = _loadtest("--count", "0")
     assert result.returncode == 2
     assert "must be positive" in result.stderr
+
+
+def test_open_loop_keeps_its_schedule_and_counts_queueing_from_the_scheduled_start(stack):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    # One terminal of 100 ms is 10 req/s; 20 req/s for one second queues the second half.
+    stack.worker("w", PROCESSING_DELAY_MS="100", WORKER_TERMINALS="1").wait_ready()
+
+    result = _loadtest("--url", proxy.url, "--rate", "20", "--count", "20")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "open loop, 20 req/s" in result.stdout
+    assert re.search(r"status 200\s+│\s+20\s+│", result.stdout), result.stdout
+    # A closed loop would report ~100 ms for every request; from the schedule the last
+    # ones waited behind the first (about 1 s).
+    p99 = float(re.search(r"p99 latency \(ms, 200s\)\s+│\s+([\d.]+)", result.stdout).group(1))
+    assert p99 > 500, result.stdout
+
+
+def test_a_bad_rate_is_refused():
+    result = _loadtest("--rate", "0")
+    assert result.returncode == 2
+    assert "--rate" in result.stderr
