@@ -7,8 +7,6 @@ import os
 import random
 import secrets
 import socket
-import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,26 +24,20 @@ from app.proxy.errors import ApiError, json_response, register_error_handlers
 from app.proxy.local_forecast import five_day_forecast
 from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import ReplyListener
+from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
 from app.shared import contract
 from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisConnector
 from app.shared.logs import configure_logging, request_id_var
 from app.shared.replication import ReplicaWait
-from app.shared.resilience import CircuitOpen, RedisGuard
-from app.shared.tracing import configure_tracing, current_traceparent, server_span
+from app.shared.resilience import RedisGuard
+from app.shared.tracing import configure_tracing, server_span
 
 log = logging.getLogger("app.proxy")
 
 MAX_BODY_BYTES = 64 * 1024
-# Requests older than their deadline are useless to a worker. The margin covers clock
-# skew between this host and Redis (entry ids carry Redis's clock), so trimming by
-# MINID never drops an entry that could still be answered.
-TRIM_MARGIN_MS = 60_000
 UNPROBED_PATHS = ("/metrics", "/healthz", "/readyz", "/openapi.json", "/docs")
 API_PREFIX = "/WeatherForecast"
-# An XADD answers in well under a millisecond; a try that takes this long is a stuck
-# connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
-ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
 
 
 def _require_text(body: dict[str, Any], name: str) -> str:
@@ -125,10 +117,7 @@ def create_app(settings: ProxySettings) -> Flask:
         reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()
-    timeout_ms = int(settings.request_timeout_seconds * 1000)
-    # The retry budget plus the longest a try can block, never past the deadline.
-    enqueue_wait = min(settings.request_timeout_seconds,
-                       settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+    round_trips = RoundTrips(settings, enqueuer, listener, guard, tracing)
     rng = random.Random()
     log.info("proxy process started",
              extra={"reply_stream": reply_stream, "redis": connector.describe()})
@@ -180,51 +169,6 @@ def create_app(settings: ProxySettings) -> Flask:
 
     def ask_worker() -> Response:
         city, location = parse_city_query()
-        if listener.waiting >= settings.max_inflight_per_process:
-            metrics.OVERLOADED.inc()
-            raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
-                           {"Retry-After": "1"})
-        request_id = uuid.uuid4().hex
-        request_id_var.set(request_id)
-        sent_ms = contract.now_ms()
-        entry = contract.WeatherRequest(
-            request_id=request_id, reply_to=reply_stream, deadline_ms=sent_ms + timeout_ms,
-            city=city, location=location, traceparent=current_traceparent() if tracing else "",
-            subject=g.subject,
-        )
-        waiter = listener.expect(request_id)
-        started = time.perf_counter()
-        metrics.INFLIGHT.inc()
-        try:
-            try:
-                enqueuer.enqueue(entry.to_fields(), f"{sent_ms - timeout_ms - TRIM_MARGIN_MS}-0", enqueue_wait)
-            except CircuitOpen:
-                metrics.REDIS_ERRORS.labels("enqueue").inc()
-                raise ApiError(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
-                               {"Retry-After": guard.retry_after_header()}) from None
-            except redis.RedisError as error:
-                metrics.REDIS_ERRORS.labels("enqueue").inc()
-                log.warning("enqueue failed", extra={"error": repr(error)})
-                raise ApiError(503, "redis_unavailable", "the request queue is unreachable; try again",
-                               {"Retry-After": "1"}) from None
-            remaining = entry.deadline_ms / 1000 - time.time()
-            reply = waiter.get(timeout=max(0.0, remaining), block=True) if remaining > 0 else None
-        except gevent.Timeout:
-            reply = None
-        finally:
-            metrics.INFLIGHT.dec()
-            listener.forget(request_id)
-        elapsed = time.perf_counter() - started
-        if reply is None:
-            metrics.TIMEOUTS.inc()
-            metrics.ROUNDTRIP_SECONDS.labels("timeout").observe(elapsed)
-            log.info("request timed out", extra={"timeout_seconds": settings.request_timeout_seconds})
-            raise ApiError(504, "timeout",
-                           f"no reply within {settings.request_timeout_seconds:g} s; the request was dropped")
-        if not reply.ok:
-            metrics.ROUNDTRIP_SECONDS.labels("error").observe(elapsed)
-            raise ApiError(502, "worker_error", str(reply.body.get("detail", "the worker could not process it")))
-        metrics.ROUNDTRIP_SECONDS.labels("ok").observe(elapsed)
-        return json_response(200, reply.body, {"X-Request-ID": request_id})
+        return round_trips.ask(city, location, g.subject)
 
     return app

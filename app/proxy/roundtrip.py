@@ -1,0 +1,100 @@
+"""One request's round trip: the entry into the request stream, then its reply or its deadline."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import gevent
+import redis
+from flask import Response
+
+from app.proxy import metrics
+from app.proxy.enqueue import Enqueuer
+from app.proxy.errors import ApiError, json_response
+from app.proxy.replies import ReplyListener
+from app.proxy.settings import ProxySettings
+from app.shared import contract
+from app.shared.logs import request_id_var
+from app.shared.resilience import CircuitOpen, RedisGuard
+from app.shared.tracing import current_traceparent
+
+log = logging.getLogger("app.proxy")
+
+# Requests older than their deadline are useless to a worker. The margin covers clock
+# skew between this host and Redis (entry ids carry Redis's clock), so trimming by
+# MINID never drops an entry that could still be answered.
+TRIM_MARGIN_MS = 60_000
+# An XADD answers in well under a millisecond; a try that takes this long is a stuck
+# connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
+ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
+
+_ROUNDTRIP = {result: metrics.ROUNDTRIP_SECONDS.labels(result) for result in ("ok", "error", "timeout")}
+_ENQUEUE_ERRORS = metrics.REDIS_ERRORS.labels("enqueue")
+
+
+class RoundTrips:
+    def __init__(self, settings: ProxySettings, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard,
+                 tracing: bool) -> None:
+        self._settings = settings
+        self._enqueuer = enqueuer
+        self._listener = listener
+        self._guard = guard
+        self._tracing = tracing
+        self._timeout_ms = int(settings.request_timeout_seconds * 1000)
+        # The retry budget plus the longest a try can block, never past the deadline.
+        self._enqueue_wait = min(settings.request_timeout_seconds,
+                                 settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+
+    def ask(self, city: str, location: str, subject: str) -> Response:
+        if self._listener.waiting >= self._settings.max_inflight_per_process:
+            metrics.OVERLOADED.inc()
+            raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
+                           {"Retry-After": "1"})
+        request_id = uuid.uuid4().hex
+        request_id_var.set(request_id)
+        sent_ms = contract.now_ms()
+        entry = contract.WeatherRequest(
+            request_id=request_id, reply_to=self._listener.stream, deadline_ms=sent_ms + self._timeout_ms,
+            city=city, location=location, traceparent=current_traceparent() if self._tracing else "",
+            subject=subject,
+        )
+        waiter = self._listener.expect(request_id)
+        started = time.perf_counter()
+        metrics.INFLIGHT.inc()
+        try:
+            self._enqueue(entry, sent_ms)
+            remaining = entry.deadline_ms / 1000 - time.time()
+            reply = waiter.get(timeout=max(0.0, remaining), block=True) if remaining > 0 else None
+        except gevent.Timeout:
+            reply = None
+        finally:
+            metrics.INFLIGHT.dec()
+            self._listener.forget(request_id)
+        elapsed = time.perf_counter() - started
+        if reply is None:
+            metrics.TIMEOUTS.inc()
+            _ROUNDTRIP["timeout"].observe(elapsed)
+            log.info("request timed out", extra={"timeout_seconds": self._settings.request_timeout_seconds})
+            raise ApiError(504, "timeout",
+                           f"no reply within {self._settings.request_timeout_seconds:g} s; the request was dropped")
+        if not reply.ok:
+            _ROUNDTRIP["error"].observe(elapsed)
+            raise ApiError(502, "worker_error", str(reply.body.get("detail", "the worker could not process it")))
+        _ROUNDTRIP["ok"].observe(elapsed)
+        return json_response(200, reply.body, {"X-Request-ID": request_id})
+
+    def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int) -> None:
+        minid = f"{sent_ms - self._timeout_ms - TRIM_MARGIN_MS}-0"
+        try:
+            self._enqueuer.enqueue(entry.to_fields(), minid, self._enqueue_wait)
+        except CircuitOpen:
+            _ENQUEUE_ERRORS.inc()
+            raise ApiError(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
+                           {"Retry-After": self._guard.retry_after_header()}) from None
+        except redis.RedisError as error:
+            _ENQUEUE_ERRORS.inc()
+            log.warning("enqueue failed", extra={"error": repr(error)})
+            raise ApiError(503, "redis_unavailable", "the request queue is unreachable; try again",
+                           {"Retry-After": "1"}) from None
