@@ -39,7 +39,8 @@ from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Work
 from tools.loadtest import LoadResult, check_ready, run_load, run_open_loop
 
 RESULTS = ROOT / "bench" / "results"
-console = Console()
+# Wide enough for the table when the output goes to a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def load(url: str, concurrency: int, seconds: float, warmup: float = 2.0) -> LoadResult:

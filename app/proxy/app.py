@@ -168,6 +168,7 @@ def create_app(settings: ProxySettings) -> Flask:
             return response
 
     def ask_worker() -> Response:
+        round_trips.refuse_when_full()
         city, location = parse_city_query()
         return round_trips.ask(city, location, g.subject)
 

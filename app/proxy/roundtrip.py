@@ -47,11 +47,15 @@ class RoundTrips:
         self._enqueue_wait = min(settings.request_timeout_seconds,
                                  settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
 
-    def ask(self, city: str, location: str, subject: str) -> Response:
+    def refuse_when_full(self) -> None:
+        """Checked before the body is even read: under overload the refusal must cost the
+        least CPU, or refusing crowds out the requests that were accepted."""
         if self._listener.waiting >= self._settings.max_inflight_per_process:
             metrics.OVERLOADED.inc()
             raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
                            {"Retry-After": "1"})
+
+    def ask(self, city: str, location: str, subject: str) -> Response:
         request_id = uuid.uuid4().hex
         request_id_var.set(request_id)
         sent_ms = contract.now_ms()
