@@ -1,4 +1,4 @@
-"""What Redis itself spent on a stretch of load, read from its INFO before and after.
+"""What Redis itself (and each of our processes) spent on a stretch of load.
 
 Redis's CPU (user + system, every thread of the server) and its command count are the
 figures that cap a deployment: whatever one request costs there, one primary's core
@@ -7,6 +7,7 @@ divides by it. Commands run inside Lua scripts are counted by commandstats too.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import redis
@@ -64,3 +65,15 @@ class RedisCost:
             "commands_per_request_by_name": {name: round(calls / self.answered, 3)
                                              for name, calls in sorted(self.commands.items())} if self.answered else {},
         }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]

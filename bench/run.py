@@ -34,7 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.redis_cost import RedisCost, RedisUsage
+from bench.redis_cost import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
 from tools.loadtest import LoadResult, check_ready, run_load, run_open_loop
 
@@ -48,12 +48,18 @@ def load(url: str, concurrency: int, seconds: float, warmup: float = 2.0) -> Loa
     return asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=seconds))
 
 
-def costed_load(redis: RedisServer, url: str, concurrency: int, seconds: float) -> tuple[LoadResult, RedisCost]:
+def costed_load(redis: RedisServer, url: str, concurrency: int, seconds: float,
+                processes: dict[str, list[int]]) -> tuple[LoadResult, RedisCost, dict[str, float]]:
+    """Load after a warm-up, with what Redis and each group of processes spent on it."""
     asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
     client = redis.client()
     before = RedisUsage.read(client)
+    cpu_before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in processes.items()}
     result = asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=seconds))
-    return result, RedisCost.between(before, RedisUsage.read(client), len(result.ok))
+    cpu_ms = {f"{name}_cpu_ms_per_request": round((sum(map(process_cpu_seconds, pids)) - cpu_before[name])
+                                                  * 1000 / max(1, len(result.ok)), 4)
+              for name, pids in processes.items()}
+    return result, RedisCost.between(before, RedisUsage.read(client), len(result.ok)), cpu_ms
 
 
 def ready(url: str) -> None:
@@ -80,10 +86,10 @@ def scenario_overhead(workdir: Path, redis: RedisServer, concurrency: int, secon
     finally:
         echo.stop()
         trivial.stop()
-    end_to_end, cost = zero_work(workdir, redis, concurrency, seconds)
+    end_to_end, cost, process_cpu = zero_work(workdir, redis, concurrency, seconds)
     return {"loadgen_ceiling": ceiling.summary(), "echo": bare.summary(), "end_to_end": end_to_end.summary(),
             "ratio": round(end_to_end.requests_per_second / bare.requests_per_second, 3),
-            "redis_cost": cost.summary()}
+            "redis_cost": cost.summary(), "process_cpu": process_cpu}
 
 
 def drained(redis: RedisServer) -> bool:
@@ -126,14 +132,15 @@ def scenario_open_loop(workdir: Path, redis: RedisServer, seconds: float) -> dic
 
 
 def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: float,
-              **env: str) -> tuple[LoadResult, RedisCost]:
+              **env: str) -> tuple[LoadResult, RedisCost, dict[str, float]]:
     proxy = Proxy(workdir, redis.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
     worker = Worker(workdir, redis.url, f"zero-{free_port()}", PROCESSING_DELAY_MS="0",
                     WORKER_TERMINALS=str(concurrency), LOG_LEVEL="WARNING", **env)
     try:
         proxy.wait_ready()
         worker.wait_ready()
-        return costed_load(redis, proxy.url, concurrency, seconds)
+        return costed_load(redis, proxy.url, concurrency, seconds,
+                           {"proxy": child_pids(proxy.pid), "worker": [worker.pid]})
     finally:
         proxy.stop()
         worker.stop()
@@ -144,8 +151,8 @@ def scenario_wait(workdir: Path, redis: RedisServer, concurrency: int, seconds: 
     try:
         wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up", 20,
                    what="replica in sync")
-        without, _ = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="0")
-        confirmed, _ = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="1")
+        without, _, _ = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="0")
+        confirmed, _, _ = zero_work(workdir, redis, concurrency, seconds, REDIS_WAIT_REPLICAS="1")
     finally:
         replica.stop()
     return {"wait_0": without.summary(), "wait_1": confirmed.summary(),
@@ -216,6 +223,11 @@ def main() -> int:
                   f"{e2e_rps:.0f} vs {overhead['echo']['requests_per_second']:.0f} req/s = {overhead['ratio']:.2f}x"
                   f" (p99 {overhead['end_to_end']['p99_ms']:.1f} vs {overhead['echo']['p99_ms']:.1f} ms)",
                   ">= 0.5x", verdict(overhead["ratio"] >= 0.5))
+    cpu = overhead["process_cpu"]
+    table.add_row("1. CPU per answered request, zero work (all proxy processes; the worker)",
+                  f"proxy {cpu['proxy_cpu_ms_per_request']:.3f} ms = {1000 / cpu['proxy_cpu_ms_per_request']:,.0f} "
+                  f"req/s per core; worker {cpu['worker_cpu_ms_per_request']:.3f} ms = "
+                  f"{1000 / cpu['worker_cpu_ms_per_request']:,.0f} req/s per core", "-", "-")
     runs = open_loop["runs"]
     light, saturated, flooded = runs["0.8x"], runs["1.5x"], runs["3x"]
     table.add_row("2. open loop 800 req/s (80%): p99 - 150 ms",
