@@ -34,7 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.redis_cost import RedisCost, RedisUsage, child_pids, process_cpu_seconds
+from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
 from tools.loadtest import LoadResult, check_ready, run_load, run_open_loop
 

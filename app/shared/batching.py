@@ -43,8 +43,6 @@ class Batcher(Generic[Item]):
         self._queue: queue.SimpleQueue[_Pending[Item]] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batches = 0
-        self.items = 0
 
     def submit(self, item: Item, timeout: float | None = None) -> None:
         """Returns once the item's batch was sent; raises the item's error otherwise."""
@@ -77,8 +75,6 @@ class Batcher(Generic[Item]):
                 outcomes = self._send([pending.item for pending in batch])
             except Exception as error:  # every caller of the batch gets the error
                 outcomes = [error] * len(batch)
-            self.batches += 1
-            self.items += len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 pending.error = outcome
                 pending.done.set()

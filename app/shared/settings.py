@@ -55,6 +55,16 @@ class ConfigError(SystemExit):
         return self.message
 
 
+def _credentials(username: str | None, password: SecretStr | None) -> dict[str, Any]:
+    """redis-py's username/password arguments, leaving out what is not set."""
+    options: dict[str, Any] = {}
+    if username:
+        options["username"] = username
+    if password is not None:
+        options["password"] = password.get_secret_value()
+    return options
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
@@ -119,11 +129,7 @@ class CommonSettings(BaseSettings):
 
     def redis_options(self) -> dict[str, Any]:
         """Keyword arguments for redis-py on top of the URL."""
-        options: dict[str, Any] = {}
-        if self.redis_username:
-            options["username"] = self.redis_username
-        if self.redis_password is not None:
-            options["password"] = self.redis_password.get_secret_value()
+        options = _credentials(self.redis_username, self.redis_password)
         if self.redis_tls_ca_file:
             options["ssl_ca_certs"] = str(self.redis_tls_ca_file)
         if self.redis_tls_cert_file:
@@ -134,11 +140,7 @@ class CommonSettings(BaseSettings):
 
     def sentinel_options(self) -> dict[str, Any]:
         """Keyword arguments for the connections to the Sentinels themselves."""
-        options: dict[str, Any] = {}
-        if self.redis_sentinel_username:
-            options["username"] = self.redis_sentinel_username
-        if self.redis_sentinel_password is not None:
-            options["password"] = self.redis_sentinel_password.get_secret_value()
+        options = _credentials(self.redis_sentinel_username, self.redis_sentinel_password)
         if self.redis_sentinel_tls:
             options["ssl"] = True
             options.update({k: v for k, v in self.redis_options().items() if k.startswith("ssl_")})

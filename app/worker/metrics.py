@@ -58,5 +58,6 @@ CIRCUIT_STATE = Gauge(
 
 for _reason in ("poison", "max_deliveries"):
     DEAD_LETTERED.labels(_reason)
-for _outcome in ("ok", "expired", "error", "dead_lettered"):
-    PROCESSED.labels(_outcome)
+# Created up front, so every outcome is exported from the start, and looked up here
+# rather than through labels() on every entry.
+PROCESSED_BY_OUTCOME = {outcome: PROCESSED.labels(outcome) for outcome in ("ok", "expired", "error", "dead_lettered")}

@@ -35,8 +35,6 @@ Entry = tuple[bytes, dict[bytes, bytes], int]
 
 HOUSEKEEPING_INTERVAL_SECONDS = 5.0
 
-_PROCESSED = {outcome: metrics.PROCESSED.labels(outcome) for outcome in ("ok", "error", "expired", "dead_lettered")}
-
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
     milliseconds, _, sequence = entry_id.partition(b"-")
@@ -229,7 +227,7 @@ class Worker:
                 self._idle_terminals.release()
 
     def _count(self, outcome: str) -> None:
-        _PROCESSED[outcome].inc()
+        metrics.PROCESSED_BY_OUTCOME[outcome].inc()
         with self._processed_lock:
             self.processed += 1
 
@@ -293,7 +291,7 @@ class Worker:
 
         The entry stays pending meanwhile, so giving up loses nothing: it is delivered
         again later. Retrying here is what lets a reply reach a new primary in time."""
-        pacing = LoopBackoff(0.05, self.settings.redis_reconnect_max_seconds)
+        pacing: LoopBackoff | None = None  # only a failed write needs one
         while True:
             try:
                 self._outcomes.submit(outcome)
@@ -301,6 +299,7 @@ class Worker:
             except redis.RedisError as error:
                 if not (is_outage(error) or isinstance(error, CircuitOpen)) or request.expired():
                     raise
+                pacing = pacing or LoopBackoff(0.05, self.settings.redis_reconnect_max_seconds)
                 delay = pacing.next_delay()
                 log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
                 time.sleep(delay)
