@@ -109,7 +109,7 @@ def create_app(settings: ProxySettings) -> Flask:
     )
     enqueue_redis = connector.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                      socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
-    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_stream,
+    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_streams,
                         ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
     authenticator = JwtAuthenticator(settings) if settings.auth_jwt_enabled else None
     listener = ReplyListener(

@@ -17,6 +17,7 @@ from gevent.event import AsyncResult
 
 from app.proxy import metrics
 from app.shared import contract
+from app.shared.connections import RedisClient
 from app.shared.resilience import LoopBackoff, RedisGuard
 
 log = logging.getLogger("app.proxy.replies")
@@ -28,7 +29,7 @@ TTL_REFRESH_SECONDS = contract.REPLY_STREAM_TTL_SECONDS / 4
 
 
 class ReplyListener:
-    def __init__(self, client: redis.Redis, stream: str, guard: RedisGuard, reconnect_max_seconds: float) -> None:
+    def __init__(self, client: RedisClient, stream: str, guard: RedisGuard, reconnect_max_seconds: float) -> None:
         self.stream = stream
         self._redis = client
         self._guard = guard

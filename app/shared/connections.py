@@ -1,8 +1,10 @@
 """Redis clients for both services: the one place that knows the topology.
 
-Standalone (or a managed endpoint) and Sentinel are decided here, from the settings,
-and nowhere else: the services ask a ``RedisConnector`` for clients and never look
-at the topology themselves.
+Standalone (or a managed endpoint), Sentinel and Cluster are decided here, from the
+settings, and nowhere else: the services ask a ``RedisConnector`` for clients and
+never look at the topology themselves. A cluster client has the standalone client's
+commands and pipelines; it routes each key to the primary of its slot, splits a
+pipeline per node and follows MOVED and ASK redirections (a slot being resharded).
 
 redis-py retries on its own by default. Both services switch that off so that one
 policy (app.shared.resilience) decides how often and how long to retry, and the
@@ -11,8 +13,8 @@ circuit breaker sees every failure.
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeAlias
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -31,6 +33,10 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 READINESS_PING_TIMEOUT_SECONDS = 0.5
 # A Sentinel answers from memory; one that takes longer is skipped for the next.
 SENTINEL_TIMEOUT_SECONDS = 0.5
+
+
+# What the services hold: either client answers the same commands.
+RedisClient: TypeAlias = redis.Redis | redis.RedisCluster
 
 
 def _no_retries() -> Retry:
@@ -66,24 +72,30 @@ class RedisConnector:
         client_name: str,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
         max_connections: int | None = None,
-    ) -> redis.Redis:
-        """A client with its own pool; bytes in, bytes out (entries may hold any bytes)."""
+    ) -> RedisClient:
+        """A client with its own pool (per node in a cluster); bytes in, bytes out."""
         options: dict[str, Any] = {
             "decode_responses": False,
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": min(CONNECT_TIMEOUT_SECONDS, socket_timeout),
             "socket_keepalive": True,
             "health_check_interval": 30,
+            "max_connections": max_connections,
+            "client_name": client_name,
+            **self.settings.redis_options(),
+        }
+        if self.settings.redis_cluster:
+            # Redirections are followed whatever the retry count; connection errors are
+            # left to app.shared.resilience as in the other modes.
+            return redis.RedisCluster.from_url(self.settings.redis_url, retry=_no_retries(), **options)
+        options.update({
             "retry": _no_retries(),
             # A primary demoted behind a fixed address (a managed endpoint, a Service)
             # answers READONLY: that connection is dropped, so the retry reconnects
             # and reaches the new primary. In Sentinel mode redis-py turns READONLY
             # into a ConnectionError itself and asks the Sentinels again.
             "retry_on_error": [ReadOnlyError],
-            "max_connections": max_connections,
-            "client_name": client_name,
-            **self.settings.redis_options(),
-        }
+        })
         if self._sentinel is None:
             return redis.Redis.from_url(self.settings.redis_url, **options)
         for name in ("username", "password"):
@@ -103,6 +115,11 @@ class RedisConnector:
         """The `limits` storage URI and options for the same Redis (Flask-Limiter)."""
         options: dict[str, Any] = {**self.settings.redis_options(), "socket_timeout": 0.5,
                                    "socket_connect_timeout": 0.5}
+        if self.settings.redis_cluster:
+            url = urlsplit(self.settings.redis_url)
+            if url.scheme == "rediss":
+                options["ssl"] = True
+            return f"redis+cluster://{url.netloc}", options
         if self._sentinel is None:
             return self.settings.redis_url, options
         locations = ",".join(f"{host}:{port}" for host, port in self.settings.redis_sentinels)
@@ -115,6 +132,8 @@ class RedisConnector:
 
     def describe(self) -> str:
         """Where Redis is, for logs: never a credential."""
+        if self.settings.redis_cluster:
+            return "cluster+" + redact_url(self.settings.redis_url)
         if self._sentinel is None:
             return redact_url(self.settings.redis_url)
         sentinels = ",".join(f"{host}:{port}" for host, port in self.settings.redis_sentinels)

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import count
 from typing import Any
 
 import orjson
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 PROTOCOL_VERSION = "1"
 
@@ -62,12 +65,39 @@ class PoisonEntry(ValueError):
 
 
 def dead_letter_stream(request_stream: str) -> str:
+    # A shard's hash tag is kept, so its dead letters share its slot (one script moves them).
     return request_stream + DEAD_LETTER_SUFFIX
+
+
+def request_streams(base: str, shards: int, tagged: bool) -> list[str]:
+    """The request stream keys: ``base`` alone when there is one shard and no cluster,
+    else one ``base:{tag}`` per shard, so each shard's stream, dead-letter stream and
+    group live in one cluster slot."""
+    if shards == 1 and not tagged:
+        return [base]
+    return [f"{base}:{{{shard_tag(index, shards)}}}" for index in range(shards)]
+
+
+@lru_cache(maxsize=64)
+def shard_tag(index: int, shards: int) -> str:
+    """A hash tag whose slot lies in the middle half of the index-th of ``shards`` equal
+    ranges of the slot space. A cluster whose primaries hold equal contiguous slot ranges
+    (what ``redis-cli --cluster create`` and rebalance make) then holds an equal share of
+    the shards on each primary whenever the shard count is a multiple of the primaries."""
+    width = REDIS_CLUSTER_HASH_SLOTS / shards
+    low = int(index * width + width / 4)
+    high = max(low, int(index * width + 3 * width / 4) - 1)
+    for attempt in count():
+        tag = f"s{index}-{attempt}"
+        if low <= key_slot(tag.encode()) <= high:
+            return tag
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reply_stream_name(host: str, pid: int, token: str) -> str:
     # The token makes the name unique even when a restarted container reuses host and pid.
-    return f"{REPLY_STREAM_PREFIX}{host}:{pid}:{token}"
+    # The hash tag spreads the reply streams of many processes over the cluster's slots.
+    return f"{REPLY_STREAM_PREFIX}{{{host}:{pid}:{token}}}"
 
 
 def now_ms() -> int:

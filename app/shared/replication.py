@@ -11,6 +11,8 @@ from typing import Any
 
 import redis
 
+from app.shared.connections import RedisClient
+
 
 class ReplicasBehind(redis.ConnectionError):
     """Fewer replicas confirmed the write than asked: a failed try, retried like a
@@ -26,7 +28,7 @@ class ReplicaWait:
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
 
-    def check(self, results: list[Any], client: redis.Redis) -> None:
+    def check(self, results: list[Any], client: RedisClient) -> None:
         """Raises ReplicasBehind when the pipeline's WAIT (its last result) fell short.
 
         The idle connections are dropped too: a primary that lost its replicas may have
@@ -34,7 +36,8 @@ class ReplicaWait:
         which keeps taking writes meanwhile), and a new connection asks again where the
         primary is."""
         if self.replicas and int(results[-1]) < self.replicas:
-            client.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(client, redis.Redis):  # never a cluster: settings refuse WAIT there
+                client.connection_pool.disconnect(inuse_connections=False)
             raise ReplicasBehind(
                 f"{results[-1]} of {self.replicas} replicas confirmed the write within {self.timeout_ms} ms"
             )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.shared import contract
@@ -83,11 +83,17 @@ class CommonSettings(BaseSettings):
     redis_sentinel_username: str | None = None
     redis_sentinel_password: SecretStr | None = None
     redis_sentinel_tls: bool = False
+    # Redis Cluster (cluster-mode managed Redis too): REDIS_URL names any node; the
+    # client discovers the rest and follows MOVED/ASK redirections.
+    redis_cluster: bool = False
     # Durable writes: each enqueue (and each reply + ack) is confirmed by WAIT on this many
     # replicas within REDIS_WAIT_TIMEOUT_MS, or counts as a failed try.
     redis_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
     redis_wait_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 100
     request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
+    # Above 1 (or in cluster mode) the requests go to N streams REQUEST_STREAM:{tag},
+    # each in a slot of its own, spread over the cluster's primaries.
+    request_stream_shards: Annotated[int, Field(ge=1, le=64)] = 1
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     bind_host: str = Field(default="0.0.0.0", min_length=1)
     # Retries of one Redis operation on connection and timeout errors (never on data errors).
@@ -127,6 +133,30 @@ class CommonSettings(BaseSettings):
             raise ValueError("has an invalid port") from exc
         return value
 
+    @model_validator(mode="after")
+    def _consistent_topology(self) -> CommonSettings:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over on its own")
+        if self.redis_cluster and self.redis_wait_replicas:
+            # WAIT counts the replicas of the connection's own node; a cluster pipeline spans nodes.
+            raise ValueError("REDIS_WAIT_REPLICAS must be 0 with REDIS_CLUSTER")
+        if self.redis_cluster and (urlsplit(self.redis_url).scheme == "unix"
+                                   or urlsplit(self.redis_url).path.strip("/") not in ("", "0")):
+            raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 (or none) with REDIS_CLUSTER")
+        if self.sharded and ("{" in self.request_stream or "}" in self.request_stream):
+            raise ValueError("REQUEST_STREAM must not contain { or }: the shards add their own hash tags")
+        return self
+
+    @property
+    def sharded(self) -> bool:
+        """Keys carry hash tags: several shards, or a cluster (where a stream and its
+        dead-letter stream must share a slot)."""
+        return self.redis_cluster or self.request_stream_shards > 1
+
+    @property
+    def request_streams(self) -> list[str]:
+        return contract.request_streams(self.request_stream, self.request_stream_shards, self.redis_cluster)
+
     def redis_options(self) -> dict[str, Any]:
         """Keyword arguments for redis-py on top of the URL."""
         options = _credentials(self.redis_username, self.redis_password)
@@ -149,10 +179,6 @@ class CommonSettings(BaseSettings):
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.redis_retry_max_tries, self.redis_retry_base_seconds, self.redis_retry_max_seconds)
-
-    @property
-    def dead_letter_stream(self) -> str:
-        return contract.dead_letter_stream(self.request_stream)
 
 
 S = TypeVar("S", bound=BaseSettings)

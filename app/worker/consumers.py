@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import redis
+from app.shared.connections import RedisClient
 
 # Removes consumers idle past a threshold with nothing pending, atomically: a consumer
 # that took an entry between a check and the delete would lose it from the group.
@@ -22,12 +22,11 @@ return removed
 
 
 class ConsumerJanitor:
-    def __init__(self, client: redis.Redis, request_stream: str, group: str, me: str) -> None:
+    def __init__(self, client: RedisClient, group: str, me: str) -> None:
         self._script = client.register_script(_REMOVE_GONE_CONSUMERS)
-        self._request_stream = request_stream
         self._group = group
         self._me = me
 
-    def remove_gone(self, idle_ms: int) -> list[str]:
-        removed = self._script(keys=[self._request_stream], args=[self._group, self._me, idle_ms])
+    def remove_gone(self, request_stream: str, idle_ms: int) -> list[str]:
+        removed = self._script(keys=[request_stream], args=[self._group, self._me, idle_ms])
         return [name.decode() for name in removed]

@@ -13,6 +13,7 @@ import orjson
 import redis
 from prometheus_client import make_wsgi_app
 
+from app.shared.connections import RedisClient
 from app.worker.worker import Worker
 
 
@@ -31,7 +32,7 @@ def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any])
 
 
 class HealthApp:
-    def __init__(self, worker: Worker, ping_client: redis.Redis) -> None:
+    def __init__(self, worker: Worker, ping_client: RedisClient) -> None:
         self._worker = worker
         self._ping_client = ping_client
         self._metrics = make_wsgi_app()

@@ -21,8 +21,9 @@ PROCESSING_SECONDS = Histogram(
     "Time from taking an entry to acknowledging it.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10),
 )
+# Summed over the request stream shards (one stream unless REQUEST_STREAM_SHARDS > 1).
 GROUP_LAG = Gauge(
-    "weather_worker_group_lag_entries", "Entries in the request stream not yet delivered to the group."
+    "weather_worker_group_lag_entries", "Entries in the request streams not yet delivered to the group."
 )
 GROUP_PENDING = Gauge(
     "weather_worker_group_pending_entries", "Entries delivered to the group and not yet acknowledged."
@@ -31,10 +32,16 @@ QUEUE_DEPTH = Gauge(
     "weather_worker_queue_depth_entries", "Group lag plus pending: requests waiting for or in work."
 )
 REQUEST_STREAM_LENGTH = Gauge(
-    "weather_worker_request_stream_length_entries", "Entries kept in the request stream (XLEN)."
+    "weather_worker_request_stream_length_entries", "Entries kept in the request streams (XLEN)."
 )
 DEAD_LETTER_LENGTH = Gauge(
-    "weather_worker_dead_letter_length_entries", "Entries in the dead-letter stream (XLEN)."
+    "weather_worker_dead_letter_length_entries", "Entries in the dead-letter streams (XLEN)."
+)
+SHARD_LAG = Gauge(
+    "weather_worker_shard_lag_entries", "Group lag of one request stream shard.", ["shard"]
+)
+SHARD_PENDING = Gauge(
+    "weather_worker_shard_pending_entries", "Entries of one request stream shard pending in the group.", ["shard"]
 )
 
 CLAIMED = Counter(

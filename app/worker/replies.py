@@ -1,12 +1,13 @@
 """Writing outcomes: replies and acknowledgements of a whole round, and dead letters.
 
 Replies of entries that finish together go out as one pipeline of XADDs, then ONE
-XACK names every entry whose reply is in. The XACK is sent only after the replies
-answered, so an entry is never acknowledged without its reply (an XADD refused for
-memory or a wrong key type leaves its entry pending). The price is a second round
-trip per batch, not per entry. An XACK that fails after its replies were written
-leaves the entries pending: they are delivered again and answered twice, never lost
-(the proxy drops the duplicate as a late reply).
+XACK per request stream shard names every entry whose reply is in. The XACK is sent
+only after the replies answered, so an entry is never acknowledged without its reply
+(an XADD refused for memory or a wrong key type leaves its entry pending). The price
+is a second round trip per batch, not per entry. An XACK that fails after its replies
+were written leaves the entries pending: they are delivered again and answered twice,
+never lost (the proxy drops the duplicate as a late reply). Reply and ack are never
+one script: a reply stream and a request stream live in different cluster slots.
 
 The reply stream's TTL rides in the same pipeline, but only when a stream is new to
 this worker or its last refresh is a quarter of the TTL old (the owning proxy
@@ -30,6 +31,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from app.shared import contract
+from app.shared.connections import RedisClient
 from app.shared.replication import ReplicaWait
 
 _DEAD_LETTER_AND_ACK = """
@@ -43,6 +45,8 @@ _TTL_MEMORY_SECONDS = contract.REPLY_STREAM_TTL_SECONDS
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    # The request stream (shard) the entry came from, where it is acknowledged.
+    stream: str
     entry_id: bytes
     # None for an entry acknowledged without a reply (its caller gave up already).
     reply_to: str | None = None
@@ -76,13 +80,10 @@ class ReplyTtl:
 
 
 class OutcomeWriter:
-    def __init__(self, client: redis.Redis, request_stream: str, group: str, dead_letter_maxlen: int,
-                 replicas: ReplicaWait) -> None:
+    def __init__(self, client: RedisClient, group: str, dead_letter_maxlen: int, replicas: ReplicaWait) -> None:
         self._client = client
         self._replicas = replicas
-        self._request_stream = request_stream
         self._group = group
-        self._dead_letter_stream = contract.dead_letter_stream(request_stream)
         self._dead_letter_maxlen = dead_letter_maxlen
         self._dead_letter_script = client.register_script(_DEAD_LETTER_AND_ACK)
         self.ttl = ReplyTtl(contract.REPLY_STREAM_TTL_SECONDS / 4)
@@ -95,14 +96,38 @@ class OutcomeWriter:
         if replying:
             for index, error in zip(replying, self._append_replies([outcomes[i] for i in replying]), strict=True):
                 errors[index] = error
-        acking = [index for index, error in enumerate(errors) if error is None]
-        if acking:
-            try:
-                self._client.xack(self._request_stream, self._group, *(outcomes[i].entry_id for i in acking))
-            except redis.RedisError as error:
-                for index in acking:
-                    errors[index] = error
+        acking: dict[str, list[int]] = {}
+        for index, error in enumerate(errors):
+            if error is None:
+                acking.setdefault(outcomes[index].stream, []).append(index)
+        if len(acking) == 1:
+            (stream, indexes), = acking.items()
+            self._acknowledge(stream, indexes, outcomes, errors)
+        elif acking:
+            self._acknowledge_shards(acking, outcomes, errors)
         return errors
+
+    def _acknowledge(self, stream: str, indexes: list[int], outcomes: Sequence[Outcome],
+                     errors: list[BaseException | None]) -> None:
+        try:
+            self._client.xack(stream, self._group, *(outcomes[i].entry_id for i in indexes))
+        except redis.RedisError as error:
+            for index in indexes:
+                errors[index] = error
+
+    def _acknowledge_shards(self, acking: dict[str, list[int]], outcomes: Sequence[Outcome],
+                            errors: list[BaseException | None]) -> None:
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for stream, indexes in acking.items():
+                    pipe.xack(stream, self._group, *(outcomes[i].entry_id for i in indexes))
+                results = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            results = [error] * len(acking)
+        for indexes, result in zip(acking.values(), results, strict=True):
+            if isinstance(result, BaseException):
+                for index in indexes:
+                    errors[index] = result
 
     def _append_replies(self, outcomes: list[Outcome]) -> list[BaseException | None]:
         positions, expiring = [], []
@@ -123,7 +148,7 @@ class OutcomeWriter:
                 for position in positions]
 
     def dead_letter_and_ack(
-        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str
     ) -> None:
         letter: dict[Any, Any] = dict(fields)
         letter[contract.FIELD_DLQ_REASON] = reason
@@ -133,7 +158,8 @@ class OutcomeWriter:
         args: list[Any] = [self._group, entry_id, self._dead_letter_maxlen]
         for key, value in letter.items():
             args += (key, value)
-        keys = [self._dead_letter_stream, self._request_stream]
+        # One slot: a shard's dead-letter stream carries the shard's hash tag.
+        keys = [contract.dead_letter_stream(stream), stream]
         if not self._replicas.replicas:
             self._dead_letter_script(keys=keys, args=args)  # redis-py loads it again on NOSCRIPT
             return

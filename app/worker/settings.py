@@ -73,4 +73,7 @@ class WorkerSettings(CommonSettings):
             raise ValueError("CLAIM_IDLE_SECONDS must exceed the longest PROCESSING_DELAY_MS")
         if self.consumer_expiry_seconds <= self.claim_idle_seconds:
             raise ValueError("CONSUMER_EXPIRY_SECONDS must exceed CLAIM_IDLE_SECONDS")
+        if self.worker_terminals < self.request_stream_shards:
+            # Every shard's reader waits for entries holding one idle terminal.
+            raise ValueError("WORKER_TERMINALS must be at least REQUEST_STREAM_SHARDS")
         return self

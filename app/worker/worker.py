@@ -1,8 +1,11 @@
-"""The worker loop: one reader feeding N terminals from a consumer group.
+"""The worker loop: one reader per request stream shard feeding N shared terminals.
 
-The reader asks Redis only for as many entries as there are idle terminals, so an
+A reader asks Redis only for as many entries as there are idle terminals, so an
 entry never waits in this process while a terminal of another worker is free, and
-one XREADGROUP serves several terminals at once under load.
+one XREADGROUP serves several terminals at once under load. With several shards
+each shard has its reader, and the terminals are shared: a reader takes every idle
+terminal for a read that does not block, and blocks holding one terminal only, so a
+shard with work is never starved by readers waiting on empty shards.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import queue
 import random
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from app.shared import contract
 from app.shared.batching import Batcher
+from app.shared.connections import RedisClient
 from app.shared.logs import request_id_var
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
@@ -30,8 +35,8 @@ from app.worker.settings import WorkerSettings
 
 log = logging.getLogger("app.worker")
 
-# (entry id, fields, how many times it has been delivered)
-Entry = tuple[bytes, dict[bytes, bytes], int]
+# (request stream, entry id, fields, how many times it has been delivered)
+Entry = tuple[str, bytes, dict[bytes, bytes], int]
 
 HOUSEKEEPING_INTERVAL_SECONDS = 5.0
 
@@ -41,23 +46,32 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
+@dataclass
+class Shard:
+    """One request stream of the group, and its reader's state."""
+
+    stream: str
+    backoff: LoopBackoff
+    group_ready: bool = False
+    claim_cursor: bytes = b"0-0"
+    next_claim: float = 0.0
+    last_loop: float = field(default_factory=time.monotonic)
+
+
 class Worker:
-    def __init__(self, settings: WorkerSettings, client: redis.Redis, guard: RedisGuard) -> None:
+    def __init__(self, settings: WorkerSettings, client: RedisClient, guard: RedisGuard) -> None:
         self.settings = settings
         self._redis = client
         self.guard = guard
         self._writer = OutcomeWriter(
-            client, settings.request_stream, settings.consumer_group, settings.dead_letter_maxlen,
+            client, settings.consumer_group, settings.dead_letter_maxlen,
             ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
         )
-        # Terminals that finish together share one pipeline of replies and one XACK.
+        # Terminals that finish together share one pipeline of replies and one XACK per shard.
         self._outcomes: Batcher[Outcome] = Batcher(self._write_outcomes, "outcomes")
-        self._janitor = ConsumerJanitor(
-            client, settings.request_stream, settings.consumer_group, settings.consumer_name
-        )
-        self._loop_backoff = LoopBackoff(0.05, settings.redis_reconnect_max_seconds)
-        self._claim_cursor = b"0-0"
-        self._next_claim = 0.0
+        self._janitor = ConsumerJanitor(client, settings.consumer_group, settings.consumer_name)
+        self.shards = [Shard(stream, LoopBackoff(0.05, settings.redis_reconnect_max_seconds))
+                       for stream in settings.request_streams]
         # Look for orphans often enough that a dead consumer's entries wait little past the idle time.
         self._claim_interval = min(5.0, max(0.2, settings.claim_idle_seconds / 4))
         self._stopping = threading.Event()
@@ -65,12 +79,11 @@ class Worker:
         self._work: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._terminals: list[threading.Thread] = []
         self.group_ready = threading.Event()
-        self.last_loop_monotonic = time.monotonic()
         self.processed = 0
         self._processed_lock = threading.Lock()
         # Entries this worker holds right now. A stalled worker (GC pause, CPU starvation)
         # sees its own entries turn idle; claiming them must not start them a second time.
-        self._in_hand: set[bytes] = set()
+        self._in_hand: set[tuple[str, bytes]] = set()
         self._in_hand_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -78,6 +91,11 @@ class Worker:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def last_loop_monotonic(self) -> float:
+        """When the slowest reader last went round its loop (a wedged one shows here)."""
+        return min(shard.last_loop for shard in self.shards)
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -97,9 +115,15 @@ class Worker:
         log.info(
             "worker started",
             extra={"consumer": settings.consumer_name, "group": settings.consumer_group,
-                   "stream": settings.request_stream, "terminals": settings.worker_terminals},
+                   "streams": [shard.stream for shard in self.shards], "terminals": settings.worker_terminals},
         )
-        self._read_loop()
+        readers = [threading.Thread(target=self._read_loop, args=(shard,), name=f"reader-{shard.stream}", daemon=True)
+                   for shard in self.shards[1:]]
+        for reader in readers:
+            reader.start()
+        self._read_loop(self.shards[0])
+        for reader in readers:
+            reader.join(timeout=settings.read_block_ms / 1000 + 5)
         self._drain()
 
     def _drain(self) -> None:
@@ -118,21 +142,28 @@ class Worker:
     # -- reading -------------------------------------------------------------------
 
     def ensure_group(self) -> None:
+        """Creates the consumer group of every shard that has none yet."""
+        for shard in self.shards:
+            if not shard.group_ready:
+                self._ensure_group(shard)
+
+    def _ensure_group(self, shard: Shard) -> None:
         try:
             # Id 0, not $: requests queued before any worker ever started are work too.
-            self._redis.xgroup_create(
-                self.settings.request_stream, self.settings.consumer_group, id="0", mkstream=True
-            )
-            log.info("consumer group created", extra={"group": self.settings.consumer_group})
+            self._redis.xgroup_create(shard.stream, self.settings.consumer_group, id="0", mkstream=True)
+            log.info("consumer group created", extra={"group": self.settings.consumer_group, "stream": shard.stream})
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
-        self.group_ready.set()
+        shard.group_ready = True
+        if all(other.group_ready for other in self.shards):
+            self.group_ready.set()
 
-    def _read_loop(self) -> None:
+    def _read_loop(self, shard: Shard) -> None:
         terminals = self.settings.worker_terminals
+        shared = len(self.shards) > 1
         while not self._stopping.is_set():
-            self.last_loop_monotonic = time.monotonic()
+            shard.last_loop = time.monotonic()
             if not self._idle_terminals.acquire(timeout=0.5):
                 # Every terminal may be waiting on an open breaker to write a reply:
                 # someone has to notice that Redis is back.
@@ -141,71 +172,83 @@ class Worker:
             permits = 1
             while permits < terminals and self._idle_terminals.acquire(blocking=False):
                 permits += 1
+            entries: list[Entry] = []
             try:
-                entries = self.guard.call_from_loop(self._next_entries, permits)
-                self._loop_backoff.reset()
+                if shared and permits > 1:
+                    entries = self.guard.call_from_loop(self._next_entries, shard, permits, False)
+                    if not entries:
+                        # Wait for this shard holding one terminal: the others may be
+                        # wanted by a shard that has work meanwhile.
+                        self._release(permits - 1)
+                        permits = 1
+                if not entries:
+                    entries = self.guard.call_from_loop(self._next_entries, shard, permits, True)
+                shard.backoff.reset()
             except redis.RedisError as error:
-                entries = []
-                self._on_read_error(error)
+                self._on_read_error(shard, error)
             for entry in entries:
                 with self._in_hand_lock:
-                    self._in_hand.add(entry[0])
+                    self._in_hand.add((entry[0], entry[1]))
                 self._work.put(entry)
-            for _ in range(permits - len(entries)):
-                self._idle_terminals.release()
+            self._release(permits - len(entries))
 
-    def _next_entries(self, count: int) -> list[Entry]:
-        if not self.group_ready.is_set():
-            self.ensure_group()
-        if time.monotonic() >= self._next_claim:
-            claimed = self._claim_orphans(count)
+    def _release(self, permits: int) -> None:
+        for _ in range(permits):
+            self._idle_terminals.release()
+
+    def _next_entries(self, shard: Shard, count: int, block: bool) -> list[Entry]:
+        if not shard.group_ready:
+            self._ensure_group(shard)
+        if time.monotonic() >= shard.next_claim:
+            claimed = self._claim_orphans(shard, count)
             if claimed:
                 return claimed
         settings = self.settings
         response: Any = self._redis.xreadgroup(
-            settings.consumer_group, settings.consumer_name, {settings.request_stream: ">"},
-            count=count, block=settings.read_block_ms,
+            settings.consumer_group, settings.consumer_name, {shard.stream: ">"},
+            count=count, block=settings.read_block_ms if block else None,
         )
         if not response:
             return []
-        return [(entry_id, fields, 1) for entry_id, fields in response[0][1] if fields is not None]
+        return [(shard.stream, entry_id, fields, 1) for entry_id, fields in response[0][1] if fields is not None]
 
-    def _claim_orphans(self, count: int) -> list[Entry]:
+    def _claim_orphans(self, shard: Shard, count: int) -> list[Entry]:
         """Take over entries another consumer left pending past CLAIM_IDLE_SECONDS."""
         settings = self.settings
         response: Any = self._redis.xautoclaim(
-            settings.request_stream, settings.consumer_group, settings.consumer_name,
-            min_idle_time=int(settings.claim_idle_seconds * 1000), start_id=self._claim_cursor, count=count,
+            shard.stream, settings.consumer_group, settings.consumer_name,
+            min_idle_time=int(settings.claim_idle_seconds * 1000), start_id=shard.claim_cursor, count=count,
         )
-        self._claim_cursor = response[0]
-        if self._claim_cursor == b"0-0":
+        shard.claim_cursor = response[0]
+        if shard.claim_cursor == b"0-0":
             # A full pass over the pending list is done; the next one waits an interval.
-            self._next_claim = time.monotonic() + self._claim_interval
+            shard.next_claim = time.monotonic() + self._claim_interval
         with self._in_hand_lock:
             claimed = [(entry_id, fields) for entry_id, fields in response[1]
-                       if fields is not None and entry_id not in self._in_hand]
+                       if fields is not None and (shard.stream, entry_id) not in self._in_hand]
         if not claimed:
             return []
         ids = sorted((entry_id for entry_id, _ in claimed), key=_id_key)
         details = self._redis.xpending_range(
-            settings.request_stream, settings.consumer_group, min=ids[0], max=ids[-1],
+            shard.stream, settings.consumer_group, min=ids[0], max=ids[-1],
             count=len(ids) + settings.worker_terminals + 16, consumername=settings.consumer_name,
         )
         deliveries = {item["message_id"]: int(item["times_delivered"]) for item in details}
         metrics.CLAIMED.inc(len(claimed))
-        log.info("claimed orphaned entries", extra={"count": len(claimed)})
-        return [(entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
+        log.info("claimed orphaned entries", extra={"count": len(claimed), "stream": shard.stream})
+        return [(shard.stream, entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
 
-    def _on_read_error(self, error: redis.RedisError) -> None:
+    def _on_read_error(self, shard: Shard, error: redis.RedisError) -> None:
         if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):
             # Redis lost the stream or the group (restart without persistence): recreate.
-            log.warning("consumer group missing, recreating it")
+            log.warning("consumer group missing, recreating it", extra={"stream": shard.stream})
+            shard.group_ready = False
             self.group_ready.clear()
             self._writer.ttl.forget_all()  # the reply streams went with it
             return
-        delay = self._loop_backoff.next_delay()
+        delay = shard.backoff.next_delay()
         log.warning("reading the request stream failed",
-                    extra={"error": repr(error), "retry_in_seconds": round(delay, 3)})
+                    extra={"stream": shard.stream, "error": repr(error), "retry_in_seconds": round(delay, 3)})
         self._stopping.wait(delay)
 
     # -- processing ----------------------------------------------------------------
@@ -219,10 +262,10 @@ class Worker:
             try:
                 self._handle(*entry, rng=rng)
             except Exception:  # a terminal must survive any single entry
-                log.exception("unexpected error handling an entry", extra={"entry_id": entry[0].decode()})
+                log.exception("unexpected error handling an entry", extra={"entry_id": entry[1].decode()})
             finally:
                 with self._in_hand_lock:
-                    self._in_hand.discard(entry[0])
+                    self._in_hand.discard((entry[0], entry[1]))
                 metrics.TERMINALS_ACTIVE.dec()
                 self._idle_terminals.release()
 
@@ -231,15 +274,16 @@ class Worker:
         with self._processed_lock:
             self.processed += 1
 
-    def _handle(self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int, rng: random.Random) -> None:
+    def _handle(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int,
+                rng: random.Random) -> None:
         started = time.perf_counter()
         try:
             request = contract.WeatherRequest.from_fields(fields)
         except contract.PoisonEntry as poison:
-            self._dead_letter(entry_id, fields, f"poison: {poison}", deliveries, "poison")
+            self._dead_letter(stream, entry_id, fields, f"poison: {poison}", deliveries, "poison")
             return
         if deliveries > self.settings.max_deliveries:
-            self._dead_letter(entry_id, fields, f"delivered {deliveries} times (MAX_DELIVERIES is "
+            self._dead_letter(stream, entry_id, fields, f"delivered {deliveries} times (MAX_DELIVERIES is "
                               f"{self.settings.max_deliveries})", deliveries, "max_deliveries")
             return
         token = request_id_var.set(request.request_id)
@@ -247,7 +291,7 @@ class Worker:
             with consumer_span("process weather request", request.traceparent) as span:
                 span.set_attribute("messaging.message.id", entry_id.decode())
                 span.set_attribute("messaging.message.delivery_count", deliveries)
-                self._process(entry_id, request, rng)
+                self._process(Outcome(stream, entry_id), request, rng)
         except redis.RedisError as error:
             # Not acknowledged: the entry stays pending and is delivered again later.
             log.warning("could not reply or acknowledge; entry stays pending",
@@ -256,12 +300,14 @@ class Worker:
             request_id_var.reset(token)
             metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
 
-    def _process(self, entry_id: bytes, request: contract.WeatherRequest, rng: random.Random) -> None:
+    def _process(self, taken: Outcome, request: contract.WeatherRequest, rng: random.Random) -> None:
+        """``taken`` names the entry; as it is, it acknowledges without a reply."""
         if request.expired():
             # The proxy has already answered 504; doing the work now helps nobody.
-            self._outcomes.submit(Outcome(entry_id))
+            self._outcomes.submit(taken)
             self._count("expired")
-            log.info("skipped expired request", extra={"entry_id": entry_id.decode(), "subject": request.subject})
+            log.info("skipped expired request",
+                     extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
             return
         delay = self.settings.processing_delay_ms
         if delay.high_ms:
@@ -277,10 +323,11 @@ class Worker:
             reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
                                    {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
-        self._until_deadline(request, Outcome(entry_id, request.reply_to, reply))
+        self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to, reply))
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("replied", extra={"entry_id": entry_id.decode(), "outcome": outcome, "subject": request.subject})
+            log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,
+                                        "subject": request.subject})
 
     def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
         # One try per batch inside the breaker; the terminals pace their own retries.
@@ -305,10 +352,10 @@ class Worker:
                 time.sleep(delay)
 
     def _dead_letter(
-        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, category: str
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, category: str
     ) -> None:
         try:
-            self.guard.call(self._writer.dead_letter_and_ack, entry_id, fields, reason, deliveries,
+            self.guard.call(self._writer.dead_letter_and_ack, stream, entry_id, fields, reason, deliveries,
                             self.settings.consumer_name)
         except redis.RedisError as error:
             log.warning("could not dead-letter; entry stays pending",
@@ -317,7 +364,7 @@ class Worker:
         self._count("dead_lettered")
         metrics.DEAD_LETTERED.labels(category).inc()
         log.warning("entry dead-lettered",
-                    extra={"entry_id": entry_id.decode(), "reason": reason, "deliveries": deliveries})
+                    extra={"stream": stream, "entry_id": entry_id.decode(), "reason": reason, "deliveries": deliveries})
 
     # -- housekeeping --------------------------------------------------------------
 
@@ -325,9 +372,7 @@ class Worker:
         while not self._stopping.wait(HOUSEKEEPING_INTERVAL_SECONDS if self.group_ready.is_set() else 0.5):
             try:
                 self.guard.call_from_loop(self.refresh_queue_metrics)
-                removed = self.guard.call_from_loop(
-                    self._janitor.remove_gone, int(self.settings.consumer_expiry_seconds * 1000)
-                )
+                removed = self.guard.call_from_loop(self._remove_gone_consumers)
             except redis.RedisError as error:
                 metrics.REDIS_UP.set(0)
                 log.debug("housekeeping skipped", extra={"error": repr(error)})
@@ -337,25 +382,38 @@ class Worker:
                 metrics.CONSUMERS_REMOVED.inc(len(removed))
                 log.info("removed gone consumers", extra={"consumers": removed})
 
+    def _remove_gone_consumers(self) -> list[str]:
+        idle_ms = int(self.settings.consumer_expiry_seconds * 1000)
+        return [name for shard in self.shards for name in self._janitor.remove_gone(shard.stream, idle_ms)]
+
     def refresh_queue_metrics(self) -> None:
-        settings = self.settings
+        """Lag, pending and lengths of every shard, and their sums (what alerts and scaling read)."""
+        group = self.settings.consumer_group.encode()
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xinfo_groups(settings.request_stream)
-            pipe.xlen(settings.request_stream)
-            pipe.xlen(settings.dead_letter_stream)
-            groups, stream_length, dead_letters = pipe.execute(raise_on_error=False)
-        if isinstance(groups, list):
-            for group in groups:
-                if group.get("name") == settings.consumer_group.encode():
-                    pending = int(group.get("pending") or 0)
-                    lag = group.get("lag")
-                    # Redis reports no lag once entries were deleted in the undelivered
-                    # range; the stream length is then the safe upper bound.
-                    lag = int(lag) if lag is not None else int(stream_length or 0)
-                    metrics.GROUP_PENDING.set(pending)
-                    metrics.GROUP_LAG.set(lag)
-                    metrics.QUEUE_DEPTH.set(lag + pending)
-        if isinstance(stream_length, int):
-            metrics.REQUEST_STREAM_LENGTH.set(stream_length)
-        if isinstance(dead_letters, int):
-            metrics.DEAD_LETTER_LENGTH.set(dead_letters)
+            for shard in self.shards:
+                pipe.xinfo_groups(shard.stream)
+                pipe.xlen(shard.stream)
+                pipe.xlen(contract.dead_letter_stream(shard.stream))
+            results = pipe.execute(raise_on_error=False)
+        lag_total = pending_total = length_total = dead_total = 0
+        for index, shard in enumerate(self.shards):
+            groups, stream_length, dead_letters = results[3 * index:3 * index + 3]
+            length = stream_length if isinstance(stream_length, int) else 0
+            info = next((item for item in groups if item.get("name") == group), None) \
+                if isinstance(groups, list) else None
+            if info is not None:
+                pending = int(info.get("pending") or 0)
+                # Redis reports no lag once entries were deleted in the undelivered
+                # range; the stream length is then the safe upper bound.
+                lag = int(info["lag"]) if info.get("lag") is not None else length
+                metrics.SHARD_LAG.labels(shard.stream).set(lag)
+                metrics.SHARD_PENDING.labels(shard.stream).set(pending)
+                lag_total += lag
+                pending_total += pending
+            length_total += length
+            dead_total += dead_letters if isinstance(dead_letters, int) else 0
+        metrics.GROUP_PENDING.set(pending_total)
+        metrics.GROUP_LAG.set(lag_total)
+        metrics.QUEUE_DEPTH.set(lag_total + pending_total)
+        metrics.REQUEST_STREAM_LENGTH.set(length_total)
+        metrics.DEAD_LETTER_LENGTH.set(dead_total)

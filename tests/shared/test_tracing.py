@@ -50,7 +50,7 @@ def test_worker_span_continues_the_proxy_span(redis_server, monkeypatch):
         client.xadd(settings.request_stream, entry.to_fields())
     [[_, [(entry_id, fields)]]] = client.xreadgroup(settings.consumer_group, "traced",
                                                     {settings.request_stream: ">"})
-    worker._handle(entry_id, fields, 1, random.Random(1))
+    worker._handle(settings.request_stream, entry_id, fields, 1, random.Random(1))
 
     spans = {span.name: span for span in _EXPORTER.get_finished_spans()}
     proxy, processed = spans["POST /WeatherForecast/city"], spans["process weather request"]

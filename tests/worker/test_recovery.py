@@ -67,7 +67,7 @@ def test_janitor_keeps_consumers_with_pending_entries_and_itself(redis_server):
     client.xgroup_createconsumer(STREAM, GROUP, "empty")
     client.xgroup_createconsumer(STREAM, GROUP, "me")
 
-    removed = ConsumerJanitor(client, STREAM, GROUP, me="me").remove_gone(idle_ms=0)
+    removed = ConsumerJanitor(client, GROUP, me="me").remove_gone(STREAM, idle_ms=0)
 
     assert removed == ["empty"]
     assert {c["name"] for c in client.xinfo_consumers(STREAM, GROUP)} == {b"holding", b"me"}
@@ -90,9 +90,9 @@ def test_a_stalled_worker_does_not_claim_entries_it_still_holds(redis_server, mo
     worker.ensure_group()
     held, dropped = client.xadd(STREAM, _request("held")), client.xadd(STREAM, _request("dropped"))
     client.xreadgroup(GROUP, "me", {STREAM: ">"})
-    worker._in_hand.add(held)
+    worker._in_hand.add((STREAM, held))
     time.sleep(0.2)
 
-    claimed = worker._claim_orphans(10)
+    claimed = worker._claim_orphans(worker.shards[0], 10)
 
-    assert [entry_id for entry_id, _, _ in claimed] == [dropped]
+    assert [entry_id for _, entry_id, _, _ in claimed] == [dropped]

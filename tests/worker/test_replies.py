@@ -30,14 +30,14 @@ def _deliver(client, fields=None) -> bytes:
 
 
 def test_a_batch_is_replied_with_ttl_then_acknowledged_in_one_xack(client):
-    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     first, second, expired = _deliver(client), _deliver(client), _deliver(client)
     before = client.info("commandstats")
 
     errors = writer.write([
-        Outcome(first, "weather-responses:h:1:t", contract.Reply("r1", "ok", {"a": 1})),
-        Outcome(second, "weather-responses:h:2:t", contract.Reply("r2", "error", {"detail": "x"})),
-        Outcome(expired),  # acknowledged without a reply
+        Outcome(STREAM, first, "weather-responses:h:1:t", contract.Reply("r1", "ok", {"a": 1})),
+        Outcome(STREAM, second, "weather-responses:h:2:t", contract.Reply("r2", "error", {"detail": "x"})),
+        Outcome(STREAM, expired),  # acknowledged without a reply
     ])
 
     assert errors == [None, None, None]
@@ -53,13 +53,13 @@ def test_a_batch_is_replied_with_ttl_then_acknowledged_in_one_xack(client):
 
 def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
     now = [1000.0]
-    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     writer.ttl = ReplyTtl(30, clock=lambda: now[0])
     stream = "weather-responses:h:1:t"
 
     def expires_sent(outcomes: int) -> int:
         before = client.info("commandstats").get("cmdstat_expire", {"calls": 0})["calls"]
-        writer.write([Outcome(_deliver(client), stream, contract.Reply("r", "ok", {})) for _ in range(outcomes)])
+        writer.write([Outcome(STREAM, _deliver(client), stream, contract.Reply("r", "ok", {})) for _ in range(outcomes)])
         return client.info("commandstats")["cmdstat_expire"]["calls"] - before
 
     assert expires_sent(3) == 1  # a stream new to this worker gets its TTL with its first reply
@@ -74,12 +74,12 @@ def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
 
 
 def test_a_failed_reply_leaves_only_its_own_entry_pending(client):
-    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     broken, fine = _deliver(client), _deliver(client)
     client.set("weather-responses:h:1:t", "not a stream")
 
-    errors = writer.write([Outcome(broken, "weather-responses:h:1:t", contract.Reply("r1", "ok", {})),
-                           Outcome(fine, "weather-responses:h:2:t", contract.Reply("r2", "ok", {}))])
+    errors = writer.write([Outcome(STREAM, broken, "weather-responses:h:1:t", contract.Reply("r1", "ok", {})),
+                           Outcome(STREAM, fine, "weather-responses:h:2:t", contract.Reply("r2", "ok", {}))])
 
     assert isinstance(errors[0], redis.ResponseError) and "WRONGTYPE" in str(errors[0])
     assert errors[1] is None
@@ -87,20 +87,20 @@ def test_a_failed_reply_leaves_only_its_own_entry_pending(client):
 
 
 def test_reply_stream_length_is_bounded(client):
-    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     reply = contract.Reply("r", "ok", {})
     for _ in range((contract.REPLY_STREAM_MAXLEN + 3000) // 250):
-        writer.write([Outcome(b"0-1", "weather-responses:h:1:t", reply)] * 250)
+        writer.write([Outcome(STREAM, b"0-1", "weather-responses:h:1:t", reply)] * 250)
 
     # Approximate trimming keeps whole radix-tree nodes (100 entries each by default).
     assert contract.REPLY_STREAM_MAXLEN <= client.xlen("weather-responses:h:1:t") < contract.REPLY_STREAM_MAXLEN + 200
 
 
 def test_dead_letter_keeps_the_original_fields_and_says_why(client):
-    writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
+    writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=NO_WAIT)
     entry_id = _deliver(client, {"garbage": b"\xff"})
 
-    writer.dead_letter_and_ack(entry_id, {b"garbage": b"\xff"}, "poison: missing field 'v'", 1, "c")
+    writer.dead_letter_and_ack(STREAM, entry_id, {b"garbage": b"\xff"}, "poison: missing field 'v'", 1, "c")
 
     [(_, letter)] = client.xrange(STREAM + ":dlq")
     assert letter[b"garbage"] == b"\xff"
@@ -115,22 +115,22 @@ def test_with_wait_replies_are_confirmed_by_a_replica_and_dead_letters_survive_a
     replica = RedisServer(tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(redis_server.port)])
     try:
         wait_until(lambda: replica.client().info("replication")["master_link_status"] == "up", 20, what="in sync")
-        writer = OutcomeWriter(client, STREAM, GROUP, dead_letter_maxlen=1000, replicas=ReplicaWait(1, 1000))
+        writer = OutcomeWriter(client, GROUP, dead_letter_maxlen=1000, replicas=ReplicaWait(1, 1000))
 
-        assert writer.write([Outcome(_deliver(client), "weather-responses:h:1:t",
+        assert writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t",
                                      contract.Reply("r1", "ok", {}))]) == [None]
         # Confirmed by WAIT: the replica has the reply already.
         assert replica.client().xlen("weather-responses:h:1:t") == 1
 
         # A primary promoted in a failover knows none of the scripts: NOSCRIPT is answered by loading it again.
         client.script_flush()
-        writer.dead_letter_and_ack(_deliver(client), {b"x": b"1"}, "poison", 1, "c")
+        writer.dead_letter_and_ack(STREAM, _deliver(client), {b"x": b"1"}, "poison", 1, "c")
         assert replica.client().xlen(STREAM + ":dlq") == 1
 
         replica.signal(signal.SIGSTOP)
         try:
             with pytest.raises(ReplicasBehind):
-                writer.write([Outcome(_deliver(client), "weather-responses:h:1:t", contract.Reply("r2", "ok", {}))])
+                writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t", contract.Reply("r2", "ok", {}))])
         finally:
             replica.signal(signal.SIGCONT)
     finally:
