@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import RedisClusterSet
 from tests.support.processes import Managed, Proxy, RedisServer, Worker
 from tests.support.sentinel import SentinelSet
 
@@ -26,18 +27,20 @@ def _redis_server_installed() -> None:
 class Stack:
     """The processes one test starts; all stopped at teardown, by PID."""
 
-    def __init__(self, workdir: Path, redis_server: RedisServer) -> None:
+    def __init__(self, workdir: Path, redis_server: RedisServer, **common_env: str) -> None:
         self.workdir = workdir
         self.redis = redis_server
+        # Given to every proxy and worker (a cluster's REDIS_CLUSTER, say).
+        self.common_env = common_env
         self.processes: list[Managed] = []
 
     def proxy(self, **env: str) -> Proxy:
-        proxy = Proxy(self.workdir, self.redis.url, **env)
+        proxy = Proxy(self.workdir, self.redis.url, **{**self.common_env, **env})
         self.processes.append(proxy)
         return proxy
 
     def worker(self, name: str, **env: str) -> Worker:
-        worker = Worker(self.workdir, self.redis.url, name, **env)
+        worker = Worker(self.workdir, self.redis.url, name, **{**self.common_env, **env})
         self.processes.append(worker)
         return worker
 
@@ -62,14 +65,30 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def stack(tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    running = Stack(tmp_path, redis_server)
+def _run_stack(running: Stack, request: pytest.FixtureRequest) -> Iterator[Stack]:
     yield running
     running.stop_all()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(running.logs())
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from _run_stack(Stack(tmp_path, redis_server), request)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    cluster = RedisClusterSet(tmp_path / "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_stack(tmp_path: Path, redis_cluster: RedisClusterSet, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Proxies and workers on a three-primary cluster; REDIS_URL names its first node."""
+    yield from _run_stack(Stack(tmp_path, redis_cluster.nodes[0], **redis_cluster.env()), request)
 
 
 @pytest.fixture

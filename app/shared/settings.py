@@ -190,7 +190,11 @@ _SECRET_HINTS = re.compile(r"URL|PASSWORD|SECRET|TOKEN|KEY")
 def describe_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        variable = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+        if not item["loc"]:
+            # A rule across variables: its message names them; the input is every variable.
+            lines.append(item["msg"].removeprefix("Value error, "))
+            continue
+        variable = "_".join(str(part) for part in item["loc"]).upper()
         shown = "<redacted>" if _SECRET_HINTS.search(variable) else repr(item.get("input"))
         lines.append(f"{variable}: {item['msg']} (got {shown})")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -30,6 +30,9 @@ PROXY_CASES = [
     ("REDIS_SENTINEL_TLS", "maybe"),
     ("REDIS_WAIT_REPLICAS", "-1"),
     ("REDIS_WAIT_TIMEOUT_MS", "0"),
+    ("REDIS_CLUSTER", "maybe"),
+    ("REQUEST_STREAM_SHARDS", "0"),
+    ("REQUEST_STREAM_SHARDS", "65"),
 ]
 WORKER_CASES = [
     ("WORKER_TERMINALS", "0"),
@@ -57,6 +60,11 @@ WORKER_CONFLICTS = [
     ({"PROCESSING_DELAY_MS": "100-5000", "CLAIM_IDLE_SECONDS": "5"}, "CLAIM_IDLE_SECONDS"),
     ({"CLAIM_IDLE_SECONDS": "60", "CONSUMER_EXPIRY_SECONDS": "30"}, "CONSUMER_EXPIRY_SECONDS"),
     ({"READ_BLOCK_MS": "5000", "SHUTDOWN_GRACE_SECONDS": "2"}, "READ_BLOCK_MS"),
+    ({"REQUEST_STREAM_SHARDS": "4", "WORKER_TERMINALS": "3"}, "WORKER_TERMINALS"),
+    ({"REDIS_CLUSTER": "true", "REDIS_SENTINELS": "127.0.0.1:26379"}, "REDIS_SENTINELS"),
+    ({"REDIS_CLUSTER": "true", "REDIS_WAIT_REPLICAS": "1"}, "REDIS_WAIT_REPLICAS"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://:hunter2@127.0.0.1:1/3"}, "REDIS_URL"),
+    ({"REQUEST_STREAM_SHARDS": "2", "REQUEST_STREAM": "jobs{x}"}, "REQUEST_STREAM"),
 ]
 
 
@@ -94,12 +102,13 @@ def test_a_bad_redis_url_is_not_echoed():
 
 @pytest.mark.parametrize(("env", "named"), WORKER_CONFLICTS)
 def test_worker_refuses_contradicting_settings(env, named):
-    base = base_env(METRICS_PORT=str(free_port()), REDIS_URL="redis://127.0.0.1:1/0", **env)
+    base = base_env(METRICS_PORT=str(free_port()), **{"REDIS_URL": "redis://127.0.0.1:1/0", **env})
     result = subprocess.run([sys.executable, "-m", "app.worker"], cwd=ROOT, env=base, capture_output=True,
                             text=True, timeout=30)
 
     assert result.returncode == 2
     assert named in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 PROXY_CONFLICTS = [

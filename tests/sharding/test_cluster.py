@@ -1,0 +1,177 @@
+"""Request stream shards on a real three-primary Redis Cluster."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+
+import pytest
+import requests
+from redis.crc import key_slot
+
+from app.shared import contract
+from app.shared.contract import Reply
+from tests.chaos.test_poison import POISON
+from tests.support.load import SteadyLoad, fire, summary
+from tests.support.processes import wait_until
+
+pytestmark = pytest.mark.system
+
+SHARDS = 6
+GROUP = contract.DEFAULT_CONSUMER_GROUP
+STREAMS = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=True)
+
+
+def _pending(client, stream: str, consumer: str | None = None) -> int:
+    if consumer is None:
+        return int(client.xpending(stream, GROUP)["pending"])
+    return len(client.xpending_range(stream, GROUP, "-", "+", 1000, consumername=consumer))
+
+
+def _nothing_pending(client) -> bool:
+    return all(_pending(client, stream) == 0 for stream in STREAMS)
+
+
+def _xadd_calls(node) -> int:
+    return int(node.client().info("commandstats").get("cmdstat_xadd", {"calls": 0})["calls"])
+
+
+def _replies_per_request(cluster) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    for node in cluster.nodes:
+        client = node.client()
+        for stream in client.scan_iter(match=contract.REPLY_STREAM_PREFIX + "*", _type="stream"):
+            for _, fields in client.xrange(stream):
+                counts[Reply.from_fields(fields).request_id] += 1
+    return counts
+
+
+def _assert_each_answered_its_own_caller(results, count: int) -> None:
+    assert [r.status for r in results] == [200] * count
+    assert all(r.body["city"] == r.city for r in results)
+    assert len({r.body["requestId"] for r in results}) == count
+
+
+def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis_cluster):
+    env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
+    proxies = [cluster_stack.proxy(**env) for _ in range(2)]
+    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="5-20", WORKER_TERMINALS="10", **env)
+               for n in range(2)]
+    for process in [*proxies, *workers]:
+        process.wait_ready()
+    client = redis_cluster.client()
+    calls_before = {node.port: _xadd_calls(node) for node in redis_cluster.nodes}
+
+    results = fire([p.url for p in proxies], count=600, concurrency=30)
+    wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
+
+    added = {stream: int(client.xinfo_stream(stream)["entries-added"]) for stream in STREAMS}
+    per_primary = collections.Counter()
+    for stream, count in added.items():
+        per_primary[redis_cluster.owner(stream).port] += count
+    xadds = {node.port: _xadd_calls(node) - calls_before[node.port] for node in redis_cluster.nodes}
+    print(summary("cluster", results), f"entries per shard={list(added.values())} "
+          f"requests per primary={dict(per_primary)} XADDs per primary (requests and replies)={xadds}")
+
+    _assert_each_answered_its_own_caller(results, 600)
+    assert sum(added.values()) == 600
+    assert all(count > 0 for count in added.values()), "a shard was never used"
+    assert len(per_primary) == 3
+    assert all(count >= 0.2 * 600 for count in per_primary.values())
+    exposition = requests.get(workers[0].url + "/metrics", timeout=5).text
+    assert sum(line.startswith("weather_worker_shard_lag_entries{") for line in exposition.splitlines()) == SHARDS
+
+
+def test_a_killed_worker_leaves_orphans_in_every_shard_and_they_are_claimed(cluster_stack, redis_cluster):
+    env = {"REQUEST_STREAM_SHARDS": str(SHARDS), "PROCESSING_DELAY_MS": "200-400", "WORKER_TERMINALS": "12",
+           "CLAIM_IDLE_SECONDS": "2"}
+    proxy = cluster_stack.proxy(REQUEST_TIMEOUT_SECONDS="20", **env)
+    victim, survivor = cluster_stack.worker("victim", **env), cluster_stack.worker("survivor", **env)
+    for process in (proxy, victim, survivor):
+        process.wait_ready()
+    client = redis_cluster.client()
+
+    results: list = []
+    load = threading.Thread(target=lambda: results.extend(fire([proxy.url], count=300, concurrency=40, timeout=25)))
+    load.start()
+    wait_until(lambda: all(_pending(client, stream, "victim") for stream in STREAMS), 15,
+               what="the victim holding entries of every shard")
+    orphans = {stream: _pending(client, stream, "victim") for stream in STREAMS}
+    victim.signal(signal.SIGKILL)
+    victim.wait(timeout=5)
+    wait_until(lambda: not any(_pending(client, stream, "victim") for stream in STREAMS), 15,
+               what="every shard's orphans taken over")
+    load.join(timeout=60)
+    wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
+    replies = _replies_per_request(redis_cluster)
+    print(summary("cluster worker killed", results), f"orphans per shard={list(orphans.values())} "
+          f"claimed={survivor.metric('weather_worker_claimed_total'):g}")
+
+    _assert_each_answered_its_own_caller(results, 300)
+    assert survivor.metric("weather_worker_claimed_total") >= sum(orphans.values())
+    assert max(replies.values()) <= 2
+    assert set(replies) == {r.body["requestId"] for r in results}
+
+
+def test_poison_in_one_shard_goes_to_that_shards_dead_letter_stream(cluster_stack, redis_cluster):
+    env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
+    proxy = cluster_stack.proxy(**env)
+    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="10-30", WORKER_TERMINALS="6", **env)
+               for n in range(2)]
+    for process in [proxy, *workers]:
+        process.wait_ready()
+    client = redis_cluster.client()
+    target = STREAMS[2]
+
+    results: list = []
+    load = threading.Thread(target=lambda: results.extend(fire([proxy.url], count=150, concurrency=15)))
+    load.start()
+    poison_ids = {client.xadd(target, fields): reason for fields, reason in POISON}
+    load.join(timeout=60)
+    dead_letters = contract.dead_letter_stream(target)
+    wait_until(lambda: client.xlen(dead_letters) == len(POISON), 10, what="poison dead-lettered")
+    wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
+
+    letters = {fields[b"dlq_source_id"]: fields for _, fields in client.xrange(dead_letters)}
+    assert key_slot(dead_letters.encode()) == key_slot(target.encode())
+    assert [r.status for r in results] == [200] * 150
+    assert set(letters) == set(poison_ids)
+    for entry_id, reason in poison_ids.items():
+        assert reason in letters[entry_id][b"dlq_reason"]
+    assert all(client.xlen(contract.dead_letter_stream(s)) == 0 for s in STREAMS if s != target)
+
+
+def test_a_shard_slot_moved_to_another_primary_under_load_loses_nothing(cluster_stack, redis_cluster):
+    env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
+    proxy = cluster_stack.proxy(REQUEST_TIMEOUT_SECONDS="15", **env)
+    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="10-50", WORKER_TERMINALS="10", **env)
+               for n in range(2)]
+    for process in [proxy, *workers]:
+        process.wait_ready()
+    client = redis_cluster.client()
+    moving = STREAMS[0]
+    source = redis_cluster.owner(moving)
+    target = next(node for node in redis_cluster.nodes if node is not source)
+
+    with SteadyLoad(proxy.url, rate=60, max_seconds=8, timeout=20) as load:
+        time.sleep(2.5)
+        keys_moved = redis_cluster.move_slot(key_slot(moving.encode()), source, target)
+        moved_at = time.monotonic()
+        time.sleep(3)
+        # And back again, with entries pending in it.
+        redis_cluster.move_slot(key_slot(moving.encode()), target, source)
+        time.sleep(2.5)
+    results = load.stop()
+    wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
+    after = [r for r in results if r.started > moved_at]
+    added = int(client.xinfo_stream(moving)["entries-added"])
+    print(summary("slot moved", results), f"keys moved={keys_moved} sent after the move={len(after)} "
+          f"entries in the moved shard={added}")
+
+    assert keys_moved >= 1, "the shard's stream was not in the slot that moved"
+    assert redis_cluster.owner(moving) is source
+    assert after and added > 0
+    _assert_each_answered_its_own_caller(results, len(results))
+    assert all(worker.alive() for worker in workers)

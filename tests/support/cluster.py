@@ -1,0 +1,101 @@
+"""A real Redis Cluster for tests: primaries on free loopback ports, joined by redis-cli."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import redis
+from redis.crc import key_slot
+
+from tests.support.processes import RedisServer, free_port, wait_until
+
+# A cluster node also listens on port + 10000 (the cluster bus).
+BUS_PORT_OFFSET = 10_000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose bus port is free too (so it must be below 65535 - 10000)."""
+    for _ in range(200):
+        port = free_port()
+        if port + BUS_PORT_OFFSET < 65535 and _bindable(port + BUS_PORT_OFFSET):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisClusterSet:
+    """``primaries`` cluster-enabled redis-servers (no replicas), every slot covered."""
+
+    def __init__(self, workdir: Path, primaries: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        try:
+            for number in range(primaries):
+                port = free_cluster_port()
+                self.nodes.append(RedisServer(
+                    workdir / f"cluster-{number}", port=port, appendonly=True,
+                    extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                "--cluster-node-timeout", "2000"],
+                ))
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=60)
+            wait_until(self._ready, 30, interval=0.2, what="cluster_state:ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            if node.client().cluster("info").get("cluster_state") != "ok":
+                return False
+            if len(node.client().cluster("slots")) != len(self.nodes):
+                return False
+        return True
+
+    def env(self) -> dict[str, str]:
+        return {"REDIS_CLUSTER": "true"}
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster.from_url(self.url, socket_timeout=5)
+
+    def node_id(self, node: RedisServer) -> str:
+        return node.client().cluster("myid").decode()
+
+    def owner(self, key: str) -> RedisServer:
+        """The primary serving the key's slot, as the node itself sees the slot table."""
+        slot = key_slot(key.encode())
+        for node in self.nodes:
+            for start, end, (_, port, *_rest) in node.client().cluster("slots"):
+                if start <= slot <= end and port == node.port:
+                    return node
+        raise LookupError(f"no node serves slot {slot}")
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer, batch: int = 100) -> int:
+        """Reshards one slot live, as redis-cli --cluster reshard does: IMPORTING and
+        MIGRATING, the keys MIGRATEd in batches (clients see ASK meanwhile), then the
+        slot handed over on every node (clients see MOVED). Returns the keys moved."""
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+            source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+        for node in (target, source, *(n for n in self.nodes if n not in (source, target))):
+            node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
