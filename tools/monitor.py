@@ -10,7 +10,6 @@ import argparse
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 import requests
@@ -20,18 +19,26 @@ from rich.live import Live
 from rich.table import Table
 
 from app.shared import contract
-from app.shared.connections import RedisConnector
+from app.shared.connections import RedisClient, RedisConnector
 from app.shared.settings import CommonSettings
 
 CIRCUIT = {0: "closed", 1: "half-open", 2: "open"}
 
 
 @dataclass
-class Snapshot:
-    stream_length: int | None = None
+class ShardRow:
+    stream: str
+    length: int | None = None
     dead_letters: int | None = None
-    groups: list[dict[str, Any]] = field(default_factory=list)
-    consumers: list[dict[str, Any]] = field(default_factory=list)
+    lag: int | None = None
+    pending: int | None = None
+
+
+@dataclass
+class Snapshot:
+    shards: list[ShardRow] = field(default_factory=list)
+    # Per consumer name, over every shard: pending entries and the shortest idle time (ms).
+    consumers: dict[str, tuple[int, int]] = field(default_factory=dict)
     services: list[tuple[str, str, dict[str, float] | None]] = field(default_factory=list)
     redis_error: str | None = None
 
@@ -49,36 +56,55 @@ def scrape(url: str) -> dict[str, float] | None:
     return values
 
 
-def take_snapshot(client: redis.Redis, stream: str, group: str, services: list[tuple[str, str]]) -> Snapshot:
+def _read_shard(client: RedisClient, stream: str, group: str, consumers: dict[str, tuple[int, int]]) -> ShardRow:
+    row = ShardRow(stream, client.xlen(stream), client.xlen(contract.dead_letter_stream(stream)))
+    if not client.exists(stream):
+        return row
+    info = next((g for g in client.xinfo_groups(stream) if g["name"] == group.encode()), None)
+    if info is None:
+        return row
+    row.lag, row.pending = info.get("lag"), info.get("pending")
+    for consumer in client.xinfo_consumers(stream, group):
+        name = consumer["name"].decode()
+        pending, idle = consumers.get(name, (0, consumer["idle"]))
+        consumers[name] = (pending + consumer["pending"], min(idle, consumer["idle"]))
+    return row
+
+
+def take_snapshot(client: RedisClient, streams: list[str], group: str, services: list[tuple[str, str]]) -> Snapshot:
     snapshot = Snapshot()
     try:
-        snapshot.stream_length = client.xlen(stream)
-        snapshot.dead_letters = client.xlen(contract.dead_letter_stream(stream))
-        if client.exists(stream):
-            snapshot.groups = client.xinfo_groups(stream)
-            if any(g["name"] == group.encode() for g in snapshot.groups):
-                snapshot.consumers = client.xinfo_consumers(stream, group)
+        snapshot.shards = [_read_shard(client, stream, group, snapshot.consumers) for stream in streams]
     except redis.RedisError as error:
         snapshot.redis_error = f"{type(error).__name__}: {error}"
     snapshot.services = [(kind, url, scrape(url)) for kind, url in services]
     return snapshot
 
 
-def render(snapshot: Snapshot, where: str, stream: str) -> Group:
-    queue = Table(title=f"Redis {where} — stream {stream}", expand=False)
-    for column in ("group", "lag", "pending", "entries", "dead letters"):
-        queue.add_column(column, justify="right" if column != "group" else "left")
+def _text(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def render(snapshot: Snapshot, where: str, group: str) -> Group:
+    queue = Table(title=f"Redis {where} — group {group}", expand=False)
+    for column in ("stream", "lag", "pending", "entries", "dead letters"):
+        queue.add_column(column, justify="right" if column != "stream" else "left")
     if snapshot.redis_error:
         queue.add_row(f"[red]{snapshot.redis_error}[/red]", "", "", "", "")
-    for info in snapshot.groups or [{"name": b"-", "lag": None, "pending": None}]:
-        queue.add_row(info["name"].decode(), str(info.get("lag", "?")), str(info.get("pending", "?")),
-                      str(snapshot.stream_length), str(snapshot.dead_letters))
+    for row in snapshot.shards:
+        queue.add_row(row.stream, _text(row.lag), _text(row.pending), _text(row.length), _text(row.dead_letters))
+    if len(snapshot.shards) > 1:
+        def total(values: list[int | None]) -> str:
+            return "?" if None in values else str(sum(v for v in values if v is not None))
+        shards = snapshot.shards
+        queue.add_row(f"all {len(shards)} shards", total([r.lag for r in shards]), total([r.pending for r in shards]),
+                      total([r.length for r in shards]), total([r.dead_letters for r in shards]))
 
     consumers = Table(title="Consumers")
     for column in ("consumer", "pending", "idle"):
         consumers.add_column(column, justify="right" if column != "consumer" else "left")
-    for consumer in snapshot.consumers:
-        consumers.add_row(consumer["name"].decode(), str(consumer["pending"]), f"{consumer['idle'] / 1000:.1f} s")
+    for name, (pending, idle_ms) in sorted(snapshot.consumers.items()):
+        consumers.add_row(name, str(pending), f"{idle_ms / 1000:.1f} s")
 
     services = Table(title="Services")
     for column in ("service", "url", "circuit", "terminals", "in flight", "redis"):
@@ -104,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--redis-password", default=os.environ.get("REDIS_PASSWORD"))
     parser.add_argument("--stream", default=os.environ.get("REQUEST_STREAM", contract.DEFAULT_REQUEST_STREAM))
+    parser.add_argument("--shards", type=int, default=int(os.environ.get("REQUEST_STREAM_SHARDS", "1")),
+                        help="REQUEST_STREAM_SHARDS of the services (default: from the environment, else 1)")
     parser.add_argument("--group", default=os.environ.get("CONSUMER_GROUP", contract.DEFAULT_CONSUMER_GROUP))
     parser.add_argument("--proxy", action="append", help="proxy base URL (repeatable); default http://127.0.0.1:8080")
     parser.add_argument("--worker", action="append", help="worker metrics URL (repeatable); default http://127.0.0.1:9100")
@@ -111,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     args = parser.parse_args(argv)
 
-    # The services' own settings decide the topology (REDIS_SENTINELS and the rest from the environment).
-    settings = CommonSettings(redis_url=args.redis_url, redis_password=args.redis_password)
+    # The services' own settings decide the topology and the keys (REDIS_SENTINELS,
+    # REDIS_CLUSTER and the rest from the environment).
+    settings = CommonSettings(redis_url=args.redis_url, redis_password=args.redis_password,
+                              request_stream=args.stream, request_stream_shards=args.shards)
     connector = RedisConnector(settings)
     client = connector.client(client_name="monitor")
     services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:8080"]]
@@ -120,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     def frame() -> Group:
-        return render(take_snapshot(client, args.stream, args.group, services), connector.describe(), args.stream)
+        return render(take_snapshot(client, settings.request_streams, args.group, services), connector.describe(),
+                      args.group)
 
     if args.once:
         console.print(frame())

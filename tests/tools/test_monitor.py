@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from app.shared import contract
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.system
@@ -29,7 +30,7 @@ def test_monitor_shows_queue_consumers_and_services(stack):
     assert "closed" in lines["proxy"] and "up" in lines["proxy"]
     assert "0/5" in next(line for line in out.splitlines() if worker.url in line)
     assert "unreachable" in next(line for line in out.splitlines() if "127.0.0.1:1 " in line)
-    dead_letters = lines["weather-workers"].split("│")[-2].strip()
+    dead_letters = lines["weather-requests"].split("│")[-2].strip()
     assert dead_letters == "1"
 
 
@@ -47,3 +48,25 @@ def test_monitor_finds_the_primary_through_the_sentinels(sentinels):
     flat = "".join(line.strip() for line in result.stdout.splitlines())
     assert f"sentinel://{sentinels.addresses}" in flat  # the title, wrapped by rich
     assert "Error" not in result.stdout  # a failed read shows as "<Exception>: ..." in the table
+
+
+def test_monitor_shows_every_shard_of_a_cluster_and_their_sum(redis_cluster):
+    client = redis_cluster.client()
+    streams = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, 3, tagged=True)
+    for count, stream in enumerate(streams, start=1):
+        client.xgroup_create(stream, contract.DEFAULT_CONSUMER_GROUP, id="0", mkstream=True)
+        for _ in range(count):
+            client.xadd(stream, {"x": "1"})
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "3"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", redis_cluster.url,
+         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    for count, stream in enumerate(streams, start=1):
+        assert lines[stream].split("│")[2].strip() == str(count)  # lag
+    assert lines["all 3 shards"].split("│")[2].strip() == "6"

@@ -59,7 +59,8 @@ def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
 
     def expires_sent(outcomes: int) -> int:
         before = client.info("commandstats").get("cmdstat_expire", {"calls": 0})["calls"]
-        writer.write([Outcome(STREAM, _deliver(client), stream, contract.Reply("r", "ok", {})) for _ in range(outcomes)])
+        writer.write([Outcome(STREAM, _deliver(client), stream, contract.Reply("r", "ok", {}))
+                      for _ in range(outcomes)])
         return client.info("commandstats")["cmdstat_expire"]["calls"] - before
 
     assert expires_sent(3) == 1  # a stream new to this worker gets its TTL with its first reply
@@ -130,7 +131,8 @@ def test_with_wait_replies_are_confirmed_by_a_replica_and_dead_letters_survive_a
         replica.signal(signal.SIGSTOP)
         try:
             with pytest.raises(ReplicasBehind):
-                writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t", contract.Reply("r2", "ok", {}))])
+                writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t",
+                                      contract.Reply("r2", "ok", {}))])
         finally:
             replica.signal(signal.SIGCONT)
     finally:
