@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from app.proxy.settings import ProxySettings
+from app.shared import contract
 from app.worker.settings import WorkerSettings
 from tests.support.processes import ROOT
 
@@ -31,6 +32,7 @@ PROFILES = {
     "ci": [ROOT / "ci" / "values-ci.yaml"],
     "auth": [PROFILES_DIR / "auth.yaml"],
     "external-sentinel": [PROFILES_DIR / "external-sentinel.yaml"],
+    "external-cluster": [PROFILES_DIR / "external-cluster.yaml"],
 }
 KUBERNETES_MINORS = [f"1.{minor}.0" for minor in range(29, 36)]
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
@@ -113,12 +115,32 @@ def test_manifests_validate_strictly(profile, version):
     (["config.redisWaitReplicas=-1"], "/config/redisWaitReplicas"),
     (["redis.external.sentinel.hosts[0]=no-port"], "/redis/external/sentinel/hosts/0"),
     (["redis.external.sentinel.enabled=true"], "/redis/external/sentinel/hosts"),
+    (["config.requestStreamShards=0"], "/config/requestStreamShards"),
+    (["config.requestStreamShards=65"], "/config/requestStreamShards"),
+    (["redis.external.cluster.nodes[0]=no-port"], "/redis/external/cluster/nodes/0"),
 ])
 def test_schema_rejects_bad_values(sets, complaint):
     result = helm("lint", "--strict", str(CHART), *_value_args([], tuple(sets)), check=False)
 
     assert result.returncode != 0
     assert complaint in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("sets", "complaint"), [
+    (["config.requestStreamShards=6"], "worker.terminals must be at least config.requestStreamShards"),
+    (["config.requestStreamShards=2", "config.requestStream=jobs{x}"], "must not contain { or }"),
+    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
+      "redis.external.sentinel.enabled=true", "redis.external.sentinel.hosts[0]=s:26379"], "exclude each other"),
+    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
+      "config.redisWaitReplicas=1"], "config.redisWaitReplicas must be 0"),
+    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
+      "redis.external.db=2"], "redis.external.db must be 0"),
+])
+def test_contradicting_topology_values_fail_the_install(sets, complaint):
+    result = helm("template", "demo", str(CHART), *_value_args([], tuple(sets)), check=False)
+
+    assert result.returncode != 0
+    assert complaint in result.stderr
 
 
 # -- topology ------------------------------------------------------------------------
@@ -230,7 +252,7 @@ def test_environment_names_are_the_ones_the_services_read(profile, suffix, setti
     assert {ref["configMapRef"]["name"] for ref in container["envFrom"]} == {configmap["metadata"]["name"]}
 
 
-@pytest.mark.parametrize("profile", ["prod", "external-sentinel"])
+@pytest.mark.parametrize("profile", ["prod", "external-sentinel", "external-cluster"])
 def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch, profile):
     docs = render(profile)
     for suffix, settings in (("-proxy", ProxySettings), ("-worker", WorkerSettings)):
@@ -318,6 +340,41 @@ def test_keda_uses_the_sentinel_streams_scaler_with_both_passwords():
     assert "address" not in trigger["metadata"]
     assert {(r["parameter"], r["key"]) for r in auth["spec"]["secretTargetRef"]} == {
         ("password", "redis-password"), ("sentinelPassword", "sentinel-password")}
+
+
+def test_cluster_mode_names_the_shards_as_the_services_do_with_a_keda_trigger_each(monkeypatch):
+    docs = render("external-cluster")
+    data = one(docs, "ConfigMap", "-worker")["data"]
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = WorkerSettings()
+    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+
+    assert settings.redis_cluster and settings.request_stream_shards == 6
+    assert [t["metadata"]["stream"] for t in triggers] == settings.request_streams
+    assert {t["type"] for t in triggers} == {"redis-cluster-streams"}
+    # The autoscaler follows the busiest trigger: each shard's target is a sixth of the lag target.
+    assert {t["metadata"]["lagCount"] for t in triggers} == {"9"}
+    assert all("databaseIndex" not in t["metadata"] and t["metadata"]["enableTLS"] == "true" for t in triggers)
+    assert triggers[0]["metadata"]["addresses"].count(":") == 3
+    egress = one(docs, "NetworkPolicy", "-worker")["spec"]["egress"][1]
+    assert {"port": 6380, "protocol": "TCP"} in egress["ports"]
+
+
+def test_standalone_shards_get_a_redis_streams_trigger_each():
+    docs = render("keda", "config.requestStreamShards=3")
+    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+
+    assert [t["metadata"]["stream"] for t in triggers] == contract.request_streams("weather-requests", 3, False)
+    assert {t["type"] for t in triggers} == {"redis-streams"}
+    assert one(docs, "ConfigMap", "-proxy")["data"]["REQUEST_STREAM_SHARDS"] == "3"
+
+
+def test_shard_tags_file_matches_the_services():
+    result = subprocess.run([sys.executable, "scripts/shard_tags.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
 
 
 # -- network policies ----------------------------------------------------------------

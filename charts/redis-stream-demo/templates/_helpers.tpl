@@ -68,6 +68,51 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.redis.external.enabled .Values.redis.external.sentinel.enabled }}true{{ end }}
 {{- end }}
 
+{{- define "rsd.redis.cluster" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.cluster.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The request stream keys as a JSON list, as the services name them
+(app.shared.contract.request_streams): the tags come from files/shard-tags.json,
+written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
+*/}}
+{{- define "rsd.requestStreams" -}}
+{{- $shards := int .Values.config.requestStreamShards -}}
+{{- $base := .Values.config.requestStream -}}
+{{- if and (eq $shards 1) (not (include "rsd.redis.cluster" .)) -}}
+{{- list $base | toJson -}}
+{{- else -}}
+{{- $streams := list -}}
+{{- range index (fromJson (.Files.Get "files/shard-tags.json")) (toString $shards) -}}
+{{- $streams = append $streams (printf "%s:{%s}" $base .) -}}
+{{- end -}}
+{{- $streams | toJson -}}
+{{- end -}}
+{{- end }}
+
+{{/* Combinations the services would refuse to start with, refused at install instead. */}}
+{{- define "rsd.validateTopology" -}}
+{{- $shards := int .Values.config.requestStreamShards -}}
+{{- if include "rsd.redis.cluster" . }}
+{{- if .Values.redis.external.sentinel.enabled }}
+{{- fail "redis.external.cluster and redis.external.sentinel exclude each other" }}
+{{- end }}
+{{- if gt (int .Values.config.redisWaitReplicas) 0 }}
+{{- fail "config.redisWaitReplicas must be 0 with redis.external.cluster (WAIT cannot span a cluster's nodes)" }}
+{{- end }}
+{{- if ne (int .Values.redis.external.db) 0 }}
+{{- fail "redis.external.db must be 0 with redis.external.cluster" }}
+{{- end }}
+{{- end }}
+{{- if lt (int .Values.worker.terminals) $shards }}
+{{- fail "worker.terminals must be at least config.requestStreamShards" }}
+{{- end }}
+{{- if and (or (gt $shards 1) (include "rsd.redis.cluster" .)) (regexMatch "[{}]" .Values.config.requestStream) }}
+{{- fail "config.requestStream must not contain { or } when sharded: the shards add their own hash tags" }}
+{{- end }}
+{{- end }}
+
 {{/* Whether KEDA needs a TriggerAuthentication: a password for Redis or for the Sentinels. */}}
 {{- define "rsd.keda.authenticated" -}}
 {{- if or (include "rsd.redis.secretName" .) (and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret) }}true{{ end }}
@@ -122,9 +167,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* ConfigMap entries both services read for Redis: where it is and how writes are confirmed. */}}
+{{/* ConfigMap entries both services read for Redis: where it is, how the keys are laid out and how writes are confirmed. */}}
 {{- define "rsd.redis.config" -}}
+{{- include "rsd.validateTopology" . }}
 REDIS_URL: {{ include "rsd.redis.url" . | quote }}
+REDIS_CLUSTER: {{ ternary "true" "false" (eq (include "rsd.redis.cluster" .) "true") | quote }}
+REQUEST_STREAM_SHARDS: {{ .Values.config.requestStreamShards | quote }}
 {{- if include "rsd.redis.sentinel" . }}
 {{- with .Values.redis.external.sentinel }}
 REDIS_SENTINELS: {{ join "," .hosts | quote }}
@@ -143,6 +191,15 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
 {{- define "rsd.redis.sentinelPorts" -}}
 {{- $ports := list }}
 {{- range .Values.redis.external.sentinel.hosts }}
+{{- $ports = append $ports (last (splitList ":" .)) }}
+{{- end }}
+{{- join "," (uniq $ports) }}
+{{- end }}
+
+{{/* Ports of the cluster nodes listed in redis.external.cluster.nodes. */}}
+{{- define "rsd.redis.clusterPorts" -}}
+{{- $ports := list }}
+{{- range .Values.redis.external.cluster.nodes }}
 {{- $ports = append $ports (last (splitList ":" .)) }}
 {{- end }}
 {{- join "," (uniq $ports) }}
@@ -310,6 +367,14 @@ spec:
     {{- range splitList "," (include "rsd.redis.sentinelPorts" .) }}
     - port: {{ atoi . }}
       protocol: TCP
+    {{- end }}
+    {{- end }}
+    {{- if include "rsd.redis.cluster" . }}
+    {{- range $port := include "rsd.redis.clusterPorts" . | splitList "," | compact }}
+    {{- if ne (atoi $port) (int $.Values.redis.external.port) }}
+    - port: {{ atoi $port }}
+      protocol: TCP
+    {{- end }}
     {{- end }}
     {{- end }}
 {{- end }}
