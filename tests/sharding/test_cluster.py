@@ -12,7 +12,9 @@ import requests
 from redis.crc import key_slot
 
 from app.shared import contract
+from app.shared.connections import RedisConnector
 from app.shared.contract import Reply
+from app.shared.settings import CommonSettings
 from tests.chaos.test_poison import POISON
 from tests.support.load import SteadyLoad, fire, summary
 from tests.support.processes import wait_until
@@ -175,3 +177,19 @@ def test_a_shard_slot_moved_to_another_primary_under_load_loses_nothing(cluster_
     assert after and added > 0
     _assert_each_answered_its_own_caller(results, len(results))
     assert all(worker.alive() for worker in workers)
+
+
+def test_stream_reads_find_their_slot_without_asking_the_server(redis_cluster):
+    client = RedisConnector(CommonSettings(redis_url=redis_cluster.url, redis_cluster=True)).client(client_name="t")
+    stream = STREAMS[3]
+    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    client.xadd(stream, {"k": "v"})
+    for node in redis_cluster.nodes:
+        node.client().config_resetstat()
+
+    assert client.xread({stream: "0-0"}, count=5)[0][0] == stream.encode()
+    assert client.xreadgroup(GROUP, "c", {stream: ">"}, count=5, block=10)[0][0] == stream.encode()
+
+    calls = [node.client().info("commandstats") for node in redis_cluster.nodes]
+    assert not any("cmdstat_command|getkeys" in stats for stats in calls)
+    assert sum(stats.get("cmdstat_xreadgroup", {}).get("calls", 0) for stats in calls) == 1
