@@ -51,3 +51,16 @@ def test_without_redis_the_limiter_lets_requests_through_to_a_clean_503(stack):
 
     assert response.status_code == 503
     assert response.json()["error"] in ("redis_unavailable", "circuit_open")
+
+
+def test_on_a_redis_cluster_the_limit_is_counted_in_the_cluster(cluster_stack, redis_cluster):
+    proxies = [cluster_stack.proxy(RATE_LIMIT="6/minute", REQUEST_TIMEOUT_SECONDS="10") for _ in range(2)]
+    cluster_stack.worker("w", PROCESSING_DELAY_MS="0").wait_ready()
+    for proxy in proxies:
+        proxy.wait_ready()
+
+    statuses = [proxies[i % 2].ask(f"city-{i}", "x").status_code for i in range(9)]
+
+    assert statuses.count(200) == 6
+    assert statuses.count(429) == 3
+    assert any(node.client().keys("*rsd-ratelimit*") for node in redis_cluster.nodes)
