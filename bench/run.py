@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -135,41 +137,42 @@ def scenario_open_loop(workdir: Path, redis: RedisServer, seconds: float) -> dic
     return {"terminals": terminals, "work_ms": work_ms, "ideal_rps": ideal, "runs": runs}
 
 
-def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: float,
-              **env: str) -> tuple[LoadResult, RedisCost, dict[str, float]]:
-    proxy = Proxy(workdir, redis.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
-    worker = Worker(workdir, redis.url, f"zero-{free_port()}", PROCESSING_DELAY_MS="0",
+@contextmanager
+def zero_work_services(workdir: Path, redis_url: str, concurrency: int, **env: str) -> Iterator[tuple[Proxy, Worker]]:
+    """One proxy and one worker with no work per entry, ready; stopped afterwards."""
+    proxy = Proxy(workdir, redis_url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
+    worker = Worker(workdir, redis_url, f"zero-{free_port()}", PROCESSING_DELAY_MS="0",
                     WORKER_TERMINALS=str(concurrency), LOG_LEVEL="WARNING", **env)
     try:
         proxy.wait_ready()
         worker.wait_ready()
-        return costed_load(redis, proxy.url, concurrency, seconds,
-                           {"proxy": child_pids(proxy.pid), "worker": [worker.pid]})
+        yield proxy, worker
     finally:
         proxy.stop()
         worker.stop()
+
+
+def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: float,
+              **env: str) -> tuple[LoadResult, RedisCost, dict[str, float]]:
+    with zero_work_services(workdir, redis.url, concurrency, **env) as (proxy, worker):
+        return costed_load(redis, proxy.url, concurrency, seconds,
+                           {"proxy": child_pids(proxy.pid), "worker": [worker.pid]})
 
 
 def scenario_cluster(workdir: Path, concurrency: int, seconds: float) -> dict:
     runs = {}
     for primaries in (1, 3):
         cluster = RedisClusterSet(workdir / f"cluster-{primaries}", primaries=primaries)
-        env = {"REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "6"}
-        proxy = Proxy(workdir, cluster.url, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **env)
-        worker = Worker(workdir, cluster.url, f"cluster-{free_port()}", PROCESSING_DELAY_MS="0",
-                        WORKER_TERMINALS=str(concurrency), LOG_LEVEL="WARNING", **env)
         try:
-            proxy.wait_ready()
-            worker.wait_ready()
-            asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
-            before = [RedisUsage.read(node.client()) for node in cluster.nodes]
-            result = asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30,
-                                          duration=seconds))
-            costs = [RedisCost.between(b, RedisUsage.read(node.client()), len(result.ok)).summary()
-                     for b, node in zip(before, cluster.nodes, strict=True)]
+            with zero_work_services(workdir, cluster.url, concurrency, REDIS_CLUSTER="true",
+                                    REQUEST_STREAM_SHARDS="6") as (proxy, _):
+                asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
+                before = [RedisUsage.read(node.client()) for node in cluster.nodes]
+                result = asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30,
+                                              duration=seconds))
+                costs = [RedisCost.between(b, RedisUsage.read(node.client()), len(result.ok)).summary()
+                         for b, node in zip(before, cluster.nodes, strict=True)]
         finally:
-            proxy.stop()
-            worker.stop()
             cluster.stop()
         busiest = max(cost["cpu_us_per_request"] for cost in costs)
         runs[str(primaries)] = {"load": result.summary(), "per_primary": costs,

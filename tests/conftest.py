@@ -44,6 +44,14 @@ class Stack:
         self.processes.append(worker)
         return worker
 
+    def started(self, proxies: int, workers: list[str], proxy_env: dict[str, str],
+                worker_env: dict[str, str]) -> tuple[list[Proxy], list[Worker]]:
+        """Proxies and named workers, all answering /readyz."""
+        started = [self.proxy(**proxy_env) for _ in range(proxies)], [self.worker(n, **worker_env) for n in workers]
+        for process in [*started[0], *started[1]]:
+            process.wait_ready()
+        return started
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             process.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import random
 import signal
 import threading
@@ -10,8 +9,7 @@ import time
 
 import pytest
 
-from app.shared.contract import Reply
-from tests.support.load import fire, summary
+from tests.support.load import fire, replies_per_request, summary
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.system
@@ -46,19 +44,16 @@ def test_killed_worker_entries_are_claimed_and_answered(stack):
     load.join(timeout=TIMEOUT_SECONDS + 30)
     assert client.xpending("weather-requests", "weather-workers")["pending"] == 0
 
-    replies_per_request: collections.Counter[str] = collections.Counter()
-    for stream in client.scan_iter(match="weather-responses:*", _type="stream"):
-        for _, fields in client.xrange(stream):
-            replies_per_request[Reply.from_fields(fields).request_id] += 1
+    replies = replies_per_request([client])
     lost = sum(1 for r in results if r.status is None)
     print(summary("worker killed", results), f"lost={lost} orphans={len(orphans)} "
           f"claimed={survivor.metric('weather_worker_claimed_total'):g} pending_empty_after={drained_after:.1f}s "
-          f"processed_twice={sum(1 for n in replies_per_request.values() if n == 2)}")
+          f"processed_twice={sum(1 for n in replies.values() if n == 2)}")
 
     assert len(results) == 300
     assert [r.status for r in results] == [200] * 300
     assert max(r.seconds for r in results) < TIMEOUT_SECONDS
     assert orphans, "the victim held no entries when it died; nothing was tested"
     assert survivor.metric("weather_worker_claimed_total") >= len(orphans)
-    assert max(replies_per_request.values()) <= 2
-    assert set(replies_per_request) == {r.body["requestId"] for r in results}
+    assert max(replies.values()) <= 2
+    assert set(replies) == {r.body["requestId"] for r in results}

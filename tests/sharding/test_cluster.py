@@ -13,10 +13,9 @@ from redis.crc import key_slot
 
 from app.shared import contract
 from app.shared.connections import RedisConnector
-from app.shared.contract import Reply
 from app.shared.settings import CommonSettings
 from tests.chaos.test_poison import POISON
-from tests.support.load import SteadyLoad, fire, summary
+from tests.support.load import SteadyLoad, fire, replies_per_request, summary
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.system
@@ -40,16 +39,6 @@ def _xadd_calls(node) -> int:
     return int(node.client().info("commandstats").get("cmdstat_xadd", {"calls": 0})["calls"])
 
 
-def _replies_per_request(cluster) -> collections.Counter[str]:
-    counts: collections.Counter[str] = collections.Counter()
-    for node in cluster.nodes:
-        client = node.client()
-        for stream in client.scan_iter(match=contract.REPLY_STREAM_PREFIX + "*", _type="stream"):
-            for _, fields in client.xrange(stream):
-                counts[Reply.from_fields(fields).request_id] += 1
-    return counts
-
-
 def _assert_each_answered_its_own_caller(results, count: int) -> None:
     assert [r.status for r in results] == [200] * count
     assert all(r.body["city"] == r.city for r in results)
@@ -58,11 +47,8 @@ def _assert_each_answered_its_own_caller(results, count: int) -> None:
 
 def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis_cluster):
     env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
-    proxies = [cluster_stack.proxy(**env) for _ in range(2)]
-    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="5-20", WORKER_TERMINALS="10", **env)
-               for n in range(2)]
-    for process in [*proxies, *workers]:
-        process.wait_ready()
+    proxies, workers = cluster_stack.started(2, ["w0", "w1"], env,
+                                             {"PROCESSING_DELAY_MS": "5-20", "WORKER_TERMINALS": "10", **env})
     client = redis_cluster.client()
     calls_before = {node.port: _xadd_calls(node) for node in redis_cluster.nodes}
 
@@ -89,10 +75,8 @@ def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis
 def test_a_killed_worker_leaves_orphans_in_every_shard_and_they_are_claimed(cluster_stack, redis_cluster):
     env = {"REQUEST_STREAM_SHARDS": str(SHARDS), "PROCESSING_DELAY_MS": "200-400", "WORKER_TERMINALS": "12",
            "CLAIM_IDLE_SECONDS": "2"}
-    proxy = cluster_stack.proxy(REQUEST_TIMEOUT_SECONDS="20", **env)
-    victim, survivor = cluster_stack.worker("victim", **env), cluster_stack.worker("survivor", **env)
-    for process in (proxy, victim, survivor):
-        process.wait_ready()
+    [proxy], [victim, survivor] = cluster_stack.started(1, ["victim", "survivor"],
+                                                        {"REQUEST_TIMEOUT_SECONDS": "20", **env}, env)
     client = redis_cluster.client()
 
     results: list = []
@@ -107,7 +91,7 @@ def test_a_killed_worker_leaves_orphans_in_every_shard_and_they_are_claimed(clus
                what="every shard's orphans taken over")
     load.join(timeout=60)
     wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
-    replies = _replies_per_request(redis_cluster)
+    replies = replies_per_request([node.client() for node in redis_cluster.nodes])
     print(summary("cluster worker killed", results), f"orphans per shard={list(orphans.values())} "
           f"claimed={survivor.metric('weather_worker_claimed_total'):g}")
 
@@ -119,11 +103,8 @@ def test_a_killed_worker_leaves_orphans_in_every_shard_and_they_are_claimed(clus
 
 def test_poison_in_one_shard_goes_to_that_shards_dead_letter_stream(cluster_stack, redis_cluster):
     env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
-    proxy = cluster_stack.proxy(**env)
-    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="10-30", WORKER_TERMINALS="6", **env)
-               for n in range(2)]
-    for process in [proxy, *workers]:
-        process.wait_ready()
+    [proxy], _ = cluster_stack.started(1, ["w0", "w1"], env,
+                                       {"PROCESSING_DELAY_MS": "10-30", "WORKER_TERMINALS": "6", **env})
     client = redis_cluster.client()
     target = STREAMS[2]
 
@@ -147,11 +128,8 @@ def test_poison_in_one_shard_goes_to_that_shards_dead_letter_stream(cluster_stac
 
 def test_a_shard_slot_moved_to_another_primary_under_load_loses_nothing(cluster_stack, redis_cluster):
     env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
-    proxy = cluster_stack.proxy(REQUEST_TIMEOUT_SECONDS="15", **env)
-    workers = [cluster_stack.worker(f"w{n}", PROCESSING_DELAY_MS="10-50", WORKER_TERMINALS="10", **env)
-               for n in range(2)]
-    for process in [proxy, *workers]:
-        process.wait_ready()
+    [proxy], workers = cluster_stack.started(1, ["w0", "w1"], {"REQUEST_TIMEOUT_SECONDS": "15", **env},
+                                             {"PROCESSING_DELAY_MS": "10-50", "WORKER_TERMINALS": "10", **env})
     client = redis_cluster.client()
     moving = STREAMS[0]
     source = redis_cluster.owner(moving)

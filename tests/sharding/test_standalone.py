@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import collections
 import signal
 import threading
 
 import pytest
 
 from app.shared import contract
-from app.shared.contract import Reply
-from tests.support.load import fire, summary
+from tests.support.load import fire, replies_per_request, summary
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.system
@@ -23,10 +21,8 @@ STREAMS = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagg
 def test_four_shards_on_standalone_redis_answer_everyone_through_a_worker_kill(stack):
     env = {"REQUEST_STREAM_SHARDS": str(SHARDS), "PROCESSING_DELAY_MS": "50-150", "WORKER_TERMINALS": "6",
            "CLAIM_IDLE_SECONDS": "2"}
-    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="15", **env)
-    victim, survivor = stack.worker("victim", **env), stack.worker("survivor", **env)
-    for process in (proxy, victim, survivor):
-        process.wait_ready()
+    [proxy], [victim, survivor] = stack.started(1, ["victim", "survivor"],
+                                                {"REQUEST_TIMEOUT_SECONDS": "15", **env}, env)
     client = stack.redis.client()
 
     results: list = []
@@ -41,10 +37,7 @@ def test_four_shards_on_standalone_redis_answer_everyone_through_a_worker_kill(s
                what="every entry acknowledged")
 
     added = [int(client.xinfo_stream(s)["entries-added"]) for s in STREAMS]
-    replies: collections.Counter[str] = collections.Counter()
-    for stream in client.scan_iter(match=contract.REPLY_STREAM_PREFIX + "*", _type="stream"):
-        for _, fields in client.xrange(stream):
-            replies[Reply.from_fields(fields).request_id] += 1
+    replies = replies_per_request([client])
     print(summary("standalone shards", results), f"entries per shard={added} "
           f"claimed={survivor.metric('weather_worker_claimed_total'):g}")
 

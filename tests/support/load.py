@@ -48,6 +48,18 @@ def fire(base_urls: list[str], count: int, concurrency: int, timeout: float = 30
         return [future.result() for future in futures]
 
 
+def replies_per_request(clients: list) -> Counter:
+    """How many replies each request id got, over every reply stream of these Redis nodes."""
+    from app.shared.contract import REPLY_STREAM_PREFIX, Reply
+
+    counts: Counter = Counter()
+    for client in clients:
+        for stream in client.scan_iter(match=REPLY_STREAM_PREFIX + "*", _type="stream"):
+            for _, fields in client.xrange(stream):
+                counts[Reply.from_fields(fields).request_id] += 1
+    return counts
+
+
 def statuses(results: list[Result]) -> Counter:
     return Counter(result.status for result in results)
 
