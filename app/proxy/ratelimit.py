@@ -8,7 +8,9 @@ a Redis hiccup into an outage of its own.
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from collections.abc import Callable
+
+from flask import Flask, g
 from flask_limiter import HeaderNames, Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -23,7 +25,7 @@ def _client_key() -> str:
 
 
 def install_rate_limit(app: Flask, settings: ProxySettings, connector: RedisConnector,
-                       api_prefix: str) -> Limiter | None:
+                       is_limited: Callable[[], bool]) -> Limiter | None:
     if not settings.rate_limit:
         return None
     if settings.trusted_proxies:
@@ -34,7 +36,7 @@ def install_rate_limit(app: Flask, settings: ProxySettings, connector: RedisConn
         _client_key,
         app=app,
         default_limits=[settings.rate_limit],
-        default_limits_exempt_when=lambda: not request.path.startswith(api_prefix),
+        default_limits_exempt_when=lambda: not is_limited(),
         storage_uri=storage_uri,
         storage_options=storage_options,
         strategy="moving-window",

@@ -53,14 +53,15 @@ class ReplyListener:
         alive = self._greenlet is not None and not self._greenlet.dead
         return alive and time.monotonic() - self.last_loop_monotonic < BLOCK_MS / 1000 + 10
 
-    def expect(self, request_id: str) -> AsyncResult:
-        """Register before enqueuing, so that even an instant reply finds its waiter."""
+    def expect(self, key: str) -> AsyncResult:
+        """Register before enqueuing, so that even an instant reply finds its waiter.
+        ``key`` is unique within this process (the correlation id), unlike a caller's request id."""
         waiter = AsyncResult()
-        self._waiters[request_id] = waiter
+        self._waiters[key] = waiter
         return waiter
 
-    def forget(self, request_id: str) -> None:
-        self._waiters.pop(request_id, None)
+    def forget(self, key: str) -> None:
+        self._waiters.pop(key, None)
 
     @property
     def waiting(self) -> int:
@@ -111,7 +112,7 @@ class ReplyListener:
             except contract.PoisonEntry as poison:
                 log.error("undecodable reply dropped", extra={"entry_id": entry_id.decode(), "reason": str(poison)})
                 continue
-            waiter = self._waiters.pop(reply.request_id, None)
+            waiter = self._waiters.pop(reply.waiter_key, None)
             if waiter is None:
                 metrics.LATE_REPLIES.inc()
                 log.info("late reply dropped", extra={"request_id": reply.request_id})

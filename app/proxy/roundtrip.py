@@ -55,16 +55,20 @@ class RoundTrips:
             raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
                            {"Retry-After": "1"})
 
-    def ask(self, city: str, location: str, subject: str) -> Response:
-        request_id = uuid.uuid4().hex
+    def ask(self, city: str, location: str, subject: str, caller_request_id: str | None) -> Response:
+        correlation_id = uuid.uuid4().hex
+        request_id = correlation_id
+        # The caller's id is kept when it is safe to log and echo; anything else is replaced, never refused.
+        if caller_request_id is not None and contract.REQUEST_ID_PATTERN.fullmatch(caller_request_id):
+            request_id = caller_request_id
         request_id_var.set(request_id)
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
             request_id=request_id, reply_to=self._listener.stream, deadline_ms=sent_ms + self._timeout_ms,
             city=city, location=location, traceparent=current_traceparent() if self._tracing else "",
-            subject=subject,
+            subject=subject, correlation_id=correlation_id,
         )
-        waiter = self._listener.expect(request_id)
+        waiter = self._listener.expect(correlation_id)
         started = time.perf_counter()
         metrics.INFLIGHT.inc()
         try:
@@ -75,7 +79,7 @@ class RoundTrips:
             reply = None
         finally:
             metrics.INFLIGHT.dec()
-            self._listener.forget(request_id)
+            self._listener.forget(correlation_id)
         elapsed = time.perf_counter() - started
         if reply is None:
             metrics.TIMEOUTS.inc()
@@ -87,7 +91,7 @@ class RoundTrips:
             _ROUNDTRIP["error"].observe(elapsed)
             raise ApiError(502, "worker_error", str(reply.body.get("detail", "the worker could not process it")))
         _ROUNDTRIP["ok"].observe(elapsed)
-        return json_response(200, reply.body, {"X-Request-ID": request_id})
+        return json_response(200, reply.body)
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int) -> None:
         minid = f"{sent_ms - self._timeout_ms - TRIM_MARGIN_MS}-0"

@@ -11,8 +11,10 @@ changes the envelope.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import count
 from typing import Any
@@ -42,6 +44,9 @@ FIELD_BODY = "body"
 FIELD_STATUS = "status"
 FIELD_TRACEPARENT = "traceparent"
 FIELD_SUBJECT = "sub"
+# The proxy's own key for routing a reply to its waiter, present only when it differs
+# from the request id (a caller may send the same X-Request-ID twice at once).
+FIELD_CORRELATION_ID = "cid"
 
 # Added to an entry when it is moved to the dead-letter stream.
 FIELD_DLQ_REASON = "dlq_reason"
@@ -53,10 +58,13 @@ STATUS_OK = "ok"
 STATUS_ERROR = "error"
 
 MAX_TEXT_LENGTH = 200
+# What a caller's X-Request-ID must look like to be kept end to end: safe in logs,
+# headers and stream fields without escaping.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 _B = {name: name.encode() for name in (
     FIELD_VERSION, FIELD_REQUEST_ID, FIELD_REPLY_TO, FIELD_DEADLINE_MS,
-    FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT, FIELD_SUBJECT,
+    FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT, FIELD_SUBJECT, FIELD_CORRELATION_ID,
 )}
 
 
@@ -104,6 +112,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def utc_timestamp() -> str:
+    """How every JSON body writes a time: ISO 8601 in UTC with a Z."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _text(fields: dict[bytes, bytes], name: str) -> str:
     raw = fields.get(_B[name])
     if raw is None:
@@ -134,6 +147,7 @@ class WeatherRequest:
     traceparent: str = ""
     # The authenticated caller (JWT `sub`), for the worker's logs; empty without auth.
     subject: str = ""
+    correlation_id: str = ""
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) > self.deadline_ms
@@ -150,6 +164,8 @@ class WeatherRequest:
             fields[FIELD_TRACEPARENT] = self.traceparent
         if self.subject:
             fields[FIELD_SUBJECT] = self.subject
+        if self.correlation_id and self.correlation_id != self.request_id:
+            fields[FIELD_CORRELATION_ID] = self.correlation_id
         return fields
 
     @classmethod
@@ -158,8 +174,11 @@ class WeatherRequest:
         if version != PROTOCOL_VERSION:
             raise PoisonEntry(f"unsupported protocol version {version!r}")
         request_id = _text(fields, FIELD_REQUEST_ID)
-        if not request_id or len(request_id) > 64:
-            raise PoisonEntry("request id is empty or too long")
+        if not REQUEST_ID_PATTERN.fullmatch(request_id):
+            raise PoisonEntry("request id is not 1-64 characters of [A-Za-z0-9._:-]")
+        correlation_id = fields.get(_B[FIELD_CORRELATION_ID], b"").decode(errors="replace")
+        if len(correlation_id) > 64:
+            raise PoisonEntry("correlation id is too long")
         reply_to = _text(fields, FIELD_REPLY_TO)
         # A worker writes only to reply streams, never to a key an entry happens to name.
         if not reply_to.startswith(REPLY_STREAM_PREFIX) or len(reply_to) > 256:
@@ -183,7 +202,11 @@ class WeatherRequest:
             location=location,  # type: ignore[arg-type]
             traceparent=traceparent_raw.decode(errors="replace"),
             subject=subject_raw.decode(errors="replace")[:256],
+            correlation_id=correlation_id,
         )
+
+    def reply(self, status: str, body: dict[str, Any]) -> Reply:
+        return Reply(self.request_id, status, body, self.correlation_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,17 +214,26 @@ class Reply:
     request_id: str
     status: str
     body: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
 
+    @property
+    def waiter_key(self) -> str:
+        """The key the asking proxy waits under: its correlation id when it sent one."""
+        return self.correlation_id or self.request_id
+
     def to_fields(self) -> dict[str, str | bytes]:
-        return {
+        fields: dict[str, str | bytes] = {
             FIELD_REQUEST_ID: self.request_id,
             FIELD_STATUS: self.status,
             FIELD_BODY: orjson.dumps(self.body),
         }
+        if self.correlation_id and self.correlation_id != self.request_id:
+            fields[FIELD_CORRELATION_ID] = self.correlation_id
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Reply:
@@ -209,4 +241,5 @@ class Reply:
         status = _text(fields, FIELD_STATUS)
         if status not in (STATUS_OK, STATUS_ERROR):
             raise PoisonEntry(f"unknown reply status {status!r}")
-        return cls(request_id, status, _json_object(_text(fields, FIELD_BODY), "reply body"))
+        correlation_id = fields.get(_B[FIELD_CORRELATION_ID], b"").decode(errors="replace")
+        return cls(request_id, status, _json_object(_text(fields, FIELD_BODY), "reply body"), correlation_id)

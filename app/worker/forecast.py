@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 from typing import Any
+
+from app.shared import contract
 
 CONDITIONS = (
     "Sunny", "Partly Cloudy", "Cloudy", "Rainy", "Thunderstorm",
@@ -16,7 +17,7 @@ def build_forecast(city: str, location: str, request_id: str, rng: random.Random
     return {
         "city": city,
         "location": location,
-        "forecastTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "forecastTime": contract.utc_timestamp(),
         "temperature": round(rng.uniform(-10, 40), 1),
         "condition": rng.choice(CONDITIONS),
         "humidity": rng.randint(30, 100),

@@ -1,10 +1,13 @@
-"""The worker's small HTTP server: /healthz, /readyz and /metrics on METRICS_PORT."""
+"""The worker's small HTTP server on METRICS_PORT: /healthz, /readyz, /metrics, and the seed
+worker's own GET /WeatherForecast (five local forecasts) and GET /WeatherForecast/status."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -13,7 +16,9 @@ import orjson
 import redis
 from prometheus_client import make_wsgi_app
 
+from app.shared import contract
 from app.shared.connections import RedisClient
+from app.shared.local_forecast import five_day_forecast
 from app.worker.worker import Worker
 
 
@@ -26,7 +31,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _json(start_response: Callable[..., Any], status: str, body: dict[str, Any]) -> Iterable[bytes]:
+def _json(start_response: Callable[..., Any], status: str, body: object) -> Iterable[bytes]:
     start_response(status, [("Content-Type", "application/json")])
     return [orjson.dumps(body)]
 
@@ -38,6 +43,7 @@ class HealthApp:
         self._metrics = make_wsgi_app()
         # The reader loop ticks at least every read block; far longer means it is wedged.
         self._stall_seconds = worker.settings.read_block_ms / 1000 + 30
+        self._rng = random.Random()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -51,7 +57,18 @@ class HealthApp:
             return _json(start_response, "200 OK", {"status": "ok"})
         if path == "/readyz":
             return self._ready(start_response)
+        if path == "/WeatherForecast":
+            return _json(start_response, "200 OK", five_day_forecast(datetime.now(UTC).date(), self._rng))
+        if path == "/WeatherForecast/status":
+            return self._status(start_response)
         return _json(start_response, "404 Not Found", {"error": "not_found", "detail": path})
+
+    def _status(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        stopping = self._worker.stopping
+        body = {"status": "Stopping" if stopping else "Running", "service": "worker",
+                "consumer": self._worker.settings.consumer_name,
+                "time": contract.utc_timestamp()}
+        return _json(start_response, "503 Service Unavailable" if stopping else "200 OK", body)
 
     def _ready(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if self._worker.stopping:

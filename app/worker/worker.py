@@ -313,15 +313,12 @@ class Worker:
         if delay.high_ms:
             time.sleep(rng.uniform(delay.low_ms, delay.high_ms) / 1000)
         try:
-            reply = contract.Reply(
-                request.request_id, contract.STATUS_OK,
-                build_forecast(request.city, request.location, request.request_id, rng),
-            )
+            reply = request.reply(contract.STATUS_OK,
+                                  build_forecast(request.city, request.location, request.request_id, rng))
             outcome = "ok"
         except Exception as error:  # a bug in the work still owes the caller an answer
             log.exception("processing failed")
-            reply = contract.Reply(request.request_id, contract.STATUS_ERROR,
-                                   {"error": "processing_failed", "detail": type(error).__name__})
+            reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
         self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to, reply))
         self._count(outcome)

@@ -31,13 +31,23 @@ def test_probes(proxy):
     assert requests.get(proxy.url + "/readyz", timeout=5).json() == {"status": "ready"}
 
 
+def test_the_seed_health_answer_is_readiness_in_its_words(proxy):
+    response = requests.get(proxy.url + "/WeatherForecast/health", timeout=5)
+
+    assert response.status_code == 200
+    assert {k: v for k, v in response.json().items() if k != "time"} == {"status": "Healthy", "service": "proxy"}
+
+
 def test_readiness_fails_when_redis_is_gone(stack, proxy):
     stack.redis.stop()
 
     response = requests.get(proxy.url + "/readyz", timeout=5)
+    health = requests.get(proxy.url + "/WeatherForecast/health", timeout=5)
 
     assert response.status_code == 503
     assert response.json()["status"] == "redis_unavailable"
+    assert (health.status_code, health.json()["status"], health.json()["detail"]) == (
+        503, "Unhealthy", "redis_unavailable")
     assert requests.get(proxy.url + "/healthz", timeout=5).status_code == 200
 
 

@@ -30,6 +30,17 @@ def test_reply_round_trip():
     assert contract.Reply.from_fields(_as_stored(reply.to_fields())) == reply
 
 
+def test_the_correlation_id_travels_only_when_it_differs_from_the_request_id():
+    assert "cid" not in _request(correlation_id="abc").to_fields()
+    request = contract.WeatherRequest.from_fields(_as_stored(_request(correlation_id="c1").to_fields()))
+
+    reply = contract.Reply.from_fields(_as_stored(request.reply(contract.STATUS_OK, {}).to_fields()))
+
+    assert (reply.request_id, reply.waiter_key) == ("abc", "c1")
+    # A reply from a worker that predates correlation ids is still routed, by the request id.
+    assert contract.Reply("abc", contract.STATUS_OK).waiter_key == "abc"
+
+
 def test_expiry_is_judged_against_the_deadline():
     request = _request(deadline_ms=1000)
 
@@ -47,6 +58,9 @@ POISON = [
     pytest.param({"body": "[1]"}, "body is not a JSON object", id="json-array"),
     pytest.param({"body": orjson.dumps({"city": "", "location": "x"})}, "body.city", id="empty-city"),
     pytest.param({"id": b"\xff\xfe"}, "not UTF-8", id="binary-id"),
+    pytest.param({"id": "a b"}, "request id is not", id="id-with-space"),
+    pytest.param({"id": "x" * 65}, "request id is not", id="id-too-long"),
+    pytest.param({"cid": "x" * 65}, "correlation id is too long", id="cid-too-long"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""GET /WeatherForecast: the five-day sample answered locally, without Redis."""
+"""The five-day sample forecast, answered locally without Redis (proxy and worker serve it)."""
 
 from __future__ import annotations
 
