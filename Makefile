@@ -32,7 +32,7 @@ IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' cha
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench help setup setup-runtime redis-server prometheus tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local bench help setup setup-runtime redis-server prometheus tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,13 @@ undeploy: $(HELM) ## helm uninstall (the Redis password Secret and PVC are kept)
 
 image-test: setup-runtime ## build both images with buildah on a local Debian base and smoke-run them (slow)
 	scripts/image-test.sh
+
+e2e-local: setup ## the chart's pods for real in podman: helm test, load, a worker killed, Redis replaced (slow)
+	scripts/ensure-debian-package.sh podman podman
+	scripts/ensure-debian-package.sh catatonit catatonit
+	scripts/ensure-debian-package.sh runc runc
+	scripts/build-images.sh --with-redis
+	$(BIN)/python -m pytest tests/e2e -m e2e -s $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[test,bench]'

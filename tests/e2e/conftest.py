@@ -1,0 +1,143 @@
+"""The chart's pods on podman: images built, chart rendered, pods played on a network of their own,
+everything removed afterwards. Run by `make e2e-local` (marker e2e), not by `make test`."""
+
+from __future__ import annotations
+
+import base64
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import yaml
+
+from tests.e2e import kube
+from tests.e2e.podman import Podman
+from tests.support.processes import ROOT, wait_until
+
+NAMESPACE = "weather"
+RELEASE = "demo"
+VALUES = Path(__file__).parent / "values-e2e.yaml"
+
+
+@dataclass
+class Deployment:
+    """The release as pods: fixed IPs stand in for Service addresses."""
+
+    podman: Podman
+    docs: list[dict]
+    network: str
+    subnet: str
+    pods: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workloads = kube.workloads(self.docs)
+        names = kube.service_names(self.docs, NAMESPACE)
+        self.ips = {"redis": self.ip(10), "proxy": self.ip(20)}
+        self.aliases = {self.ips[component]: names[component] for component in ("redis", "proxy")}
+        self.password = next(iter(kube.secrets(self.docs)))  # the chart's one Secret: Redis's password
+
+    def ip(self, host: int) -> str:
+        return f"{self.subnet}.{host}"
+
+    def play(self, component: str, index: int, ip: str, with_claims: bool = False) -> str:
+        workload = self.workloads[component]
+        pod = kube.workload_pod(workload, index, self.aliases, self.docs)
+        docs = [*(kube.claims(workload, index) if with_claims else []), *kube.config_documents(self.docs), pod]
+        self.podman.play(docs, self.network, ip)
+        self.pods.append(pod["metadata"]["name"])
+        return str(pod["metadata"]["name"])
+
+    def play_pod(self, pod: dict, ip: str) -> str:
+        self.podman.play([*kube.config_documents(self.docs), pod], self.network, ip)
+        self.pods.append(pod["metadata"]["name"])
+        return str(pod["metadata"]["name"])
+
+    def remove(self, pod: str, timeout: int = 10) -> None:
+        self.podman("pod", "rm", "--force", "--time", str(timeout), pod)
+        self.pods.remove(pod)
+
+    def redis(self) -> redis.Redis:
+        password = base64.b64decode(self.password["data"]["redis-password"]).decode()
+        return redis.Redis(host=self.ips["redis"], port=6379, password=password, socket_timeout=5)
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.ips['proxy']}:8080"
+
+    def wait_redis(self, timeout: float = 60) -> None:
+        wait_until(self.redis().ping, timeout, interval=0.5, what="the Redis pod answering PING")
+
+    def wait_ready(self, url: str, timeout: float = 90) -> None:
+        wait_until(lambda: requests.get(url + "/readyz", timeout=2).status_code == 200, timeout, interval=0.5,
+                   what=f"{url}/readyz")
+
+    def logs(self, pod: str) -> str:
+        containers = self.podman("pod", "inspect", pod, "--format", "{{range .Containers}}{{.Name}} {{end}}").stdout
+        out = []
+        for container in containers.split():
+            if not container.endswith("-infra"):
+                result = self.podman("logs", container, check=False)
+                out.append(f"--- {container}\n{result.stdout}{result.stderr}")
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+    return Podman(tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="session")
+def rendered() -> list[dict]:
+    chart = ROOT / "charts" / "redis-stream-demo"
+    result = subprocess.run([str(ROOT / ".tools" / "helm"), "template", RELEASE, str(chart), "--namespace", NAMESPACE,
+                             "-f", str(VALUES)], capture_output=True, text=True, check=True, timeout=120)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def deployment(podman: Podman, rendered: list[dict]) -> Iterator[Deployment]:
+    volumes_before = set(podman("volume", "ls", "--quiet").stdout.split())
+    octet = random.randint(100, 249)
+    network = f"rsd-e2e-{octet}-{int(time.time())}"
+    podman("network", "create", "--subnet", f"10.89.{octet}.0/24", network)
+    created = Deployment(podman, rendered, network, f"10.89.{octet}")
+    secret_names = [secret["metadata"]["name"] for secret in kube.secrets(rendered)]
+    try:
+        for secret in kube.secrets(rendered):
+            podman.create_secret(secret)
+        started = time.monotonic()
+        created.play("redis", 0, created.ips["redis"], with_claims=True)
+        created.wait_redis()
+        for index in range(2):
+            created.play("worker", index, created.ip(30 + index))
+        created.play("proxy", 0, created.ips["proxy"])
+        for index in range(2):
+            created.wait_ready(f"http://{created.ip(30 + index)}:9100")
+        created.wait_ready(created.proxy_url)
+        print(f"\nredis, 2 workers and the proxy ready {time.monotonic() - started:.1f} s after the first play")
+        yield created
+    except Exception:
+        for pod in created.pods:
+            print(created.logs(pod))
+        raise
+    finally:
+        for pod in list(created.pods):
+            podman("pod", "rm", "--force", "--time", "10", pod, check=False)
+        for name in secret_names:
+            podman("secret", "rm", name, check=False)
+        for volume in set(podman("volume", "ls", "--quiet").stdout.split()) - volumes_before:
+            podman("volume", "rm", "--force", volume, check=False)
+        podman("network", "rm", "--force", network, check=False)
+        prefix = f"{RELEASE}-redis-stream-demo"
+        left = [name for name in podman("ps", "--all", "--format", "{{.Names}}").stdout.split()
+                + podman("pod", "ps", "--format", "{{.Name}}").stdout.split() if name.startswith(prefix)]
+        left += [name for name in podman("network", "ls", "--format", "{{.Name}}").stdout.split() if name == network]
+        left += [name for name in podman("volume", "ls", "--quiet").stdout.split() if name not in volumes_before]
+        print(f"teardown: pods, secrets, volumes and network removed; left running or stored: {left or 'nothing'}")
+        assert not left
