@@ -62,6 +62,11 @@ class Deployment:
         self.podman("pod", "rm", "--force", "--time", str(timeout), pod)
         self.pods.remove(pod)
 
+    def remove_all(self, component: str, timeout: int) -> None:
+        prefix = self.workloads[component].name + "-"
+        for pod in [pod for pod in self.pods if pod.startswith(prefix)]:
+            self.remove(pod, timeout)
+
     def redis(self) -> redis.Redis:
         password = base64.b64decode(self.password["data"]["redis-password"]).decode()
         return redis.Redis(host=self.ips["redis"], port=6379, password=password, socket_timeout=5)

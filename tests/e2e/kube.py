@@ -6,7 +6,8 @@ Kubernetes control plane needs, and nothing else (the README lists them).
   named <claim>-<pod>, as a StatefulSet names its PVCs).
 - There is no Service and no cluster DNS: every pod gets hostAliases that resolve each Service's
   names (<svc>, <svc>.<ns>, <svc>.<ns>.svc, <svc>.<ns>.svc.cluster.local) to the fixed IP of the pod
-  it selects; the Service port equals the container port (values-e2e.yaml).
+  it selects (a pod played again keeps its IP and MAC); the Service port equals the container port
+  (values-e2e.yaml).
 - emptyDir volumes are named per pod: podman 4.3 turns each into a named volume, which pods using
   the same volume name would otherwise share.
 - containerPorts are dropped: podman 4.3 publishes each one on the host (0.0.0.0:6379, :8080, :9100),

@@ -46,9 +46,12 @@ class Podman:
         Path(file.name).unlink()
 
     def play(self, docs: list[dict], network: str, ip: str) -> None:
+        """A pod played again at the same IP gets the same MAC too: with a new MAC, peers keep the
+        old one in their ARP caches and cannot reach the pod for tens of seconds."""
         path = self._workdir / f"play-{ip}.yaml"
         path.write_text(yaml.safe_dump_all(docs))
-        self("kube", "play", "--network", network, "--ip", ip, str(path))
+        mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
+        self("kube", "play", "--network", network, "--ip", ip, "--mac-address", mac, str(path))
 
     def exit_code(self, container: str) -> int | None:
         state = json.loads(self("inspect", container, "--format", "{{json .State}}").stdout)

@@ -127,7 +127,7 @@ def test_a_worker_pod_killed_under_load_loses_nothing(deployment):
 def test_queued_requests_survive_the_redis_pod_being_replaced(deployment):
     client = deployment.redis()
     # No worker while the requests wait, so they are still queued when Redis goes.
-    deployment.remove(f"{deployment.workloads['worker'].name}-1", timeout=30)
+    deployment.remove_all("worker", timeout=30)
     results: list = []
     sender = threading.Thread(target=lambda: results.extend(
         fire([deployment.proxy_url], count=50, concurrency=50, timeout=120, start=20_000)))
