@@ -79,8 +79,8 @@ def forecast_routes(round_trips: RoundTrips, tracing: bool) -> Blueprint:
             return response
 
     def ask_worker() -> Response:
-        round_trips.refuse_when_full()
-        city, location = parse_city_query()
-        return round_trips.ask(city, location, g.subject, request.headers.get("X-Request-ID"))
+        with round_trips.admitted():
+            city, location = parse_city_query()
+            return round_trips.ask(city, location, g.subject, request.headers.get("X-Request-ID"))
 
     return forecasts

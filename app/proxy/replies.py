@@ -63,10 +63,6 @@ class ReplyListener:
     def forget(self, key: str) -> None:
         self._waiters.pop(key, None)
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
     def _run(self) -> None:
         while True:
             self.last_loop_monotonic = time.monotonic()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gevent
 import redis
@@ -43,17 +45,26 @@ class RoundTrips:
         self._guard = guard
         self._tracing = tracing
         self._timeout_ms = int(settings.request_timeout_seconds * 1000)
+        self._admitted = 0
         # The retry budget plus the longest a try can block, never past the deadline.
         self._enqueue_wait = min(settings.request_timeout_seconds,
                                  settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
 
-    def refuse_when_full(self) -> None:
-        """Checked before the body is even read: under overload the refusal must cost the
-        least CPU, or refusing crowds out the requests that were accepted."""
-        if self._listener.waiting >= self._settings.max_inflight_per_process:
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Holds one of MAX_INFLIGHT_PER_PROCESS places from before the body is read until the
+        answer: under overload the refusal must cost the least CPU, or refusing crowds out the
+        requests that were accepted. Counted here, not by the waiting replies, because reading
+        the body yields to other greenlets, which would all pass a check made before it."""
+        if self._admitted >= self._settings.max_inflight_per_process:
             metrics.OVERLOADED.inc()
             raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
                            {"Retry-After": "1"})
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
 
     def ask(self, city: str, location: str, subject: str, caller_request_id: str | None) -> Response:
         correlation_id = uuid.uuid4().hex

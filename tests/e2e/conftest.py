@@ -40,7 +40,7 @@ class Deployment:
         names = kube.service_names(self.docs, NAMESPACE)
         self.ips = {"redis": self.ip(10), "proxy": self.ip(20)}
         self.aliases = {self.ips[component]: names[component] for component in ("redis", "proxy")}
-        self.password = next(iter(kube.secrets(self.docs)))  # the chart's one Secret: Redis's password
+        [self.redis_secret] = kube.secrets(self.docs)  # the chart's one Secret: Redis's password
 
     def ip(self, host: int) -> str:
         return f"{self.subnet}.{host}"
@@ -68,7 +68,7 @@ class Deployment:
             self.remove(pod, timeout)
 
     def redis(self) -> redis.Redis:
-        password = base64.b64decode(self.password["data"]["redis-password"]).decode()
+        password = base64.b64decode(self.redis_secret["data"]["redis-password"]).decode()
         return redis.Redis(host=self.ips["redis"], port=6379, password=password, socket_timeout=5)
 
     @property
