@@ -102,10 +102,17 @@ undeploy: $(HELM) ## helm uninstall (the Redis password Secret and PVC are kept)
 image-test: setup-runtime ## build both images with buildah on a local Debian base and smoke-run them (slow)
 	scripts/image-test.sh
 
+# Packages named one by one: the installer skips Recommends, which is where podman's network stack,
+# its DNS (compose service names) and iptables would otherwise come from. netavark first, so it is
+# what satisfies podman's container-network-stack dependency.
 e2e-local: setup ## the chart's pods for real in podman: helm test, load, a worker killed, Redis replaced (slow)
-	scripts/ensure-debian-package.sh podman podman
-	scripts/ensure-debian-package.sh catatonit catatonit
+	scripts/ensure-debian-package.sh iptables iptables
+	scripts/ensure-debian-package.sh /usr/lib/podman/netavark netavark
+	scripts/ensure-debian-package.sh /usr/lib/podman/aardvark-dns aardvark-dns
 	scripts/ensure-debian-package.sh runc runc
+	scripts/ensure-debian-package.sh catatonit catatonit
+	scripts/ensure-debian-package.sh podman podman
+	scripts/ensure-debian-package.sh podman-compose podman-compose
 	scripts/build-images.sh --with-redis
 	$(BIN)/python -m pytest tests/e2e -m e2e -s $(PYTEST_ARGS)
 

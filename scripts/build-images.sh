@@ -40,19 +40,6 @@ for component in proxy worker; do
         -f "Dockerfile.$component" -t "localhost/redis-stream-demo-$component:test" .
     echo "built $component in $(( $(date +%s) - start )) s"
 done
-
-ca_args=()
-if [ -n "${SSL_CERT_FILE:-}" ] && [ -f "$SSL_CERT_FILE" ]; then
-    # The build's pip must trust the same CAs this machine does (e.g. a TLS-inspecting proxy).
-    ca_args=(--secret "id=pip_ca,src=$SSL_CERT_FILE")
-fi
-for component in proxy worker; do
-    start=$(date +%s)
-    buildah build --isolation chroot --layers=false "${ca_args[@]}" \
-        --build-arg BASE_IMAGE="$base" --build-arg VERSION=image-test \
-        -f "Dockerfile.$component" -t "localhost/redis-stream-demo-$component:test" .
-    echo "built $component in $(( $(date +%s) - start )) s"
-done
 if [ "${1:-}" = "--with-redis" ]; then
     buildah build --isolation chroot --layers=false --build-arg BASE_IMAGE="$base" \
         -f tests/e2e/Containerfile.redis -t localhost/redis-stream-demo-redis:test tests/e2e
