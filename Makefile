@@ -35,7 +35,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 .PHONY: e2e-local bench help setup setup-runtime redis-server prometheus tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(RUNTIME_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
