@@ -45,16 +45,19 @@ class Deployment:
     def ip(self, host: int) -> str:
         return f"{self.subnet}.{host}"
 
+    def worker_ip(self, slot: int) -> str:
+        return self.ip(30 + slot)
+
+    def worker_url(self, slot: int) -> str:
+        return f"http://{self.worker_ip(slot)}:9100"
+
     def play(self, component: str, index: int, ip: str, with_claims: bool = False) -> str:
         workload = self.workloads[component]
         pod = kube.workload_pod(workload, index, self.aliases, self.docs)
-        docs = [*(kube.claims(workload, index) if with_claims else []), *kube.config_documents(self.docs), pod]
-        self.podman.play(docs, self.network, ip)
-        self.pods.append(pod["metadata"]["name"])
-        return str(pod["metadata"]["name"])
+        return self.play_pod(pod, ip, kube.claims(workload, index) if with_claims else [])
 
-    def play_pod(self, pod: dict, ip: str) -> str:
-        self.podman.play([*kube.config_documents(self.docs), pod], self.network, ip)
+    def play_pod(self, pod: dict, ip: str, claims: list[dict] | None = None) -> str:
+        self.podman.play([*(claims or []), *kube.config_documents(self.docs), pod], self.network, ip)
         self.pods.append(pod["metadata"]["name"])
         return str(pod["metadata"]["name"])
 
@@ -120,10 +123,10 @@ def deployment(podman: Podman, rendered: list[dict]) -> Iterator[Deployment]:
         created.play("redis", 0, created.ips["redis"], with_claims=True)
         created.wait_redis()
         for index in range(2):
-            created.play("worker", index, created.ip(30 + index))
+            created.play("worker", index, created.worker_ip(index))
         created.play("proxy", 0, created.ips["proxy"])
         for index in range(2):
-            created.wait_ready(f"http://{created.ip(30 + index)}:9100")
+            created.wait_ready(created.worker_url(index))
         created.wait_ready(created.proxy_url)
         print(f"\nredis, 2 workers and the proxy ready {time.monotonic() - started:.1f} s after the first play")
         yield created

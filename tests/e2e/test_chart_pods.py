@@ -22,10 +22,6 @@ STREAM = "weather-requests"
 GROUP = "weather-workers"
 
 
-def worker_url(deployment, index: int) -> str:
-    return f"http://{deployment.ip(30 + index)}:9100"
-
-
 def app_containers(deployment) -> list[str]:
     names = deployment.podman("ps", "--format", "{{.Names}}").stdout.split()
     return [name for name in names if not name.endswith("-infra") and any(name.startswith(p) for p in deployment.pods)]
@@ -87,7 +83,7 @@ def test_the_helm_test_pods_own_command_passes(deployment):
 def test_500_requests_through_the_proxy_pod(deployment):
     results = fire([deployment.proxy_url], count=500, concurrency=25, timeout=60)
     print(summary("500 through the proxy pod", results) + "; " + latency_line(results))
-    processed = {index: metric_value(requests.get(worker_url(deployment, index) + "/metrics", timeout=5).text,
+    processed = {index: metric_value(requests.get(deployment.worker_url(index) + "/metrics", timeout=5).text,
                                      "weather_worker_processed_total", {"outcome": "ok"}) for index in range(2)}
     consumers = set(pending_by_consumer(deployment.redis()))
     print(f"processed per worker pod: {processed}; consumers in the group: {sorted(consumers)}")
@@ -110,7 +106,7 @@ def test_a_worker_pod_killed_under_load_loses_nothing(deployment):
         time.sleep(16)  # the survivor claims the orphans after CLAIM_IDLE_SECONDS (5) under load
         results = load.stop()
     wait_until(lambda: client.xpending(STREAM, GROUP)["pending"] == 0, 30, what="nothing pending")
-    claimed = metric_value(requests.get(worker_url(deployment, 1) + "/metrics", timeout=5).text,
+    claimed = metric_value(requests.get(deployment.worker_url(1) + "/metrics", timeout=5).text,
                            "weather_worker_claimed_total")
     replies = replies_per_request([client])
     slow = [r for r in results if r.started < killed_at < r.started + r.seconds]
@@ -144,7 +140,7 @@ def test_queued_requests_survive_the_redis_pod_being_replaced(deployment):
     deployment.wait_redis()
     back_after = time.monotonic() - removed_at
     queued_after = undelivered(deployment.redis())
-    deployment.play("worker", 0, deployment.ip(32))
+    deployment.play("worker", 0, deployment.worker_ip(2))
     sender.join(timeout=150)
     print(f"Redis pod removed in {removed_after:.1f} s, played again at {played_after:.1f} s, answering at "
           f"{back_after:.1f} s; queued before 50, after {queued_after}; "
