@@ -32,7 +32,7 @@ IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' cha
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: e2e-local bench help setup setup-runtime redis-server prometheus tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local bench help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ redis-server: ## install redis-server from Debian's packages when none is on PAT
 
 prometheus: ## install prometheus and promtool from Debian's packages when missing
 	@scripts/ensure-debian-package.sh promtool prometheus
+
+chromium: ## install Debian's chromium (the browser test of /docs) when missing
+	@scripts/ensure-debian-package.sh chromium chromium
 
 setup-runtime: $(RUNTIME_STAMP) redis-server
 
@@ -80,7 +83,7 @@ $(CRD_VALIDATORS):
 
 tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) $(CRD_VALIDATORS) ## helm, kubectl, checkov, actionlint, httpyac, CRD validators into .tools/
 
-setup: $(TEST_STAMP) redis-server prometheus tools ## install everything (idempotent)
+setup: $(TEST_STAMP) redis-server prometheus chromium tools ## install everything (idempotent)
 
 run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:8080
 	@scripts/run-local.sh

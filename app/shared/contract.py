@@ -20,7 +20,6 @@ from itertools import count
 from typing import Any
 
 import orjson
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 PROTOCOL_VERSION = "1"
 
@@ -92,6 +91,11 @@ def shard_tag(index: int, shards: int) -> str:
     ranges of the slot space. A cluster whose primaries hold equal contiguous slot ranges
     (what ``redis-cli --cluster create`` and rebalance make) then holds an equal share of
     the shards on each primary whenever the shard count is a multiple of the primaries."""
+    # Imported here, not at the top: gunicorn's master loads this module to validate the
+    # settings, and a redis import there (it imports ssl) makes gevent warn when it patches
+    # ssl in the forked workers.
+    from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
     width = REDIS_CLUSTER_HASH_SLOTS / shards
     low = int(index * width + width / 4)
     high = max(low, int(index * width + 3 * width / 4) - 1)

@@ -13,6 +13,8 @@ import pytest
 import requests
 
 from tests.e2e import kube
+from tests.proxy.test_docs import spec_operations
+from tests.support.browser import swagger_page
 from tests.support.load import SteadyLoad, fire, replies_per_request, summary
 from tests.support.processes import metric_value, wait_until
 
@@ -78,6 +80,16 @@ def test_the_helm_test_pods_own_command_passes(deployment):
         assert "'city': 'Oslo'" in output
     finally:
         deployment.remove(name)
+
+
+def test_the_proxy_image_serves_the_docs_a_browser_renders(deployment):
+    spec = requests.get(deployment.proxy_url + "/openapi.json", timeout=5).json()
+
+    page = swagger_page(deployment.proxy_url + "/docs")
+    print(f"/docs of the proxy pod in Chromium: {len(page.operations)} operations, errors {page.errors}")
+
+    assert page.errors == []
+    assert page.operations == spec_operations(spec)
 
 
 def test_500_requests_through_the_proxy_pod(deployment):

@@ -1,0 +1,38 @@
+"""/docs as a person sees it: a real browser renders every operation of openapi.json, no error."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.support.browser import swagger_page
+
+pytestmark = pytest.mark.system
+
+@pytest.fixture
+def proxy(stack):
+    return stack.proxy().wait_ready()
+
+
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+
+def spec_operations(spec: dict) -> set[tuple[str, str]]:
+    return {(method, path) for path, item in spec["paths"].items() for method in item if method in METHODS}
+
+
+def test_a_browser_shows_every_operation_of_the_spec_and_no_error(proxy):
+    spec = requests.get(proxy.url + "/openapi.json", timeout=5).json()
+
+    page = swagger_page(proxy.url + "/docs")
+    print(f"/docs in Chromium lists {len(page.operations)} operations: {sorted(page.operations)}")
+
+    assert page.errors == []
+    assert page.operations == spec_operations(spec)
+
+
+def test_docs_with_a_slash_redirects_to_docs(proxy):
+    answer = requests.get(proxy.url + "/docs/", timeout=5, allow_redirects=False)
+
+    assert answer.status_code in (301, 308)
+    assert answer.headers["Location"].endswith("/docs")

@@ -1,0 +1,41 @@
+"""What a person sees in a page: Debian's Chromium, headless, runs its scripts and hands back the DOM."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+SWAGGER_ERRORS = ("Unable to render this definition", "Failed to load API definition", "Errors")
+
+
+@dataclass(frozen=True)
+class SwaggerPage:
+    operations: set[tuple[str, str]]  # (method, path) of every operation the UI lists
+    errors: list[str]  # Swagger UI's error messages on the page
+
+
+def rendered_dom(url: str, budget_ms: int = 15_000) -> str:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not on PATH: make setup installs Debian's chromium"
+    # A profile of its own per call: parallel or leftover Chromiums must not share one.
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        result = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=90,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def swagger_page(url: str) -> SwaggerPage:
+    dom = rendered_dom(url)
+    # Swagger UI renders each operation as <div class="opblock opblock-METHOD" ...> holding
+    # <span class="opblock-summary-path" data-path="PATH">.
+    blocks = re.findall(r'class="opblock opblock-(\w+)[^"]*".*?class="opblock-summary-path" data-path="([^"]+)"',
+                        dom, flags=re.S)
+    errors = [text for text in SWAGGER_ERRORS if re.search(rf">\s*{re.escape(text)}", dom)]
+    return SwaggerPage({(method.lower(), path) for method, path in blocks}, errors)
