@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from tests.e2e import kube
-from tests.proxy.test_docs import spec_operations
-from tests.support.browser import swagger_page
+from tests.support.browser import spec_operations, swagger_page
 from tests.support.load import SteadyLoad, fire, replies_per_request, summary
 from tests.support.processes import metric_value, wait_until
 

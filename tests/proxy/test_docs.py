@@ -5,20 +5,13 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.support.browser import swagger_page
+from tests.support.browser import spec_operations, swagger_page
 
 pytestmark = pytest.mark.system
 
 @pytest.fixture
 def proxy(stack):
     return stack.proxy().wait_ready()
-
-
-METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
-
-
-def spec_operations(spec: dict) -> set[tuple[str, str]]:
-    return {(method, path) for path, item in spec["paths"].items() for method in item if method in METHODS}
 
 
 def test_a_browser_shows_every_operation_of_the_spec_and_no_error(proxy):

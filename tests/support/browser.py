@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 SWAGGER_ERRORS = ("Unable to render this definition", "Failed to load API definition", "Errors")
 
 
@@ -39,3 +40,8 @@ def swagger_page(url: str) -> SwaggerPage:
                         dom, flags=re.S)
     errors = [text for text in SWAGGER_ERRORS if re.search(rf">\s*{re.escape(text)}", dom)]
     return SwaggerPage({(method.lower(), path) for method, path in blocks}, errors)
+
+
+def spec_operations(spec: dict) -> set[tuple[str, str]]:
+    """(method, path) of every operation an OpenAPI document describes."""
+    return {(method, path) for path, item in spec["paths"].items() for method in item if method in METHODS}
