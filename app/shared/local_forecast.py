@@ -13,7 +13,7 @@ SUMMARY_CEILINGS = (
     (-10, "Freezing"), (-3, "Bracing"), (5, "Chilly"), (12, "Cool"), (18, "Mild"),
     (24, "Warm"), (29, "Balmy"), (35, "Hot"), (42, "Sweltering"),
 )
-SUMMARIES = tuple(name for _, name in SUMMARY_CEILINGS) + ("Scorching",)
+SUMMARIES = (*(name for _, name in SUMMARY_CEILINGS), "Scorching")
 
 
 def summary_for(celsius: int) -> str:

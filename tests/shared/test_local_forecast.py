@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from datetime import date
+from itertools import pairwise
 
 from app.shared.local_forecast import SUMMARIES, five_day_forecast, summary_for
 
@@ -16,7 +17,7 @@ def test_the_summary_follows_the_temperature():
     assert set(by_summary) == set(SUMMARIES), "every summary should occur over -20..54 °C"
     ranges = [(min(by_summary[name]), max(by_summary[name])) for name in SUMMARIES]
     # Each summary's temperatures lie wholly above the previous summary's: colder words, colder days.
-    assert all(previous[1] < current[0] for previous, current in zip(ranges, ranges[1:], strict=False))
+    assert all(previous[1] < current[0] for previous, current in pairwise(ranges))
 
 
 def test_the_reported_cases():
