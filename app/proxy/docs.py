@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib import resources
 
 from flask import Blueprint, Response, redirect, send_from_directory
+from werkzeug.wrappers import Response as BaseResponse
 
 docs = Blueprint("docs", __name__)
 
@@ -40,7 +41,7 @@ def page() -> Response:
 
 
 @docs.get("/docs/")
-def page_with_slash() -> Response:
+def page_with_slash() -> BaseResponse:
     return redirect("/docs", code=301)
 
 
