@@ -1,4 +1,5 @@
-"""`make run`'s script: a closed terminal stops everything it started; a taken port stops it before it starts."""
+"""`make run`'s script: Ctrl-C stops everything in an order that loses nothing, twice stops it at once, a
+closed terminal stops it too; it starts again at once; a taken port or an orphaned Redis stops it before it starts."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import os
 import signal
 import socket
 import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ROOT, free_port, wait_until
+from tests.support.load import SteadyLoad, ask
+from tests.support.processes import ROOT, RedisServer, free_port, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -49,6 +55,119 @@ def read_until(script: subprocess.Popen[str], text: str) -> str:
         if text in line:
             return "".join(seen)
     raise AssertionError(f"{text!r} never printed:\n{''.join(seen)}")
+
+
+def kill_leftovers(script: subprocess.Popen[str], ports: dict[str, str]) -> None:
+    for pid in processes_with("METRICS_PORT", ports["METRICS_PORT"]):
+        os.kill(pid, signal.SIGKILL)
+    if script.poll() is None:
+        script.kill()
+
+
+def drain(script: subprocess.Popen[str]) -> list[str]:
+    """Read the script's output in the background (a full pipe would block it)."""
+    lines: list[str] = []
+    assert script.stdout is not None
+    threading.Thread(target=lambda: lines.extend(script.stdout), daemon=True).start()
+    return lines
+
+
+def test_it_starts_again_right_after_ctrl_c(tmp_path):
+    script, ports = start_script(tmp_path)
+    try:
+        read_until(script, READY)
+        proxy = f"http://127.0.0.1:{ports['PORT']}"
+        # Answered connections leave TIME-WAIT sockets on the proxy's and the worker's ports.
+        for index in range(5):
+            assert ask(proxy, index, timeout=10).status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['METRICS_PORT']}/readyz", timeout=5) as answer:
+                assert answer.status == 200
+        drain(script)
+        script.send_signal(signal.SIGINT)
+        assert script.wait(timeout=60) == 130
+    finally:
+        kill_leftovers(script, ports)
+
+    again, _ = start_script(tmp_path, **ports)
+    try:
+        output = read_until(again, READY)
+        assert "already in use" not in output
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.wait(timeout=60)
+        kill_leftovers(again, ports)
+
+
+def test_ctrl_c_under_load_answers_every_accepted_request_within_seconds(tmp_path):
+    """10 req/s, below the ~16/s the default worker (5 terminals, 100-500 ms) serves."""
+    script, ports = start_script(tmp_path)
+    try:
+        read_until(script, READY)
+        output = drain(script)
+        with SteadyLoad(f"http://127.0.0.1:{ports['PORT']}", rate=10, max_seconds=15, timeout=40) as load:
+            time.sleep(4)
+            signalled = time.monotonic()
+            script.send_signal(signal.SIGINT)
+            status = script.wait(timeout=60)
+            took = time.monotonic() - signalled
+            time.sleep(1)  # requests sent after the stop are refused, not answered
+            results = load.stop()
+        answered = [r for r in results if r.status is not None]
+        refused = [r for r in results if r.status is None]
+        held = [r for r in answered if r.started < signalled < r.started + r.seconds]
+        print(f"Ctrl-C under 10 req/s: stopped in {took:.1f} s; answered {Counter(r.status for r in answered)}, "
+              f"{len(held)} of them in flight at the signal; refused after it: {len(refused)}")
+
+        assert status == 130, "".join(output)
+        assert took < 10, "".join(output)
+        assert [r.status for r in answered] == [200] * len(answered)
+        assert held, "no request was in flight at the signal: the test proved nothing"
+        assert all(r.started >= signalled for r in refused), [r.error for r in refused][:3]
+        wait_until(lambda: not processes_with("METRICS_PORT", ports["METRICS_PORT"]), 10,
+                   what="every started process gone")
+    finally:
+        kill_leftovers(script, ports)
+
+
+def test_a_second_ctrl_c_stops_everything_at_once_and_leaves_nothing(tmp_path):
+    # Work of 5 s holds the proxy's requests, so the first Ctrl-C has something to wait for.
+    script, ports = start_script(tmp_path, PROCESSING_DELAY_MS="5000")
+    try:
+        read_until(script, READY)
+        drain(script)
+        proxy = f"http://127.0.0.1:{ports['PORT']}"
+        senders = [threading.Thread(target=ask, args=(proxy, i, 30), daemon=True) for i in range(3)]
+        for sender in senders:
+            sender.start()
+        time.sleep(1)
+        script.send_signal(signal.SIGINT)
+        time.sleep(1)
+        signalled = time.monotonic()
+        script.send_signal(signal.SIGINT)
+
+        assert script.wait(timeout=30) == 137
+        assert time.monotonic() - signalled < 5
+        assert processes_with("METRICS_PORT", ports["METRICS_PORT"]) == []
+    finally:
+        kill_leftovers(script, ports)
+
+
+def test_a_redis_an_earlier_run_left_running_is_named_not_adopted(tmp_path):
+    data = tmp_path / "redis"
+    orphan = RedisServer(data)  # a redis-server on this data folder, as an interrupted run leaves it
+    try:
+        script, ports = start_script(tmp_path, REDIS_URL=f"redis://127.0.0.1:{orphan.port}/0",
+                                     REDIS_DATA_DIR=str(data))
+        try:
+            output, _ = script.communicate(timeout=60)
+        finally:
+            kill_leftovers(script, ports)
+
+        assert script.returncode == 1, output
+        assert f"kill {orphan.pid}" in output and "earlier 'make run'" in output
+        assert READY not in output
+    finally:
+        orphan.stop()
 
 
 def test_a_hang_up_stops_everything_the_script_started(tmp_path):
