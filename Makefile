@@ -31,8 +31,13 @@ VALUES ?= charts/redis-stream-demo/values.yaml
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}/\1/p' charts/redis-stream-demo/Chart.yaml)
 
 BENCH_STAMP := $(VENV)/.bench-installed
+TOOLS_STAMP := $(VENV)/.tools-installed
+# make load: an open loop below what `make run`'s one worker serves (5 terminals at 100-500 ms: ~16 req/s)
+LOAD_RATE ?= 10
+LOAD_DURATION ?= 30
+LOAD_ARGS ?=
 
-.PHONY: e2e-local bench help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +46,10 @@ $(RUNTIME_STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(TOOLS_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[tools]'
 	touch $@
 
 $(TEST_STAMP): $(RUNTIME_STAMP)
@@ -87,6 +96,9 @@ setup: $(TEST_STAMP) redis-server prometheus chromium tools ## install everythin
 
 run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:8080
 	@scripts/run-local.sh
+
+load: $(TOOLS_STAMP) ## open-loop load on make run's proxy: LOAD_RATE req/s (10) for LOAD_DURATION s (30), LOAD_ARGS
+	$(BIN)/python -m tools.loadtest --url http://127.0.0.1:$${PORT:-8080} --rate $(LOAD_RATE) --duration $(LOAD_DURATION) $(LOAD_ARGS)
 
 test: setup ## install everything and run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -76,3 +77,21 @@ def test_a_bad_rate_is_refused():
     result = _loadtest("--rate", "0")
     assert result.returncode == 2
     assert "--rate" in result.stderr
+
+
+def test_make_load_is_what_make_runs_worker_serves(stack):
+    """`make load`'s default rate against `make run`'s worker (its default terminals and work time):
+    every request answered, and no queue builds up (the worker's longest work is 0.5 s)."""
+    proxy = stack.proxy().wait_ready()
+    stack.worker("w").wait_ready()
+
+    result = subprocess.run(["make", "-s", "load", "LOAD_DURATION=8", "LOAD_ARGS=--no-progress"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PORT": str(proxy.port), "COLUMNS": "120"})
+    print(result.stdout)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "open loop, 10 req/s" in result.stdout
+    assert re.search(r"status 200\s+│\s+8\d\s+│", result.stdout), result.stdout
+    p99 = float(re.search(r"p99 latency \(ms, 200s\)\s+│\s+([\d.]+)", result.stdout).group(1))
+    assert p99 < 2000, f"p99 {p99} ms: the default rate queues behind make run's worker"
