@@ -168,21 +168,31 @@ def test_schema_rejects_bad_values(sets, complaint):
     assert complaint in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("sets", "complaint"), [
-    (["config.requestStreamShards=6"], "worker.terminals must be at least config.requestStreamShards"),
-    (["config.requestStreamShards=2", "config.requestStream=jobs{x}"], "must not contain { or }"),
-    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
-      "redis.external.sentinel.enabled=true", "redis.external.sentinel.hosts[0]=s:26379"], "exclude each other"),
-    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
-      "config.redisWaitReplicas=1"], "config.redisWaitReplicas must be 0"),
-    (["redis.external.enabled=true", "redis.external.host=r", "redis.external.cluster.enabled=true",
-      "redis.external.db=2"], "redis.external.db must be 0"),
-])
-def test_contradicting_topology_values_fail_the_install(sets, complaint):
-    result = helm("template", "demo", str(CHART), *_value_args([], tuple(sets)), check=False)
+def test_numbers_are_taken_where_users_type_numbers():
+    config = one(render("default", "worker.processingDelayMs=1000"), "ConfigMap", "-worker")["data"]
 
-    assert result.returncode != 0
-    assert complaint in result.stderr
+    assert config["PROCESSING_DELAY_MS"] == "1000"
+    assert one(render("default"), "ConfigMap", "-worker")["data"]["PROCESSING_DELAY_MS"] == "100-500"
+
+
+def test_a_password_in_the_redis_url_is_refused():
+    sets = ("redis.external.enabled=true", "redis.external.url=redis://app:s3cret@redis.example:6379/0")
+    refused = helm("template", "demo", str(CHART), *_value_args([], sets), check=False)
+    without = render("default", "redis.external.enabled=true", "redis.external.url=redis://redis.example:6379/0")
+
+    assert refused.returncode != 0 and "redis.external.url must not hold credentials" in refused.stderr
+    assert "s3cret" not in refused.stderr
+    assert one(without, "ConfigMap", "-proxy")["data"]["REDIS_URL"] == "redis://redis.example:6379/0"
+
+
+def test_keda_scales_to_zero_when_the_first_request_can_wait_for_it():
+    scaled = one(render("keda", "worker.keda.minReplicaCount=0"), "ScaledObject", "-worker")["spec"]
+    too_slow = helm("template", "demo", str(CHART), "-f", str(PROFILES["keda"][0]), "--set",
+                    "worker.keda.minReplicaCount=0", "--set", "worker.keda.pollingInterval=30", check=False)
+
+    assert scaled["minReplicaCount"] == 0
+    assert all(trigger["metadata"]["activationLagCount"] == "0" for trigger in scaled["triggers"])
+    assert too_slow.returncode != 0 and "worker.keda.pollingInterval must be shorter" in too_slow.stderr
 
 
 # -- topology ------------------------------------------------------------------------

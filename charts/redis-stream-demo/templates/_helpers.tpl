@@ -91,28 +91,6 @@ written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 {{- end -}}
 {{- end }}
 
-{{/* Combinations the services would refuse to start with, refused at install instead. */}}
-{{- define "rsd.validateTopology" -}}
-{{- $shards := int .Values.config.requestStreamShards -}}
-{{- if include "rsd.redis.cluster" . }}
-{{- if .Values.redis.external.sentinel.enabled }}
-{{- fail "redis.external.cluster and redis.external.sentinel exclude each other" }}
-{{- end }}
-{{- if gt (int .Values.config.redisWaitReplicas) 0 }}
-{{- fail "config.redisWaitReplicas must be 0 with redis.external.cluster (WAIT cannot span a cluster's nodes)" }}
-{{- end }}
-{{- if ne (int .Values.redis.external.db) 0 }}
-{{- fail "redis.external.db must be 0 with redis.external.cluster" }}
-{{- end }}
-{{- end }}
-{{- if lt (int .Values.worker.terminals) $shards }}
-{{- fail "worker.terminals must be at least config.requestStreamShards" }}
-{{- end }}
-{{- if and (or (gt $shards 1) (include "rsd.redis.cluster" .)) (regexMatch "[{}]" .Values.config.requestStream) }}
-{{- fail "config.requestStream must not contain { or } when sharded: the shards add their own hash tags" }}
-{{- end }}
-{{- end }}
-
 {{/* Whether KEDA needs a TriggerAuthentication: a password for Redis or for the Sentinels. */}}
 {{- define "rsd.keda.authenticated" -}}
 {{- if or (include "rsd.redis.secretName" .) (and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret) }}true{{ end }}
@@ -169,7 +147,6 @@ written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 
 {{/* ConfigMap entries both services read for Redis: where it is, how the keys are laid out and how writes are confirmed. */}}
 {{- define "rsd.redis.config" -}}
-{{- include "rsd.validateTopology" . }}
 REDIS_URL: {{ include "rsd.redis.url" . | quote }}
 REDIS_CLUSTER: {{ ternary "true" "false" (eq (include "rsd.redis.cluster" .) "true") | quote }}
 REQUEST_STREAM_SHARDS: {{ .Values.config.requestStreamShards | quote }}

@@ -1,0 +1,73 @@
+{{/*
+Every combination of values the services would refuse at start (the cross-variable checks
+of their settings), refused at install instead, so a release never crash-loops on them.
+Rendered once, by validation.yaml. tests/chart/test_settings_parity.py keeps this list and
+the settings' checks in step: each check of the settings has a case here, with the same
+verdict on both sides.
+*/}}
+{{- define "rsd.validate" -}}
+{{- $config := .Values.config -}}
+{{- $worker := .Values.worker -}}
+{{- $external := .Values.redis.external -}}
+{{- $shards := int $config.requestStreamShards -}}
+
+{{- /* Redis topology (CommonSettings) */}}
+{{- if include "rsd.redis.cluster" . }}
+{{- if $external.sentinel.enabled }}
+{{- fail "redis.external.cluster and redis.external.sentinel exclude each other" }}
+{{- end }}
+{{- if gt (int $config.redisWaitReplicas) 0 }}
+{{- fail "config.redisWaitReplicas must be 0 with redis.external.cluster (WAIT cannot span a cluster's nodes)" }}
+{{- end }}
+{{- if ne (int $external.db) 0 }}
+{{- fail "redis.external.db must be 0 with redis.external.cluster" }}
+{{- end }}
+{{- end }}
+{{- if and (or (gt $shards 1) (include "rsd.redis.cluster" .)) (regexMatch "[{}]" $config.requestStream) }}
+{{- fail "config.requestStream must not contain { or } when sharded: the shards add their own hash tags" }}
+{{- end }}
+{{- if and $external.enabled (regexMatch "^rediss?://[^/]*@" $external.url) }}
+{{- fail "redis.external.url must not hold credentials (they would land in a ConfigMap): set redis.external.username and the password in the Secret named by redis.external.existingSecret" }}
+{{- end }}
+
+{{- /* Worker timings (WorkerSettings) */}}
+{{- $delayHigh := float64 (last (splitList "-" (toString $worker.processingDelayMs))) -}}
+{{- $shutdownGrace := float64 $worker.shutdownGraceSeconds -}}
+{{- $claimIdle := float64 $worker.claimIdleSeconds -}}
+{{- /* READ_BLOCK_MS is not a value of the chart: the worker's default, 2000 ms. */}}
+{{- if le $shutdownGrace 2.0 }}
+{{- fail "worker.shutdownGraceSeconds must be longer than the worker's 2 s read block (READ_BLOCK_MS), or a stopping worker is killed while it waits for entries" }}
+{{- end }}
+{{- if le (mulf $claimIdle 1000.0) $delayHigh }}
+{{- fail "worker.claimIdleSeconds must exceed the longest worker.processingDelayMs, or entries still in work are claimed and processed twice" }}
+{{- end }}
+{{- if le (float64 $worker.consumerExpirySeconds) $claimIdle }}
+{{- fail "worker.consumerExpirySeconds must exceed worker.claimIdleSeconds, or a consumer is removed before its entries can be claimed" }}
+{{- end }}
+{{- if lt (int $worker.terminals) $shards }}
+{{- fail "worker.terminals must be at least config.requestStreamShards" }}
+{{- end }}
+
+{{- /* Worker scaling */}}
+{{- if and $worker.keda.enabled $worker.autoscaling.enabled }}
+{{- fail "worker.keda.enabled and worker.autoscaling.enabled both own the replica count: enable one" }}
+{{- end }}
+{{- if and $worker.keda.enabled (eq (int $worker.keda.minReplicaCount) 0) (ge (float64 $worker.keda.pollingInterval) (float64 $config.requestTimeoutSeconds)) }}
+{{- fail "worker.keda.pollingInterval must be shorter than config.requestTimeoutSeconds with worker.keda.minReplicaCount 0: the first request after an idle spell waits for KEDA's poll plus a pod start" }}
+{{- end }}
+
+{{- /* JWT (ProxySettings) */}}
+{{- with .Values.proxy.auth }}
+{{- if .enabled }}
+{{- $algorithms := splitList "," (.algorithms | replace " " "") -}}
+{{- $symmetric := 0 -}}
+{{- range $algorithms }}{{ if hasPrefix "HS" . }}{{ $symmetric = add1 $symmetric }}{{ end }}{{ end }}
+{{- if and (gt $symmetric 0) (lt $symmetric (len $algorithms)) }}
+{{- fail "proxy.auth.algorithms must be all HS* (shared secret) or all RS*/ES* (public key)" }}
+{{- end }}
+{{- if not .existingSecret }}
+{{- fail "proxy.auth.existingSecret is required when proxy.auth.enabled: the Secret with the HS* shared secret (key jwt-secret) or the RS*/ES* public key (key jwt-public-key.pem)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,136 @@
+"""The chart refuses at install exactly what the services refuse at start.
+
+One list: every cross-variable check of the settings (a `ValueError` raised in a model
+validator of app/*/settings.py) has a rule here with values the service refuses and the
+chart values that render them; both sides must refuse those and accept the near miss. A new
+check in the settings without a rule fails test_every_check_of_the_settings_has_a_rule."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import pytest
+from pydantic import ValidationError
+
+from app.proxy.settings import ProxySettings
+from app.shared.settings import CommonSettings
+from app.worker.settings import WorkerSettings
+from tests.chart.test_chart import CHART, _value_args, helm
+from tests.support.processes import ROOT
+
+EXTERNAL = ("redis.external.enabled=true", "redis.external.host=r")
+CLUSTER = (*EXTERNAL, "redis.external.cluster.enabled=true")
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: str  # how the service's message starts
+    settings: type[CommonSettings]
+    env: dict[str, str]  # what the service refuses
+    chart: tuple[str, ...]  # the chart values that would render it
+    names: str  # the value the chart's message names
+    near_env: dict[str, str] = field(default_factory=dict)  # a near miss both accept (empty: none)
+    near_chart: tuple[str, ...] = ()
+
+
+RULES = [
+    Rule("REDIS_CLUSTER and REDIS_SENTINELS exclude each other", WorkerSettings,
+         {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://r:6379/0", "REDIS_SENTINELS": "s:26379"},
+         (*CLUSTER, "redis.external.sentinel.enabled=true", "redis.external.sentinel.hosts[0]=s:26379"),
+         "redis.external.sentinel"),
+    Rule("REDIS_WAIT_REPLICAS must be 0 with REDIS_CLUSTER", WorkerSettings,
+         {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://r:6379/0", "REDIS_WAIT_REPLICAS": "1"},
+         (*CLUSTER, "config.redisWaitReplicas=1"), "config.redisWaitReplicas",
+         {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://r:6379/0", "REDIS_WAIT_REPLICAS": "0"},
+         (*CLUSTER, "config.redisWaitReplicas=0")),
+    Rule("REDIS_URL must be redis:// or rediss:// with database 0", WorkerSettings,
+         {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://r:6379/2"},
+         (*CLUSTER, "redis.external.db=2"), "redis.external.db",
+         {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://r:6379/0"}, (*CLUSTER, "redis.external.db=0")),
+    Rule("REQUEST_STREAM must not contain { or }", WorkerSettings,
+         {"REQUEST_STREAM_SHARDS": "2", "REQUEST_STREAM": "jobs{x}"},
+         ("config.requestStreamShards=2", "config.requestStream=jobs{x}"), "config.requestStream",
+         {"REQUEST_STREAM_SHARDS": "1", "REQUEST_STREAM": "jobs{x}"},
+         ("config.requestStreamShards=1", "config.requestStream=jobs{x}")),
+    Rule("READ_BLOCK_MS must be shorter than SHUTDOWN_GRACE_SECONDS", WorkerSettings,
+         {"SHUTDOWN_GRACE_SECONDS": "2"}, ("worker.shutdownGraceSeconds=2",), "worker.shutdownGraceSeconds",
+         {"SHUTDOWN_GRACE_SECONDS": "3"}, ("worker.shutdownGraceSeconds=3",)),
+    Rule("CLAIM_IDLE_SECONDS must exceed the longest PROCESSING_DELAY_MS", WorkerSettings,
+         {"CLAIM_IDLE_SECONDS": "30", "PROCESSING_DELAY_MS": "100-30000"},
+         ("worker.claimIdleSeconds=30", "worker.processingDelayMs=100-30000"), "worker.claimIdleSeconds",
+         {"CLAIM_IDLE_SECONDS": "30", "PROCESSING_DELAY_MS": "29999"},
+         ("worker.claimIdleSeconds=30", "worker.processingDelayMs=29999")),
+    Rule("CONSUMER_EXPIRY_SECONDS must exceed CLAIM_IDLE_SECONDS", WorkerSettings,
+         {"CLAIM_IDLE_SECONDS": "300"}, ("worker.claimIdleSeconds=300",), "worker.consumerExpirySeconds",
+         {"CLAIM_IDLE_SECONDS": "299"}, ("worker.claimIdleSeconds=299",)),
+    Rule("WORKER_TERMINALS must be at least REQUEST_STREAM_SHARDS", WorkerSettings,
+         {"REQUEST_STREAM_SHARDS": "6"}, ("config.requestStreamShards=6",), "worker.terminals",
+         {"REQUEST_STREAM_SHARDS": "5"}, ("config.requestStreamShards=5",)),
+    Rule("AUTH_JWT_ALGORITHMS must be all HS* (shared secret) or all RS*/ES* (public key)", ProxySettings,
+         {"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "HS256,RS256", "AUTH_JWT_SECRET": "s" * 32},
+         ("proxy.auth.enabled=true", r"proxy.auth.algorithms=HS256\,RS256", "proxy.auth.existingSecret=jwt"),
+         "proxy.auth.algorithms",
+         {"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "HS256,HS512", "AUTH_JWT_SECRET": "s" * 32},
+         ("proxy.auth.enabled=true", r"proxy.auth.algorithms=HS256\,HS512", "proxy.auth.existingSecret=jwt")),
+    Rule("AUTH_JWT_ENABLED with HS* algorithms needs AUTH_JWT_SECRET", ProxySettings,
+         {"AUTH_JWT_ENABLED": "true"}, ("proxy.auth.enabled=true",), "proxy.auth.existingSecret"),
+    Rule("AUTH_JWT_ENABLED with RS*/ES* algorithms needs AUTH_JWT_PUBLIC_KEY_FILE", ProxySettings,
+         {"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "RS256"},
+         ("proxy.auth.enabled=true", "proxy.auth.algorithms=RS256"), "proxy.auth.existingSecret"),
+]
+
+
+def service_refusal(monkeypatch: pytest.MonkeyPatch, rule: Rule, env: dict[str, str]) -> str | None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+    try:
+        rule.settings()
+    except ValidationError as error:
+        return str(error)
+    return None
+
+
+def chart_refusal(sets: tuple[str, ...]) -> str | None:
+    result = helm("template", "demo", str(CHART), *_value_args([], sets), check=False)
+    return result.stderr if result.returncode else None
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[rule.check[:40] for rule in RULES])
+def test_both_refuse_what_the_rule_forbids(monkeypatch, rule):
+    refused_by_service = service_refusal(monkeypatch, rule, rule.env)
+    refused_by_chart = chart_refusal(rule.chart)
+
+    assert refused_by_service and rule.check in refused_by_service, refused_by_service
+    assert refused_by_chart and rule.names in refused_by_chart, refused_by_chart
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r.near_env], ids=lambda rule: rule.check[:40])
+def test_both_accept_the_near_miss(monkeypatch, rule):
+    assert service_refusal(monkeypatch, rule, rule.near_env) is None
+    assert chart_refusal(rule.near_chart) is None
+
+
+def settings_checks() -> list[str]:
+    """The message of every ValueError raised in a model validator of the services' settings."""
+    messages = []
+    for path in sorted((ROOT / "app").glob("*/settings.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            if not any(d.startswith("model_validator") for d in decorators):
+                continue
+            for raised in ast.walk(node):
+                if isinstance(raised, ast.Raise) and isinstance(raised.exc, ast.Call) \
+                        and ast.unparse(raised.exc.func) == "ValueError":
+                    messages.append(ast.literal_eval(raised.exc.args[0]))
+    return messages
+
+
+def test_every_check_of_the_settings_has_a_rule():
+    checks = settings_checks()
+
+    assert len(checks) >= 10, checks  # the walk found the validators
+    assert [c for c in checks if not any(c.startswith(rule.check) for rule in RULES)] == []
