@@ -317,6 +317,11 @@ def test_settings_in_the_configmaps_are_valid_for_the_services(monkeypatch, prof
 # -- redis ---------------------------------------------------------------------------
 
 
+def container_memory_limit(workload: dict) -> str:
+    [container] = workload["spec"]["template"]["spec"]["containers"]
+    return container["resources"]["limits"]["memory"]
+
+
 def test_embedded_redis_keeps_an_aof_on_a_pvc_with_a_secret_password():
     docs = render("default")
     statefulset = one(docs, "StatefulSet", "-redis")
@@ -325,6 +330,9 @@ def test_embedded_redis_keeps_an_aof_on_a_pvc_with_a_secret_password():
     [container] = statefulset["spec"]["template"]["spec"]["containers"]
 
     assert "appendonly yes" in config and "appendfsync everysec" in config
+    # Bounded below its 512Mi limit: a full Redis refuses writes (503) instead of being OOM-killed.
+    assert "maxmemory 384mb" in config and "maxmemory-policy noeviction" in config
+    assert container_memory_limit(statefulset) == "512Mi"
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
