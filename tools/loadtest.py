@@ -236,7 +236,8 @@ def write_report(result: LoadResult, path: Path, title: str) -> None:
                     f"<table>{rows}</table><img alt='latency and throughput' src='data:image/png;base64,{encoded}'>")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; exits 2 with a message on a bad one."""
     parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the proxy's base URL")
@@ -256,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--count, --concurrency, --timeout, --duration and --rate must be positive")
     if args.report and args.report.suffix not in (".png", ".html"):
         parser.error("--report must end in .png or .html")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
     concurrency = 1 if args.mode == "sequential" else args.concurrency
     console = Console(stderr=True)
 

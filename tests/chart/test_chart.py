@@ -322,6 +322,31 @@ def container_memory_limit(workload: dict) -> str:
     return container["resources"]["limits"]["memory"]
 
 
+def quantity(text: str) -> float:
+    """CPU in cores or memory in MiB, from a Kubernetes quantity."""
+    units = {"m": 0.001, "Mi": 1, "Gi": 1024}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+def test_the_readmes_cost_of_the_defaults_is_what_they_request():
+    docs = render("default")
+    totals = {"requests": [0.0, 0.0], "limits": [0.0, 0.0]}
+    for kind, suffix in (("Deployment", "-proxy"), ("Deployment", "-worker"), ("StatefulSet", "-redis")):
+        workload = one(docs, kind, suffix)
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for key, (cpu, memory) in totals.items():
+                resources = container["resources"][key]
+                replicas = workload["spec"].get("replicas", 1)
+                totals[key] = [cpu + replicas * quantity(resources["cpu"]), memory + replicas * quantity(resources["memory"])]
+    readme = (ROOT / "README.md").read_text()
+
+    assert totals == {"requests": [0.5, 640], "limits": [5.0, 1536]}
+    assert "| **total** | 5 | **500m CPU, 640Mi** | **5 CPU, 1.5Gi** | **1Gi** |" in readme
+
+
 def test_embedded_redis_keeps_an_aof_on_a_pvc_with_a_secret_password():
     docs = render("default")
     statefulset = one(docs, "StatefulSet", "-redis")
