@@ -340,7 +340,8 @@ def test_the_readmes_cost_of_the_defaults_is_what_they_request():
             for key, (cpu, memory) in totals.items():
                 resources = container["resources"][key]
                 replicas = workload["spec"].get("replicas", 1)
-                totals[key] = [cpu + replicas * quantity(resources["cpu"]), memory + replicas * quantity(resources["memory"])]
+                totals[key] = [cpu + replicas * quantity(resources["cpu"]),
+                               memory + replicas * quantity(resources["memory"])]
     readme = (ROOT / "README.md").read_text()
 
     assert totals == {"requests": [0.5, 640], "limits": [5.0, 1536]}

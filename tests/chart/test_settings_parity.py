@@ -84,7 +84,7 @@ RULES = [
 def service_refusal(monkeypatch: pytest.MonkeyPatch, rule: Rule, env: dict[str, str]) -> str | None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/var/run/prometheus-multiproc")
     try:
         rule.settings()
     except ValidationError as error:
