@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from app.shared import contract
-from app.shared.connections import RedisClient, RedisConnector
+from app.shared.connections import RedisClient
 from app.shared.settings import CommonSettings
 
 CIRCUIT = {0: "closed", 1: "half-open", 2: "open"}
@@ -143,15 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     # REDIS_CLUSTER and the rest from the environment).
     settings = CommonSettings(redis_url=args.redis_url, redis_password=args.redis_password,
                               request_stream=args.stream, request_stream_shards=args.shards)
-    connector = RedisConnector(settings)
-    client = connector.client(client_name="monitor")
+    client = settings.topology.client(client_name="monitor")
     services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:8080"]]
     services += [("worker", url) for url in args.worker or ["http://127.0.0.1:9100"]]
     console = Console()
 
     def frame() -> Group:
-        return render(take_snapshot(client, settings.request_streams, args.group, services), connector.describe(),
-                      args.group)
+        snapshot = take_snapshot(client, settings.request_streams, args.group, services)
+        return render(snapshot, settings.topology.describe(), args.group)
 
     if args.once:
         console.print(frame())

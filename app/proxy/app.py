@@ -22,10 +22,8 @@ from app.proxy.replies import ReplyListener
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
 from app.shared import contract
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisConnector
 from app.shared.logs import configure_logging, request_id_var
-from app.shared.replication import ReplicaWait
-from app.shared.resilience import RedisGuard
+from app.shared.runtime import redis_runtime
 from app.shared.tracing import configure_tracing
 
 log = logging.getLogger("app.proxy")
@@ -61,26 +59,20 @@ def create_app(settings: ProxySettings) -> Flask:
 
     host, pid = socket.gethostname(), os.getpid()
     reply_stream = contract.reply_stream_name(host, pid, secrets.token_hex(4))
-    connector = RedisConnector(settings)
-    ping_redis = connector.client(client_name=f"proxy-ready:{host}-{pid}",
-                                  socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
-    guard = RedisGuard(
-        "proxy", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
-        on_state=metrics.CIRCUIT_STATE.set, probe=ping_redis.ping,
-    )
-    enqueue_redis = connector.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
-                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
-    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_streams,
-                        ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
+    runtime = redis_runtime("proxy", f"{host}-{pid}", settings, metrics.CIRCUIT_STATE.set)
+    topology, guard = runtime.topology, runtime.guard
+    enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
+                                    socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_streams, runtime.replica_wait)
     authenticator = JwtAuthenticator(settings) if settings.auth_jwt_enabled else None
     listener = ReplyListener(
-        connector.client(client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
+        topology.client(client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
         reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()
     round_trips = RoundTrips(settings, enqueuer, listener, guard, tracing)
     log.info("proxy process started",
-             extra={"reply_stream": reply_stream, "redis": connector.describe()})
+             extra={"reply_stream": reply_stream, "redis": topology.describe()})
 
     @app.before_request
     def _clear_request_id() -> None:
@@ -98,9 +90,9 @@ def create_app(settings: ProxySettings) -> Flask:
             response.headers["X-Request-ID"] = request_id
         return response
 
-    install_rate_limit(app, settings, connector, is_api_call)
+    install_rate_limit(app, settings.rate_limit, settings.trusted_proxies, topology, is_api_call)
     app.register_blueprint(docs)
-    app.register_blueprint(probe_routes(Readiness(guard, ping_redis, listener)))
+    app.register_blueprint(probe_routes(Readiness(guard, runtime.ping_client, listener)))
 
     app.register_blueprint(forecast_routes(round_trips, tracing))
 

@@ -15,8 +15,7 @@ from flask_limiter import HeaderNames, Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.proxy.settings import ProxySettings
-from app.shared.connections import RedisConnector
+from app.shared.topology import Topology
 
 
 def _client_key() -> str:
@@ -24,18 +23,18 @@ def _client_key() -> str:
     return f"sub:{subject}" if subject else f"ip:{get_remote_address()}"
 
 
-def install_rate_limit(app: Flask, settings: ProxySettings, connector: RedisConnector,
+def install_rate_limit(app: Flask, limit: str, trusted_proxies: int, topology: Topology,
                        is_limited: Callable[[], bool]) -> Limiter | None:
-    if not settings.rate_limit:
+    if not limit:
         return None
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    if trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies)  # type: ignore[method-assign]
     # A count that takes longer than half a second is given up on (swallow_errors lets the request in).
-    storage_uri, storage_options = connector.limiter_storage()
+    storage_uri, storage_options = topology.limiter_storage()
     return Limiter(
         _client_key,
         app=app,
-        default_limits=[settings.rate_limit],
+        default_limits=[limit],
         default_limits_exempt_when=lambda: not is_limited(),
         storage_uri=storage_uri,
         storage_options=storage_options,

@@ -7,6 +7,7 @@ writes it carries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -20,9 +21,11 @@ class ReplicasBehind(redis.ConnectionError):
 
 
 class ReplicaWait:
-    def __init__(self, replicas: int, timeout_ms: int) -> None:
+    def __init__(self, replicas: int, timeout_ms: int,
+                 forget_idle_connections: Callable[[RedisClient], None] = lambda client: None) -> None:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
+        self._forget_idle_connections = forget_idle_connections
 
     def add_to(self, pipe: Any) -> None:
         if self.replicas:
@@ -36,8 +39,7 @@ class ReplicaWait:
         which keeps taking writes meanwhile), and a new connection asks again where the
         primary is."""
         if self.replicas and int(results[-1]) < self.replicas:
-            if isinstance(client, redis.Redis):  # never a cluster: settings refuse WAIT there
-                client.connection_pool.disconnect(inuse_connections=False)
+            self._forget_idle_connections(client)
             raise ReplicasBehind(
                 f"{results[-1]} of {self.replicas} replicas confirmed the write within {self.timeout_ms} ms"
             )

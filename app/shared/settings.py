@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.shared import contract
+from app.shared.topology import Topology, build_topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,27 +137,27 @@ class CommonSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent_topology(self) -> CommonSettings:
-        if self.redis_cluster and self.redis_sentinels:
-            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over on its own")
-        if self.redis_cluster and self.redis_wait_replicas:
-            # WAIT counts the replicas of the connection's own node; a cluster pipeline spans nodes.
-            raise ValueError("REDIS_WAIT_REPLICAS must be 0 with REDIS_CLUSTER")
-        if self.redis_cluster and (urlsplit(self.redis_url).scheme == "unix"
-                                   or urlsplit(self.redis_url).path.strip("/") not in ("", "0")):
-            raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 (or none) with REDIS_CLUSTER")
+        self.topology  # noqa: B018 - built once here, so a topology that cannot work stops the start
         if self.sharded and ("{" in self.request_stream or "}" in self.request_stream):
             raise ValueError("REQUEST_STREAM must not contain { or }: the shards add their own hash tags")
         return self
 
+    @cached_property
+    def topology(self) -> Topology:
+        return build_topology(
+            url=self.redis_url, options=self.redis_options(), sentinels=self.redis_sentinels,
+            sentinel_master=self.redis_sentinel_master, sentinel_options=self.sentinel_options(),
+            cluster=self.redis_cluster, wait_replicas=self.redis_wait_replicas,
+        )
+
     @property
     def sharded(self) -> bool:
-        """Keys carry hash tags: several shards, or a cluster (where a stream and its
-        dead-letter stream must share a slot)."""
-        return self.redis_cluster or self.request_stream_shards > 1
+        """Keys carry hash tags: several shards, or a topology whose slots need them."""
+        return self.topology.hash_tagged or self.request_stream_shards > 1
 
     @property
     def request_streams(self) -> list[str]:
-        return contract.request_streams(self.request_stream, self.request_stream_shards, self.redis_cluster)
+        return contract.request_streams(self.request_stream, self.request_stream_shards, self.topology.hash_tagged)
 
     def redis_options(self) -> dict[str, Any]:
         """Keyword arguments for redis-py on top of the URL."""

@@ -13,9 +13,8 @@ import logging
 import signal
 import sys
 
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisConnector
 from app.shared.logs import configure_logging
-from app.shared.resilience import RedisGuard
+from app.shared.runtime import redis_runtime
 from app.shared.settings import ConfigError, load_settings_or_exit
 from app.shared.tracing import configure_tracing
 from app.worker import metrics
@@ -33,20 +32,14 @@ def main() -> int:
     configure_tracing("worker")
     log = logging.getLogger("app.worker")
     name = settings.consumer_name
-    connector = RedisConnector(settings)
-    client = connector.client(
+    runtime = redis_runtime("worker", name, settings, metrics.CIRCUIT_STATE.set)
+    client = runtime.topology.client(
         client_name=f"worker:{name}",
         # A blocking XREADGROUP must not be cut off by the socket timeout.
         socket_timeout=settings.read_block_ms / 1000 + 2,
         max_connections=settings.worker_terminals + 4,
     )
-    ping_client = connector.client(client_name=f"worker-ready:{name}",
-                                   socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
-    guard = RedisGuard(
-        "worker", settings.retry_policy, settings.circuit_failure_threshold, settings.circuit_reset_seconds,
-        on_state=metrics.CIRCUIT_STATE.set, probe=ping_client.ping,
-    )
-    worker = Worker(settings, client, guard)
+    worker = Worker(settings, client, runtime.guard, runtime.replica_wait)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})
@@ -55,11 +48,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        health = HealthServer(settings.bind_host, settings.metrics_port, HealthApp(worker, ping_client)).start()
+        health = HealthServer(settings.bind_host, settings.metrics_port, HealthApp(worker, runtime.ping_client)).start()
     except OSError as error:
         log.error("cannot serve health and metrics", extra={"port": settings.metrics_port, "error": str(error)})
         return 1
-    log.info("connecting", extra={"redis": connector.describe()})
+    log.info("connecting", extra={"redis": runtime.topology.describe()})
     worker.run()
     health.stop()
     return 0

@@ -59,14 +59,12 @@ class Shard:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, client: RedisClient, guard: RedisGuard) -> None:
+    def __init__(self, settings: WorkerSettings, client: RedisClient, guard: RedisGuard,
+                 replica_wait: ReplicaWait) -> None:
         self.settings = settings
         self._redis = client
         self.guard = guard
-        self._writer = OutcomeWriter(
-            client, settings.consumer_group, settings.dead_letter_maxlen,
-            ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
-        )
+        self._writer = OutcomeWriter(client, settings.consumer_group, settings.dead_letter_maxlen, replica_wait)
         # Terminals that finish together share one pipeline of replies and one XACK per shard.
         self._outcomes: Batcher[Outcome] = Batcher(self._write_outcomes, "outcomes")
         self._janitor = ConsumerJanitor(client, settings.consumer_group, settings.consumer_name)

@@ -1,9 +1,10 @@
 """The chart refuses at install exactly what the services refuse at start.
 
 One list: every cross-variable check of the settings (a `ValueError` raised in a model
-validator of app/*/settings.py) has a rule here with values the service refuses and the
-chart values that render them; both sides must refuse those and accept the near miss. A new
-check in the settings without a rule fails test_every_check_of_the_settings_has_a_rule."""
+validator of app/*/settings.py, or in build_topology of app/shared/topology.py) has a rule
+here with values the service refuses and the chart values that render them; both sides must
+refuse those and accept the near miss. A new check without a rule fails
+test_every_check_of_the_settings_has_a_rule."""
 
 from __future__ import annotations
 
@@ -112,20 +113,22 @@ def test_both_accept_the_near_miss(monkeypatch, rule):
     assert chart_refusal(rule.near_chart) is None
 
 
+def _raised_messages(function: ast.FunctionDef) -> list[str]:
+    return [ast.literal_eval(node.exc.args[0]) for node in ast.walk(function)
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and ast.unparse(node.exc.func) == "ValueError"]
+
+
 def settings_checks() -> list[str]:
-    """The message of every ValueError raised in a model validator of the services' settings."""
+    """The message of every ValueError raised in a model validator of the services' settings,
+    and in the topology's builder (the settings build the topology while they validate)."""
     messages = []
-    for path in sorted((ROOT / "app").glob("*/settings.py")):
+    for path in [*sorted((ROOT / "app").glob("*/settings.py")), ROOT / "app" / "shared" / "topology.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.FunctionDef):
                 continue
             decorators = [ast.unparse(d) for d in node.decorator_list]
-            if not any(d.startswith("model_validator") for d in decorators):
-                continue
-            for raised in ast.walk(node):
-                if isinstance(raised, ast.Raise) and isinstance(raised.exc, ast.Call) \
-                        and ast.unparse(raised.exc.func) == "ValueError":
-                    messages.append(ast.literal_eval(raised.exc.args[0]))
+            if any(d.startswith("model_validator") for d in decorators) or node.name == "build_topology":
+                messages += _raised_messages(node)
     return messages
 
 

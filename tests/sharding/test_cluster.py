@@ -12,7 +12,6 @@ import requests
 from redis.crc import key_slot
 
 from app.shared import contract
-from app.shared.connections import RedisConnector
 from app.shared.settings import CommonSettings
 from tests.chaos.test_poison import POISON
 from tests.support.load import SteadyLoad, fire, replies_per_request, summary
@@ -158,7 +157,7 @@ def test_a_shard_slot_moved_to_another_primary_under_load_loses_nothing(cluster_
 
 
 def test_stream_reads_find_their_slot_without_asking_the_server(redis_cluster):
-    client = RedisConnector(CommonSettings(redis_url=redis_cluster.url, redis_cluster=True)).client(client_name="t")
+    client = CommonSettings(redis_url=redis_cluster.url, redis_cluster=True).topology.client(client_name="t")
     stream = STREAMS[3]
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     client.xadd(stream, {"k": "v"})

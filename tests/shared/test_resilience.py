@@ -8,7 +8,6 @@ import time
 import pytest
 import redis
 
-from app.shared.connections import RedisConnector
 from app.shared.resilience import CircuitOpen, RedisGuard, RetryPolicy
 from app.shared.settings import CommonSettings
 from tests.support.processes import RedisServer, wait_until
@@ -17,7 +16,7 @@ FAST = RetryPolicy(max_tries=3, base_seconds=0.01, max_seconds=1.0)
 
 
 def redis_client(url: str, **options) -> redis.Redis:
-    return RedisConnector(CommonSettings(redis_url=url)).client(**options)
+    return CommonSettings(redis_url=url).topology.client(**options)
 
 
 def _guard(threshold: int = 3, reset: float = 30.0, probe=None) -> tuple[RedisGuard, list[int]]:

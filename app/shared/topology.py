@@ -1,0 +1,239 @@
+"""The deployment's Redis topology, decided once: Standalone, Sentinel or Cluster.
+
+The settings build one value of these (``build_topology``), which refuses the
+combinations that cannot work, and every part of both services asks that value for
+what differs between topologies: a client, the rate limiter's storage, a description
+for logs, whether ``WAIT`` applies, whether keys need hash tags. Nothing outside this
+module asks which topology it runs on.
+
+redis is imported inside the methods that build clients, not at the top: gunicorn's
+master validates the settings (and so builds the topology) before it forks, and redis
+imports ssl, which gevent must patch first in the workers (MonkeyPatchWarning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+if TYPE_CHECKING:
+    from redis.sentinel import Sentinel as SentinelClient
+
+    from app.shared.connections import RedisClient
+
+# Every Redis command of the hot path answers in well under a millisecond; a
+# socket that stays silent this long is a broken connection, not a slow server.
+DEFAULT_SOCKET_TIMEOUT_SECONDS = 2.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+# A Sentinel answers from memory; one that takes longer is skipped for the next.
+SENTINEL_TIMEOUT_SECONDS = 0.5
+LIMITER_TIMEOUT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where Redis is and how to reach it. ``options`` are redis-py's credential and TLS
+    arguments on top of the URL (never logged)."""
+
+    url: str
+    options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    # Keys that must share a slot (a stream, its dead letters, its group) carry a hash tag.
+    hash_tagged: ClassVar[bool] = False
+    # WAIT confirms the writes of one connection's own node: meaningless across a cluster.
+    supports_wait: ClassVar[bool] = True
+
+    def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
+               max_connections: int | None = None) -> RedisClient:
+        """A client with its own pool (per node in a cluster); bytes in, bytes out."""
+        raise NotImplementedError
+
+    def limiter_storage(self) -> tuple[str, dict[str, Any]]:
+        """The `limits` storage URI and options for the same Redis (Flask-Limiter)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where Redis is, for logs: never a credential."""
+        raise NotImplementedError
+
+    def forget_idle_connections(self, client: RedisClient) -> None:
+        """After WAIT fell short: the primary may have been replaced (Sentinel promotes a
+        replica before it demotes the old primary), so new connections look again."""
+        client.connection_pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
+
+    def _client_options(self, client_name: str, socket_timeout: float, max_connections: int | None) -> dict[str, Any]:
+        from app.shared.connections import no_retries
+
+        return {
+            "decode_responses": False,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": min(CONNECT_TIMEOUT_SECONDS, socket_timeout),
+            "socket_keepalive": True,
+            "health_check_interval": 30,
+            "max_connections": max_connections,
+            "client_name": client_name,
+            # One policy (app.shared.resilience) decides how often and how long to retry.
+            "retry": no_retries(),
+            **self.options,
+        }
+
+
+@dataclass(frozen=True)
+class Standalone(Topology):
+    """One Redis, or a managed endpoint that fails over behind one address."""
+
+    def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
+               max_connections: int | None = None) -> RedisClient:
+        import redis
+        from redis.exceptions import ReadOnlyError
+
+        options = self._client_options(client_name, socket_timeout, max_connections)
+        # A primary demoted behind a fixed address answers READONLY: that connection is
+        # dropped, so the retry reconnects and reaches the new primary.
+        return redis.Redis.from_url(self.url, retry_on_error=[ReadOnlyError], **options)
+
+    def limiter_storage(self) -> tuple[str, dict[str, Any]]:
+        return self.url, _limiter_options(self.options)
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class Sentinel(Topology):
+    """A primary found through Sentinels and followed across their failovers. The URL gives
+    only the database number, credentials and TLS (rediss://) of the primary."""
+
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = "mymaster"
+    sentinel_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def _sentinel(self) -> SentinelClient:
+        from redis.sentinel import Sentinel as SentinelClient
+
+        from app.shared.connections import no_retries
+
+        return SentinelClient(  # type: ignore[no-untyped-call]
+            list(self.sentinels),
+            sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+                             "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+                             "retry": no_retries(), **self.sentinel_options},
+        )
+
+    @cached_property
+    def _from_url(self) -> dict[str, Any]:
+        from redis.connection import parse_url
+
+        return parse_url(self.url)  # type: ignore[no-untyped-call,no-any-return]
+
+    @property
+    def database(self) -> int:
+        return int(self._from_url.get("db") or 0)
+
+    def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
+               max_connections: int | None = None) -> RedisClient:
+        import redis
+        from redis.exceptions import ReadOnlyError
+
+        options = self._client_options(client_name, socket_timeout, max_connections)
+        for name in ("username", "password"):
+            if self._from_url.get(name) and name not in options:
+                options[name] = self._from_url[name]
+        if self._from_url.get("connection_class") is redis.SSLConnection:
+            options["ssl"] = True
+        # redis-py turns READONLY into a ConnectionError itself and asks the Sentinels again.
+        client: redis.Redis = self._sentinel.master_for(  # type: ignore[no-untyped-call]
+            self.master, redis_class=redis.Redis, db=self.database, retry_on_error=[ReadOnlyError], **options
+        )
+        return client
+
+    def limiter_storage(self) -> tuple[str, dict[str, Any]]:
+        options = _limiter_options(self.options)
+        options["db"] = self.database
+        options["use_replicas"] = False
+        # limits sends the primary's credentials to the Sentinels unless told otherwise.
+        options["sentinel_kwargs"] = {"username": None, "password": None, "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+                                      **self.sentinel_options}
+        return f"redis+sentinel://{_addresses(self.sentinels)}/{quote(self.master)}", options
+
+    def describe(self) -> str:
+        return f"sentinel://{_addresses(self.sentinels)}/{self.master}"
+
+
+@dataclass(frozen=True)
+class Cluster(Topology):
+    """Redis Cluster (cluster-mode managed Redis too): the URL names any node, the client
+    discovers the rest, routes each key to its slot's primary, splits pipelines per node
+    and follows MOVED and ASK."""
+
+    hash_tagged: ClassVar[bool] = True
+    supports_wait: ClassVar[bool] = False
+
+    def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
+               max_connections: int | None = None) -> RedisClient:
+        from app.shared.connections import StreamReadingCluster
+
+        # Redirections are followed whatever the retry count; connection errors are
+        # left to app.shared.resilience as in the other topologies.
+        return StreamReadingCluster.from_url(self.url, **self._client_options(client_name, socket_timeout,
+                                                                               max_connections))
+
+    def limiter_storage(self) -> tuple[str, dict[str, Any]]:
+        url = urlsplit(self.url)
+        options = _limiter_options(self.options)
+        if url.scheme == "rediss":
+            options["ssl"] = True
+        return f"redis+cluster://{url.netloc}", options
+
+    def describe(self) -> str:
+        return "cluster+" + redact_url(self.url)
+
+    def forget_idle_connections(self, client: RedisClient) -> None:
+        """Never called: WAIT is refused on a cluster."""
+
+
+def build_topology(
+    *,
+    url: str,
+    options: dict[str, Any],
+    sentinels: list[tuple[str, int]],
+    sentinel_master: str,
+    sentinel_options: dict[str, Any],
+    cluster: bool,
+    wait_replicas: int,
+) -> Topology:
+    """The topology the settings describe; ValueError naming the variables for one that cannot work."""
+    if cluster and sentinels:
+        raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over on its own")
+    if sentinels:
+        return Sentinel(url, options, tuple(sentinels), sentinel_master, sentinel_options)
+    if not cluster:
+        return Standalone(url, options)
+    if wait_replicas and not Cluster.supports_wait:
+        # WAIT counts the replicas of the connection's own node; a cluster pipeline spans nodes.
+        raise ValueError("REDIS_WAIT_REPLICAS must be 0 with REDIS_CLUSTER")
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
+        raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 (or none) with REDIS_CLUSTER")
+    return Cluster(url, options)
+
+
+def _addresses(pairs: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"{host}:{port}" for host, port in pairs)
+
+
+def _limiter_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {**options, "socket_timeout": LIMITER_TIMEOUT_SECONDS, "socket_connect_timeout": LIMITER_TIMEOUT_SECONDS}
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user + ':' if user else ''}***@{host}"
