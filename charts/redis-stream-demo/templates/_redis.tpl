@@ -1,0 +1,172 @@
+{{/* Redis: where it is for the chosen redis.mode, how the services and KEDA reach it. */}}
+
+{{/* Whether the embedded Redis is rendered. */}}
+{{- define "rsd.redis.embedded" -}}
+{{- if and .Values.redis.enabled (not .Values.redis.external.enabled) }}true{{ end }}
+{{- end }}
+
+{{- define "rsd.redis.sentinel" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.sentinel.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "rsd.redis.cluster" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.cluster.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The request stream keys as a JSON list, as the services name them
+(app.shared.contract.request_streams): the tags come from files/shard-tags.json,
+written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
+*/}}
+{{- define "rsd.requestStreams" -}}
+{{- $shards := int .Values.config.requestStreamShards -}}
+{{- $base := .Values.config.requestStream -}}
+{{- if and (eq $shards 1) (not (include "rsd.redis.cluster" .)) -}}
+{{- list $base | toJson -}}
+{{- else -}}
+{{- $streams := list -}}
+{{- range index (fromJson (.Files.Get "files/shard-tags.json")) (toString $shards) -}}
+{{- $streams = append $streams (printf "%s:{%s}" $base .) -}}
+{{- end -}}
+{{- $streams | toJson -}}
+{{- end -}}
+{{- end }}
+
+{{/* Whether KEDA needs a TriggerAuthentication: a password for Redis or for the Sentinels. */}}
+{{- define "rsd.keda.authenticated" -}}
+{{- if or (include "rsd.redis.secretName" .) (and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* host:port of Redis, for KEDA. */}}
+{{- define "rsd.redis.address" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- printf "%s.%s.svc:6379" (include "rsd.redis.fullname" .) .Release.Namespace }}
+{{- else if .Values.redis.external.host }}
+{{- printf "%s:%v" .Values.redis.external.host .Values.redis.external.port }}
+{{- else }}
+{{- fail "worker.keda.enabled with an external Redis needs redis.external.host and redis.external.port" }}
+{{- end }}
+{{- end }}
+
+{{/* REDIS_URL without credentials. */}}
+{{- define "rsd.redis.url" -}}
+{{- $external := .Values.redis.external -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- printf "redis://%s:6379/0" (include "rsd.redis.fullname" .) }}
+{{- else if include "rsd.redis.sentinel" . }}
+{{- /* Sentinel mode reads only the database number (and rediss:// for TLS) from the URL. */}}
+{{- printf "%s://%s/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.sentinel.masterName $external.db }}
+{{- else if $external.enabled }}
+{{- if $external.url }}
+{{- $external.url }}
+{{- else if $external.host }}
+{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.host $external.port $external.db }}
+{{- else }}
+{{- fail "redis.external.enabled needs redis.external.url or redis.external.host" }}
+{{- end }}
+{{- else }}
+{{- fail "enable redis (embedded) or redis.external" }}
+{{- end }}
+{{- end }}
+
+{{/* Secret and key holding the Redis password, empty when there is none. */}}
+{{- define "rsd.redis.secretName" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- default (include "rsd.redis.fullname" .) .Values.redis.auth.existingSecret }}
+{{- else }}
+{{- .Values.redis.external.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.secretKey" -}}
+{{- if include "rsd.redis.embedded" . }}
+{{- .Values.redis.auth.existingSecretKey }}
+{{- else }}
+{{- .Values.redis.external.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* ConfigMap entries both services read for Redis: where it is, how the keys are laid out and how writes are confirmed. */}}
+{{- define "rsd.redis.config" -}}
+REDIS_URL: {{ include "rsd.redis.url" . | quote }}
+REDIS_CLUSTER: {{ ternary "true" "false" (eq (include "rsd.redis.cluster" .) "true") | quote }}
+REQUEST_STREAM_SHARDS: {{ .Values.config.requestStreamShards | quote }}
+{{- if include "rsd.redis.sentinel" . }}
+{{- with .Values.redis.external.sentinel }}
+REDIS_SENTINELS: {{ join "," .hosts | quote }}
+REDIS_SENTINEL_MASTER: {{ .masterName | quote }}
+REDIS_SENTINEL_TLS: {{ .tls | quote }}
+{{- with .username }}
+REDIS_SENTINEL_USERNAME: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+REDIS_WAIT_REPLICAS: {{ .Values.config.redisWaitReplicas | quote }}
+REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
+{{- end }}
+
+{{/* Ports of the Sentinels, from their host:port addresses. */}}
+{{- define "rsd.redis.sentinelPorts" -}}
+{{- $ports := list }}
+{{- range .Values.redis.external.sentinel.hosts }}
+{{- $ports = append $ports (last (splitList ":" .)) }}
+{{- end }}
+{{- join "," (uniq $ports) }}
+{{- end }}
+
+{{/* Ports of the cluster nodes listed in redis.external.cluster.nodes. */}}
+{{- define "rsd.redis.clusterPorts" -}}
+{{- $ports := list }}
+{{- range .Values.redis.external.cluster.nodes }}
+{{- $ports = append $ports (last (splitList ":" .)) }}
+{{- end }}
+{{- join "," (uniq $ports) }}
+{{- end }}
+
+{{/* Environment both services need for Redis: credentials from the Secret, TLS files. */}}
+{{- define "rsd.redis.env" -}}
+{{- if include "rsd.redis.secretName" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rsd.redis.secretName" . }}
+      key: {{ include "rsd.redis.secretKey" . }}
+{{- end }}
+{{- if and (include "rsd.redis.sentinel" .) .Values.redis.external.sentinel.existingSecret }}
+- name: REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.sentinel.existingSecret }}
+      key: {{ .Values.redis.external.sentinel.existingSecretKey }}
+{{- end }}
+{{- if and .Values.redis.external.enabled .Values.redis.external.username }}
+- name: REDIS_USERNAME
+  value: {{ .Values.redis.external.username | quote }}
+{{- end }}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/redis-tls/ca.crt
+{{- if .Values.redis.external.tls.clientCertificate }}
+- name: REDIS_TLS_CERT_FILE
+  value: /etc/redis-tls/tls.crt
+- name: REDIS_TLS_KEY_FILE
+  value: /etc/redis-tls/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.tlsVolumeMount" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: redis-tls
+  mountPath: /etc/redis-tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "rsd.redis.tlsVolume" -}}
+{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.external.tls.secretName }}
+{{- end }}
+{{- end }}
