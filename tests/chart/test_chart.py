@@ -156,7 +156,13 @@ def test_a_wrong_field_fails_its_crd_schema(kind):
     (["proxy.image.digest=latest"], "/proxy/image/digest"),
     (["config.redisWaitReplicas=-1"], "/config/redisWaitReplicas"),
     (["redis.external.sentinel.hosts[0]=no-port"], "/redis/external/sentinel/hosts/0"),
-    (["redis.external.sentinel.enabled=true"], "/redis/external/sentinel/hosts"),
+    (["redis.mode=sentinel"], "/redis/external/sentinel"),
+    (["redis.mode=sentinel", "redis.external.sentinel.hosts[0]=s:26379", "redis.external.cluster.nodes[0]=n:6379"],
+     "/redis/external/cluster/nodes"),
+    (["redis.mode=cluster", "redis.external.host=r", "redis.external.db=2"], "/redis/external/db"),
+    (["redis.mode=standalone"], "'anyOf' failed"),
+    (["redis.mode=embedded", "redis.external.host=r"], "/redis/external/host"),
+    (["redis.mode=replicated"], "/redis/mode"),
     (["config.requestStreamShards=0"], "/config/requestStreamShards"),
     (["config.requestStreamShards=65"], "/config/requestStreamShards"),
     (["redis.external.cluster.nodes[0]=no-port"], "/redis/external/cluster/nodes/0"),
@@ -168,6 +174,19 @@ def test_schema_rejects_bad_values(sets, complaint):
     assert complaint in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("old", [
+    ["redis.enabled=false"],
+    ["redis.external.enabled=true", "redis.external.host=r"],
+    ["redis.external.sentinel.enabled=true", "redis.external.sentinel.hosts[0]=s:26379"],
+    ["redis.mode=cluster", "redis.external.host=r", "redis.external.cluster.enabled=true"],
+])
+def test_values_of_the_old_shape_are_refused_naming_redis_mode(old):
+    result = helm("template", "demo", str(CHART), *_value_args([], tuple(old)), check=False)
+
+    assert result.returncode != 0
+    assert "were replaced by redis.mode in chart 1.0.0" in result.stderr
+
+
 def test_numbers_are_taken_where_users_type_numbers():
     config = one(render("default", "worker.processingDelayMs=1000"), "ConfigMap", "-worker")["data"]
 
@@ -176,9 +195,9 @@ def test_numbers_are_taken_where_users_type_numbers():
 
 
 def test_a_password_in_the_redis_url_is_refused():
-    sets = ("redis.external.enabled=true", "redis.external.url=redis://app:s3cret@redis.example:6379/0")
+    sets = ("redis.mode=standalone", "redis.external.url=redis://app:s3cret@redis.example:6379/0")
     refused = helm("template", "demo", str(CHART), *_value_args([], sets), check=False)
-    without = render("default", "redis.external.enabled=true", "redis.external.url=redis://redis.example:6379/0")
+    without = render("default", "redis.mode=standalone", "redis.external.url=redis://redis.example:6379/0")
 
     assert refused.returncode != 0 and "redis.external.url must not hold credentials" in refused.stderr
     assert "s3cret" not in refused.stderr

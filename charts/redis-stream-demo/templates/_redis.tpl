@@ -1,16 +1,21 @@
 {{/* Redis: where it is for the chosen redis.mode, how the services and KEDA reach it. */}}
 
-{{/* Whether the embedded Redis is rendered. */}}
+{{/* redis.mode, one predicate each: "true" or empty. */}}
 {{- define "rsd.redis.embedded" -}}
-{{- if and .Values.redis.enabled (not .Values.redis.external.enabled) }}true{{ end }}
+{{- if eq .Values.redis.mode "embedded" }}true{{ end }}
+{{- end }}
+
+{{/* Your own Redis, in any of the modes standalone, sentinel and cluster. */}}
+{{- define "rsd.redis.external" -}}
+{{- if ne .Values.redis.mode "embedded" }}true{{ end }}
 {{- end }}
 
 {{- define "rsd.redis.sentinel" -}}
-{{- if and .Values.redis.external.enabled .Values.redis.external.sentinel.enabled }}true{{ end }}
+{{- if eq .Values.redis.mode "sentinel" }}true{{ end }}
 {{- end }}
 
 {{- define "rsd.redis.cluster" -}}
-{{- if and .Values.redis.external.enabled .Values.redis.external.cluster.enabled }}true{{ end }}
+{{- if eq .Values.redis.mode "cluster" }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -56,16 +61,14 @@ written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 {{- else if include "rsd.redis.sentinel" . }}
 {{- /* Sentinel mode reads only the database number (and rediss:// for TLS) from the URL. */}}
 {{- printf "%s://%s/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.sentinel.masterName $external.db }}
-{{- else if $external.enabled }}
+{{- else }}
 {{- if $external.url }}
 {{- $external.url }}
 {{- else if $external.host }}
 {{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.host $external.port $external.db }}
 {{- else }}
-{{- fail "redis.external.enabled needs redis.external.url or redis.external.host" }}
+{{- fail (printf "redis.mode %s needs redis.external.url or redis.external.host" .Values.redis.mode) }}
 {{- end }}
-{{- else }}
-{{- fail "enable redis (embedded) or redis.external" }}
 {{- end }}
 {{- end }}
 
@@ -139,11 +142,11 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
       name: {{ .Values.redis.external.sentinel.existingSecret }}
       key: {{ .Values.redis.external.sentinel.existingSecretKey }}
 {{- end }}
-{{- if and .Values.redis.external.enabled .Values.redis.external.username }}
+{{- if and (include "rsd.redis.external" .) .Values.redis.external.username }}
 - name: REDIS_USERNAME
   value: {{ .Values.redis.external.username | quote }}
 {{- end }}
-{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+{{- if and (include "rsd.redis.external" .) .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
 - name: REDIS_TLS_CA_FILE
   value: /etc/redis-tls/ca.crt
 {{- if .Values.redis.external.tls.clientCertificate }}
@@ -156,7 +159,7 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
 {{- end }}
 
 {{- define "rsd.redis.tlsVolumeMount" -}}
-{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+{{- if and (include "rsd.redis.external" .) .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
 - name: redis-tls
   mountPath: /etc/redis-tls
   readOnly: true
@@ -164,7 +167,7 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
 {{- end }}
 
 {{- define "rsd.redis.tlsVolume" -}}
-{{- if and .Values.redis.external.enabled .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
+{{- if and (include "rsd.redis.external" .) .Values.redis.external.tls.enabled .Values.redis.external.tls.secretName }}
 - name: redis-tls
   secret:
     secretName: {{ .Values.redis.external.tls.secretName }}

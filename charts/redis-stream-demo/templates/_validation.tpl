@@ -11,22 +11,19 @@ verdict on both sides.
 {{- $external := .Values.redis.external -}}
 {{- $shards := int $config.requestStreamShards -}}
 
-{{- /* Redis topology (CommonSettings) */}}
-{{- if include "rsd.redis.cluster" . }}
-{{- if $external.sentinel.enabled }}
-{{- fail "redis.external.cluster and redis.external.sentinel exclude each other" }}
+{{- /* Values of the chart before 1.0.0: one redis.mode replaced four booleans. */}}
+{{- if or (hasKey .Values.redis "enabled") (hasKey $external "enabled") (hasKey $external.sentinel "enabled") (hasKey $external.cluster "enabled") }}
+{{- fail "redis.enabled, redis.external.enabled, redis.external.sentinel.enabled and redis.external.cluster.enabled were replaced by redis.mode in chart 1.0.0: set redis.mode to embedded, standalone, sentinel or cluster and remove them (README: Moving to redis.mode)" }}
 {{- end }}
-{{- if gt (int $config.redisWaitReplicas) 0 }}
-{{- fail "config.redisWaitReplicas must be 0 with redis.external.cluster (WAIT cannot span a cluster's nodes)" }}
-{{- end }}
-{{- if ne (int $external.db) 0 }}
-{{- fail "redis.external.db must be 0 with redis.external.cluster" }}
-{{- end }}
+
+{{- /* Redis topology (CommonSettings and app/shared/topology.py); one redis.mode and the schema make the rest impossible */}}
+{{- if and (include "rsd.redis.cluster" .) (gt (int $config.redisWaitReplicas) 0) }}
+{{- fail "config.redisWaitReplicas must be 0 with redis.mode cluster (WAIT cannot span a cluster's nodes)" }}
 {{- end }}
 {{- if and (or (gt $shards 1) (include "rsd.redis.cluster" .)) (regexMatch "[{}]" $config.requestStream) }}
 {{- fail "config.requestStream must not contain { or } when sharded: the shards add their own hash tags" }}
 {{- end }}
-{{- if and $external.enabled (regexMatch "^rediss?://[^/]*@" $external.url) }}
+{{- if and (include "rsd.redis.external" .) (regexMatch "^rediss?://[^/]*@" $external.url) }}
 {{- fail "redis.external.url must not hold credentials (they would land in a ConfigMap): set redis.external.username and the password in the Secret named by redis.external.existingSecret" }}
 {{- end }}
 
