@@ -173,3 +173,28 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
     secretName: {{ .Values.redis.external.tls.secretName }}
 {{- end }}
 {{- end }}
+
+{{/* A KEDA trigger's type and the metadata that follow from redis.mode (the stream and lag targets are added by the ScaledObject). */}}
+{{- define "rsd.keda.trigger" -}}
+{{- $external := .Values.redis.external -}}
+{{- if include "rsd.redis.cluster" . }}
+type: redis-cluster-streams
+metadata:
+  addresses: {{ join "," (default (list (include "rsd.redis.address" .)) $external.cluster.nodes) | quote }}
+{{- else if include "rsd.redis.sentinel" . }}
+type: redis-sentinel-streams
+metadata:
+  addresses: {{ join "," $external.sentinel.hosts | quote }}
+  sentinelMaster: {{ $external.sentinel.masterName | quote }}
+{{- else }}
+type: redis-streams
+metadata:
+  address: {{ include "rsd.redis.address" . | quote }}
+{{- end }}
+{{- if and (include "rsd.redis.external" .) $external.tls.enabled }}
+  enableTLS: "true"
+{{- end }}
+{{- if and (include "rsd.redis.external" .) (not (include "rsd.redis.cluster" .)) }}
+  databaseIndex: {{ $external.db | quote }}
+{{- end }}
+{{- end }}
