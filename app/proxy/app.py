@@ -8,11 +8,12 @@ import secrets
 import socket
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, g, request
 
 from app.proxy import metrics
 from app.proxy.auth import JwtAuthenticator
 from app.proxy.docs import docs
+from app.proxy.edge import install_request_ids, install_tracing
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import register_error_handlers
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
@@ -22,7 +23,7 @@ from app.proxy.replies import ReplyListener
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
 from app.shared import contract
-from app.shared.logs import configure_logging, request_id_var
+from app.shared.logs import configure_logging
 from app.shared.runtime import redis_runtime
 from app.shared.tracing import configure_tracing
 
@@ -51,9 +52,12 @@ def is_api_call() -> bool:
 
 def create_app(settings: ProxySettings) -> Flask:
     configure_logging(settings.log_level, "proxy")
-    tracing = configure_tracing("proxy")
+    configure_tracing("proxy")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # First of the hooks, so that every answer carries the request id and the span sees it all.
+    install_request_ids(app)
+    install_tracing(app, is_api_call)
     register_error_handlers(app)
     _metrics_exporter(app)
 
@@ -70,30 +74,22 @@ def create_app(settings: ProxySettings) -> Flask:
         reply_stream, guard, settings.redis_reconnect_max_seconds,
     )
     listener.start()
-    round_trips = RoundTrips(settings, enqueuer, listener, guard, tracing)
+    round_trips = RoundTrips(enqueuer, listener, guard, timeout_seconds=settings.request_timeout_seconds,
+                             retry_max_seconds=settings.redis_retry_max_seconds,
+                             max_inflight=settings.max_inflight_per_process)
     log.info("proxy process started",
              extra={"reply_stream": reply_stream, "redis": topology.describe()})
 
     @app.before_request
-    def _clear_request_id() -> None:
-        # A kept-alive connection serves many requests in one greenlet.
-        request_id_var.set(None)
+    def _authenticate() -> None:
         g.subject = ""
         if authenticator is not None and is_api_call():
             g.subject = authenticator.subject(request.headers.get("Authorization"))
-
-    @app.after_request
-    def _echo_request_id(response: Response) -> Response:
-        # Set once the request has an id (the caller's or a generated one): answers and errors alike.
-        request_id = request_id_var.get()
-        if request_id is not None:
-            response.headers["X-Request-ID"] = request_id
-        return response
 
     install_rate_limit(app, settings.rate_limit, settings.trusted_proxies, topology, is_api_call)
     app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping_client, listener)))
 
-    app.register_blueprint(forecast_routes(round_trips, tracing))
+    app.register_blueprint(forecast_routes(round_trips))
 
     return app

@@ -16,6 +16,8 @@ import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, RoundTripFailure, WorkerFailed
+
 log = logging.getLogger("app.proxy")
 
 PROBLEM_TYPE = "urn:redis-stream-demo:problem:"
@@ -44,6 +46,24 @@ def api_error_response(error: ApiError) -> Response:
     return problem_response(error.status, error.error, error.detail, error.headers)
 
 
+def failure_response(failure: RoundTripFailure) -> Response:
+    """A round trip's failure as the problem the API documents for it."""
+    if isinstance(failure, Overloaded):
+        return problem_response(503, "overloaded", "this proxy holds as many requests as it may; try again",
+                                {"Retry-After": "1"})
+    if isinstance(failure, QueueUnavailable) and failure.breaker_open:
+        return problem_response(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
+                                {"Retry-After": failure.retry_after})
+    if isinstance(failure, QueueUnavailable):
+        return problem_response(503, "redis_unavailable", "the request queue is unreachable; try again",
+                                {"Retry-After": failure.retry_after})
+    if isinstance(failure, NoReply):
+        return problem_response(504, "timeout", f"{failure}; the request was dropped")
+    if isinstance(failure, WorkerFailed):
+        return problem_response(502, "worker_error", failure.detail)
+    raise failure
+
+
 def _code(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -52,6 +72,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
         return api_error_response(error)
+
+    @app.errorhandler(RoundTripFailure)
+    def _round_trip_failure(failure: RoundTripFailure) -> Response:
+        return failure_response(failure)
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

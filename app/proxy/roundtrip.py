@@ -7,18 +7,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import gevent
 import redis
-from flask import Response
 
 from app.proxy import metrics
+from app.proxy.edge import RequestId
 from app.proxy.enqueue import Enqueuer
-from app.proxy.errors import ApiError, json_response
+from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, WorkerFailed
 from app.proxy.replies import ReplyListener
-from app.proxy.settings import ProxySettings
 from app.shared import contract
-from app.shared.logs import request_id_var
 from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.tracing import current_traceparent
 
@@ -37,18 +36,19 @@ _ENQUEUE_ERRORS = metrics.REDIS_ERRORS.labels("enqueue")
 
 
 class RoundTrips:
-    def __init__(self, settings: ProxySettings, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard,
-                 tracing: bool) -> None:
-        self._settings = settings
+    """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
+
+    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, *,
+                 timeout_seconds: float, retry_max_seconds: float, max_inflight: int) -> None:
         self._enqueuer = enqueuer
         self._listener = listener
         self._guard = guard
-        self._tracing = tracing
-        self._timeout_ms = int(settings.request_timeout_seconds * 1000)
+        self._timeout_seconds = timeout_seconds
+        self._timeout_ms = int(timeout_seconds * 1000)
+        self._max_inflight = max_inflight
         self._admitted = 0
         # The retry budget plus the longest a try can block, never past the deadline.
-        self._enqueue_wait = min(settings.request_timeout_seconds,
-                                 settings.redis_retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+        self._enqueue_wait = min(timeout_seconds, retry_max_seconds + 2 * ENQUEUE_SOCKET_TIMEOUT_SECONDS)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -56,27 +56,23 @@ class RoundTrips:
         answer: under overload the refusal must cost the least CPU, or refusing crowds out the
         requests that were accepted. Counted here, not by the waiting replies, because reading
         the body yields to other greenlets, which would all pass a check made before it."""
-        if self._admitted >= self._settings.max_inflight_per_process:
+        if self._admitted >= self._max_inflight:
             metrics.OVERLOADED.inc()
-            raise ApiError(503, "overloaded", "this proxy holds as many requests as it may; try again",
-                           {"Retry-After": "1"})
+            raise Overloaded()
         self._admitted += 1
         try:
             yield
         finally:
             self._admitted -= 1
 
-    def ask(self, city: str, location: str, subject: str, caller_request_id: str | None) -> Response:
-        correlation_id = uuid.uuid4().hex
-        request_id = correlation_id
-        # The caller's id is kept when it is safe to log and echo; anything else is replaced, never refused.
-        if caller_request_id is not None and contract.REQUEST_ID_PATTERN.fullmatch(caller_request_id):
-            request_id = caller_request_id
-        request_id_var.set(request_id)
+    def ask(self, city: str, location: str, subject: str, request_id: RequestId) -> dict[str, Any]:
+        # Replies are routed by a correlation id; a generated request id is unique already
+        # and serves as one (the entry then carries no separate cid).
+        correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
-            request_id=request_id, reply_to=self._listener.stream, deadline_ms=sent_ms + self._timeout_ms,
-            city=city, location=location, traceparent=current_traceparent() if self._tracing else "",
+            request_id=request_id.value, reply_to=self._listener.stream, deadline_ms=sent_ms + self._timeout_ms,
+            city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
         waiter = self._listener.expect(correlation_id)
@@ -95,14 +91,14 @@ class RoundTrips:
         if reply is None:
             metrics.TIMEOUTS.inc()
             _ROUNDTRIP["timeout"].observe(elapsed)
-            log.info("request timed out", extra={"timeout_seconds": self._settings.request_timeout_seconds})
-            raise ApiError(504, "timeout",
-                           f"no reply within {self._settings.request_timeout_seconds:g} s; the request was dropped")
+            log.info("request timed out", extra={"timeout_seconds": self._timeout_seconds})
+            raise NoReply(self._timeout_seconds)
         if not reply.ok:
             _ROUNDTRIP["error"].observe(elapsed)
-            raise ApiError(502, "worker_error", str(reply.body.get("detail", "the worker could not process it")))
+            raise WorkerFailed(str(reply.body.get("detail", "the worker could not process it")))
         _ROUNDTRIP["ok"].observe(elapsed)
-        return json_response(200, reply.body)
+        body: dict[str, Any] = reply.body
+        return body
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int) -> None:
         minid = f"{sent_ms - self._timeout_ms - TRIM_MARGIN_MS}-0"
@@ -110,10 +106,8 @@ class RoundTrips:
             self._enqueuer.enqueue(entry.to_fields(), minid, self._enqueue_wait)
         except CircuitOpen:
             _ENQUEUE_ERRORS.inc()
-            raise ApiError(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
-                           {"Retry-After": self._guard.retry_after_header()}) from None
+            raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
         except redis.RedisError as error:
             _ENQUEUE_ERRORS.inc()
             log.warning("enqueue failed", extra={"error": repr(error)})
-            raise ApiError(503, "redis_unavailable", "the request queue is unreachable; try again",
-                           {"Retry-After": "1"}) from None
+            raise QueueUnavailable("1", breaker_open=False) from None

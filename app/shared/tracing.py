@@ -48,6 +48,9 @@ def configure_tracing(service: str) -> bool:
 
 
 def current_traceparent() -> str:
+    """The W3C traceparent of the current span; empty while tracing is off (no propagation work)."""
+    if not tracing_active():
+        return ""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent", "")

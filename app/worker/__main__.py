@@ -20,7 +20,7 @@ from app.shared.tracing import configure_tracing
 from app.worker import metrics
 from app.worker.health import HealthApp, HealthServer
 from app.worker.settings import WorkerSettings
-from app.worker.worker import Worker
+from app.worker.worker import create_worker
 
 
 def main() -> int:
@@ -39,7 +39,7 @@ def main() -> int:
         socket_timeout=settings.read_block_ms / 1000 + 2,
         max_connections=settings.worker_terminals + 4,
     )
-    worker = Worker(settings, client, runtime.guard, runtime.replica_wait)
+    worker = create_worker(settings, client, runtime.guard, runtime.replica_wait)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})
@@ -48,7 +48,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        health = HealthServer(settings.bind_host, settings.metrics_port, HealthApp(worker, runtime.ping_client)).start()
+        health_app = HealthApp(worker, runtime.ping_client, settings.read_block_ms)
+        health = HealthServer(settings.bind_host, settings.metrics_port, health_app).start()
     except OSError as error:
         log.error("cannot serve health and metrics", extra={"port": settings.metrics_port, "error": str(error)})
         return 1

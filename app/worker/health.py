@@ -37,12 +37,12 @@ def _json(start_response: Callable[..., Any], status: str, body: object) -> Iter
 
 
 class HealthApp:
-    def __init__(self, worker: Worker, ping_client: RedisClient) -> None:
+    def __init__(self, worker: Worker, ping_client: RedisClient, read_block_ms: int) -> None:
         self._worker = worker
         self._ping_client = ping_client
         self._metrics = make_wsgi_app()
         # The reader loop ticks at least every read block; far longer means it is wedged.
-        self._stall_seconds = worker.settings.read_block_ms / 1000 + 30
+        self._stall_seconds = read_block_ms / 1000 + 30
         self._rng = random.Random()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -66,7 +66,7 @@ class HealthApp:
     def _status(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         stopping = self._worker.stopping
         body = {"status": "Stopping" if stopping else "Running", "service": "worker",
-                "consumer": self._worker.settings.consumer_name,
+                "consumer": self._worker.consumer,
                 "time": contract.utc_timestamp()}
         return _json(start_response, "503 Service Unavailable" if stopping else "200 OK", body)
 
@@ -80,7 +80,7 @@ class HealthApp:
         except redis.RedisError as error:
             return _json(start_response, "503 Service Unavailable",
                          {"status": "redis_unavailable", "detail": type(error).__name__})
-        if not self._worker.group_ready.is_set():
+        if not self._worker.groups_ready:
             return _json(start_response, "503 Service Unavailable", {"status": "starting"})
         return _json(start_response, "200 OK", {"status": "ready"})
 

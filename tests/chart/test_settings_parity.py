@@ -116,7 +116,8 @@ def test_both_accept_the_near_miss(monkeypatch, rule):
 
 def _raised_messages(function: ast.FunctionDef) -> list[str]:
     return [ast.literal_eval(node.exc.args[0]) for node in ast.walk(function)
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and ast.unparse(node.exc.func) == "ValueError"]
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+            and ast.unparse(node.exc.func) == "ValueError"]
 
 
 def settings_checks() -> list[str]:

@@ -16,8 +16,9 @@ from app.shared.logs import RequestIdFilter
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard, RetryPolicy
 from app.shared.tracing import current_traceparent, server_span
+from app.worker.delivery import Delivery
 from app.worker.settings import WorkerSettings
-from app.worker.worker import Worker
+from app.worker.worker import create_worker
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -42,8 +43,8 @@ def test_worker_span_continues_the_proxy_span(redis_server, monkeypatch):
     monkeypatch.setenv("PROCESSING_DELAY_MS", "0")
     client = redis_server.client()
     settings = WorkerSettings(consumer_name="traced")
-    worker = Worker(settings, client, RedisGuard("worker", RetryPolicy(1, 0.01, 1), 5, 30), ReplicaWait(0, 100))
-    worker.ensure_group()
+    worker = create_worker(settings, client, RedisGuard("worker", RetryPolicy(1, 0.01, 1), 5, 30), ReplicaWait(0, 100))
+    worker.ensure_groups()
 
     with server_span("POST /WeatherForecast/city", {}) as proxy_span:
         entry = contract.WeatherRequest("r1", "weather-responses:h:1:t", contract.now_ms() + 10_000,
@@ -51,7 +52,7 @@ def test_worker_span_continues_the_proxy_span(redis_server, monkeypatch):
         client.xadd(settings.request_stream, entry.to_fields())
     [[_, [(entry_id, fields)]]] = client.xreadgroup(settings.consumer_group, "traced",
                                                     {settings.request_stream: ">"})
-    worker._handle(settings.request_stream, entry_id, fields, 1, random.Random(1))
+    worker.handler.handle(Delivery(settings.request_stream, entry_id, fields, 1), random.Random(1))
 
     spans = {span.name: span for span in _EXPORTER.get_finished_spans()}
     proxy, processed = spans["POST /WeatherForecast/city"], spans["process weather request"]

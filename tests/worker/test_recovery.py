@@ -71,30 +71,3 @@ def test_janitor_keeps_consumers_with_pending_entries_and_itself(redis_server):
 
     assert removed == ["empty"]
     assert {c["name"] for c in client.xinfo_consumers(STREAM, GROUP)} == {b"holding", b"me"}
-
-
-def test_a_stalled_worker_does_not_claim_entries_it_still_holds(redis_server, monkeypatch):
-    import time
-
-    from app.shared.replication import ReplicaWait
-    from app.shared.resilience import RedisGuard
-    from app.shared.settings import RetryPolicy
-    from app.worker.settings import WorkerSettings
-    from app.worker.worker import Worker
-
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    monkeypatch.setenv("PROCESSING_DELAY_MS", "0")
-    monkeypatch.setenv("CLAIM_IDLE_SECONDS", "0.1")
-    monkeypatch.setenv("CONSUMER_EXPIRY_SECONDS", "60")
-    client = redis_server.client()
-    worker = Worker(WorkerSettings(consumer_name="me"), client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30),
-                    ReplicaWait(0, 100))
-    worker.ensure_group()
-    held, dropped = client.xadd(STREAM, _request("held")), client.xadd(STREAM, _request("dropped"))
-    client.xreadgroup(GROUP, "me", {STREAM: ">"})
-    worker._in_hand.add((STREAM, held))
-    time.sleep(0.2)
-
-    claimed = worker._claim_orphans(worker.shards[0], 10)
-
-    assert [entry_id for _, entry_id, _, _ in claimed] == [dropped]

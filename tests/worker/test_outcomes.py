@@ -9,7 +9,7 @@ import redis
 
 from app.shared import contract
 from app.shared.replication import ReplicasBehind, ReplicaWait
-from app.worker.replies import Outcome, OutcomeWriter, ReplyTtl
+from app.worker.outcomes import Outcome, OutcomeWriter, ReplyTtl
 from tests.support.processes import RedisServer, wait_until
 
 STREAM, GROUP = "weather-requests", "weather-workers"

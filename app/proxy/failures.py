@@ -1,0 +1,38 @@
+"""Why a round trip brought no reply: plain exceptions of the domain, raised by
+``RoundTrips`` and answered as HTTP problems by ``app.proxy.errors``."""
+
+from __future__ import annotations
+
+
+class RoundTripFailure(Exception):
+    """A request that could not be answered with its reply."""
+
+
+class Overloaded(RoundTripFailure):
+    """This process already holds MAX_INFLIGHT_PER_PROCESS requests."""
+
+
+class QueueUnavailable(RoundTripFailure):
+    """The request could not be queued: Redis failed the tries, or the breaker refuses
+    them until Redis recovers (``breaker_open``). ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: str, breaker_open: bool) -> None:
+        super().__init__("circuit open" if breaker_open else "queue unreachable")
+        self.retry_after = retry_after
+        self.breaker_open = breaker_open
+
+
+class NoReply(RoundTripFailure):
+    """Queued, but no reply came before the request's deadline."""
+
+    def __init__(self, timeout_seconds: float) -> None:
+        super().__init__(f"no reply within {timeout_seconds:g} s")
+        self.timeout_seconds = timeout_seconds
+
+
+class WorkerFailed(RoundTripFailure):
+    """The worker answered that it could not do the work."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail

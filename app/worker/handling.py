@@ -1,0 +1,129 @@
+"""What a terminal does with one delivery: decode it, dead-letter poison and entries
+delivered too often, skip the expired, do the work, and reply until the deadline."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+import redis
+
+from app.shared import contract
+from app.shared.batching import Batcher
+from app.shared.logs import request_id_var
+from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
+from app.shared.tracing import consumer_span
+from app.worker import metrics
+from app.worker.delivery import Delivery
+from app.worker.forecast import build_forecast
+from app.worker.outcomes import Outcome, OutcomeWriter
+from app.worker.settings import DelayRange
+
+log = logging.getLogger("app.worker")
+
+
+class Handler:
+    def __init__(self, writer: OutcomeWriter, guard: RedisGuard, *, consumer: str, max_deliveries: int,
+                 processing_delay: DelayRange, reconnect_max_seconds: float) -> None:
+        self.writer = writer
+        self._guard = guard
+        self._consumer = consumer
+        self._max_deliveries = max_deliveries
+        self._delay = processing_delay
+        self._reconnect_max_seconds = reconnect_max_seconds
+        # Terminals that finish together share one pipeline of replies and one XACK per shard.
+        self._outcomes: Batcher[Outcome] = Batcher(self._write_outcomes, "outcomes")
+        self.processed = 0
+        self._processed_lock = threading.Lock()
+
+    def handle(self, delivery: Delivery, rng: random.Random) -> None:
+        started = time.perf_counter()
+        try:
+            request = contract.WeatherRequest.from_fields(delivery.fields)
+        except contract.PoisonEntry as poison:
+            self._dead_letter(delivery, f"poison: {poison}", "poison")
+            return
+        if delivery.deliveries > self._max_deliveries:
+            self._dead_letter(delivery, f"delivered {delivery.deliveries} times (MAX_DELIVERIES is "
+                              f"{self._max_deliveries})", "max_deliveries")
+            return
+        token = request_id_var.set(request.request_id)
+        try:
+            with consumer_span("process weather request", request.traceparent) as span:
+                span.set_attribute("messaging.message.id", delivery.entry_id.decode())
+                span.set_attribute("messaging.message.delivery_count", delivery.deliveries)
+                self._process(Outcome(delivery.stream, delivery.entry_id), request, rng)
+        except redis.RedisError as error:
+            # Not acknowledged: the entry stays pending and is delivered again later.
+            log.warning("could not reply or acknowledge; entry stays pending",
+                        extra={"entry_id": delivery.entry_id.decode(), "error": repr(error)})
+        finally:
+            request_id_var.reset(token)
+            metrics.PROCESSING_SECONDS.observe(time.perf_counter() - started)
+
+    def _count(self, outcome: str) -> None:
+        metrics.PROCESSED_BY_OUTCOME[outcome].inc()
+        with self._processed_lock:
+            self.processed += 1
+
+    def _process(self, taken: Outcome, request: contract.WeatherRequest, rng: random.Random) -> None:
+        """``taken`` names the entry; as it is, it acknowledges without a reply."""
+        if request.expired():
+            # The proxy has already answered 504; doing the work now helps nobody.
+            self._outcomes.submit(taken)
+            self._count("expired")
+            log.info("skipped expired request",
+                     extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
+            return
+        if self._delay.high_ms:
+            time.sleep(rng.uniform(self._delay.low_ms, self._delay.high_ms) / 1000)
+        try:
+            reply = request.reply(contract.STATUS_OK,
+                                  build_forecast(request.city, request.location, request.request_id, rng))
+            outcome = "ok"
+        except Exception as error:  # a bug in the work still owes the caller an answer
+            log.exception("processing failed")
+            reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
+            outcome = "error"
+        self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to, reply))
+        self._count(outcome)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,
+                                        "subject": request.subject})
+
+    def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
+        # One try per batch inside the breaker; the terminals pace their own retries.
+        return self._guard.call_once(self.writer.write, batch)
+
+    def _until_deadline(self, request: contract.WeatherRequest, outcome: Outcome) -> None:
+        """Retries a reply across an outage or a failover while its caller still waits.
+
+        The entry stays pending meanwhile, so giving up loses nothing: it is delivered
+        again later. Retrying here is what lets a reply reach a new primary in time."""
+        pacing: LoopBackoff | None = None  # only a failed write needs one
+        while True:
+            try:
+                self._outcomes.submit(outcome)
+                return
+            except redis.RedisError as error:
+                if not (is_outage(error) or isinstance(error, CircuitOpen)) or request.expired():
+                    raise
+                pacing = pacing or LoopBackoff(0.05, self._reconnect_max_seconds)
+                delay = pacing.next_delay()
+                log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
+                time.sleep(delay)
+
+    def _dead_letter(self, delivery: Delivery, reason: str, category: str) -> None:
+        try:
+            self._guard.call(self.writer.dead_letter_and_ack, delivery.stream, delivery.entry_id, delivery.fields,
+                             reason, delivery.deliveries, self._consumer)
+        except redis.RedisError as error:
+            log.warning("could not dead-letter; entry stays pending",
+                        extra={"entry_id": delivery.entry_id.decode(), "error": repr(error)})
+            return
+        self._count("dead_lettered")
+        metrics.DEAD_LETTERED.labels(category).inc()
+        log.warning("entry dead-lettered", extra={"stream": delivery.stream, "entry_id": delivery.entry_id.decode(),
+                                                  "reason": reason, "deliveries": delivery.deliveries})

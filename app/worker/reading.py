@@ -1,0 +1,148 @@
+"""Reading one request stream shard: XREADGROUP for as many entries as there are idle
+terminals, taking over orphans of dead consumers, recreating a group Redis lost.
+
+A reader asks Redis only for as many entries as there are idle terminals, so an entry
+never waits in this process while a terminal of another worker is free, and one
+XREADGROUP serves several terminals at once under load. With several shards the
+terminals are shared: a reader takes every idle terminal for a read that does not
+block, and blocks holding one terminal only, so a shard with work is never starved by
+readers waiting on empty shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from app.shared.connections import RedisClient
+from app.shared.resilience import LoopBackoff, RedisGuard
+from app.worker import metrics
+from app.worker.delivery import Delivery
+from app.worker.terminals import Terminals
+
+log = logging.getLogger("app.worker")
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition(b"-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class ShardReader:
+    def __init__(self, client: RedisClient, guard: RedisGuard, terminals: Terminals, stream: str, *,
+                 group: str, consumer: str, read_block_ms: int, claim_idle_seconds: float,
+                 reconnect_max_seconds: float, shares_terminals: bool, stopping: threading.Event,
+                 on_group_lost: Callable[[], None]) -> None:
+        self.stream = stream
+        self._redis = client
+        self._guard = guard
+        self._terminals = terminals
+        self._group = group
+        self._consumer = consumer
+        self._read_block_ms = read_block_ms
+        self._claim_idle_ms = int(claim_idle_seconds * 1000)
+        # Look for orphans often enough that a dead consumer's entries wait little past the idle time.
+        self._claim_interval = min(5.0, max(0.2, claim_idle_seconds / 4))
+        self._shares_terminals = shares_terminals
+        self._stopping = stopping
+        self._on_group_lost = on_group_lost
+        self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
+        self.group_ready = False
+        self._claim_cursor = b"0-0"
+        self._next_claim = 0.0
+        self.last_loop = time.monotonic()
+
+    def ensure_group(self) -> None:
+        """Creates the consumer group of this shard unless it exists."""
+        try:
+            # Id 0, not $: requests queued before any worker ever started are work too.
+            self._redis.xgroup_create(self.stream, self._group, id="0", mkstream=True)
+            log.info("consumer group created", extra={"group": self._group, "stream": self.stream})
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+        self.group_ready = True
+
+    def run(self) -> None:
+        """Reads until the worker stops, handing what it reads to the terminals it took."""
+        terminals = self._terminals
+        while not self._stopping.is_set():
+            self.last_loop = time.monotonic()
+            if not terminals.take_one(timeout=0.5):
+                # Every terminal may be waiting on an open breaker to write a reply:
+                # someone has to notice that Redis is back.
+                self._guard.probe()
+                continue
+            taken = 1 + terminals.take_idle(terminals.count - 1)
+            deliveries: list[Delivery] = []
+            try:
+                if self._shares_terminals and taken > 1:
+                    deliveries = self._guard.call_from_loop(self.next_deliveries, taken, False)
+                    if not deliveries:
+                        # Wait for this shard holding one terminal: the others may be
+                        # wanted by a shard that has work meanwhile.
+                        terminals.give_back(taken - 1)
+                        taken = 1
+                if not deliveries:
+                    deliveries = self._guard.call_from_loop(self.next_deliveries, taken, True)
+                self._backoff.reset()
+            except redis.RedisError as error:
+                self._on_error(error)
+            terminals.hand_over(deliveries)
+            terminals.give_back(taken - len(deliveries))
+
+    def next_deliveries(self, count: int, block: bool) -> list[Delivery]:
+        if not self.group_ready:
+            self.ensure_group()
+        if time.monotonic() >= self._next_claim:
+            claimed = self.claim_orphans(count)
+            if claimed:
+                return claimed
+        response: Any = self._redis.xreadgroup(
+            self._group, self._consumer, {self.stream: ">"}, count=count,
+            block=self._read_block_ms if block else None,
+        )
+        if not response:
+            return []
+        return [Delivery(self.stream, entry_id, fields, 1) for entry_id, fields in response[0][1] if fields is not None]
+
+    def claim_orphans(self, count: int) -> list[Delivery]:
+        """Take over entries another consumer left pending past CLAIM_IDLE_SECONDS."""
+        response: Any = self._redis.xautoclaim(
+            self.stream, self._group, self._consumer, min_idle_time=self._claim_idle_ms,
+            start_id=self._claim_cursor, count=count,
+        )
+        self._claim_cursor = response[0]
+        if self._claim_cursor == b"0-0":
+            # A full pass over the pending list is done; the next one waits an interval.
+            self._next_claim = time.monotonic() + self._claim_interval
+        claimed = [(entry_id, fields) for entry_id, fields in response[1]
+                   if fields is not None and not self._terminals.holds(self.stream, entry_id)]
+        if not claimed:
+            return []
+        ids = sorted((entry_id for entry_id, _ in claimed), key=_id_key)
+        details = self._redis.xpending_range(
+            self.stream, self._group, min=ids[0], max=ids[-1],
+            count=len(ids) + self._terminals.count + 16, consumername=self._consumer,
+        )
+        deliveries = {item["message_id"]: int(item["times_delivered"]) for item in details}
+        metrics.CLAIMED.inc(len(claimed))
+        log.info("claimed orphaned entries", extra={"count": len(claimed), "stream": self.stream})
+        return [Delivery(self.stream, entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
+
+    def _on_error(self, error: redis.RedisError) -> None:
+        if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):
+            # Redis lost the stream or the group (restart without persistence): recreate.
+            log.warning("consumer group missing, recreating it", extra={"stream": self.stream})
+            self.group_ready = False
+            self._on_group_lost()
+            return
+        delay = self._backoff.next_delay()
+        log.warning("reading the request stream failed",
+                    extra={"stream": self.stream, "error": repr(error), "retry_in_seconds": round(delay, 3)})
+        self._stopping.wait(delay)
