@@ -45,3 +45,16 @@ def swagger_page(url: str) -> SwaggerPage:
 def spec_operations(spec: dict) -> set[tuple[str, str]]:
     """(method, path) of every operation an OpenAPI document describes."""
     return {(method, path) for path, item in spec["paths"].items() for method in item if method in METHODS}
+
+
+def check_docs(base_url: str, label: str) -> SwaggerPage:
+    """/docs of a running proxy in Chromium: every operation of its openapi.json listed, no error shown."""
+    import requests
+
+    spec = requests.get(base_url + "/openapi.json", timeout=5).json()
+    page = swagger_page(base_url + "/docs")
+    print(f"/docs of {label} in Chromium lists {len(page.operations)} operations: {sorted(page.operations)}")
+
+    assert page.errors == []
+    assert page.operations == spec_operations(spec)
+    return page
