@@ -68,7 +68,10 @@ def create_app(settings: ProxySettings) -> Flask:
     enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     enqueuer = Enqueuer(enqueue_redis, guard, settings.request_streams, runtime.replica_wait)
-    authenticator = JwtAuthenticator(settings) if settings.auth_jwt_enabled else None
+    authenticator = JwtAuthenticator(
+        settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,
+        issuer=settings.auth_jwt_issuer, leeway_seconds=settings.auth_jwt_leeway_seconds,
+    ) if settings.auth_jwt_enabled else None
     listener = ReplyListener(
         topology.client(client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
         reply_stream, guard, settings.redis_reconnect_max_seconds,

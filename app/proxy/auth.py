@@ -12,16 +12,16 @@ from typing import Any
 import jwt
 
 from app.proxy.errors import ApiError
-from app.proxy.settings import ProxySettings
 
 
 class JwtAuthenticator:
-    def __init__(self, settings: ProxySettings) -> None:
-        self._key = settings.jwt_key()
-        self._algorithms = list(settings.auth_jwt_algorithms)
-        self._audience = settings.auth_jwt_audience
-        self._issuer = settings.auth_jwt_issuer
-        self._leeway = settings.auth_jwt_leeway_seconds
+    def __init__(self, key: str, algorithms: list[str], *, audience: str | None, issuer: str | None,
+                 leeway_seconds: float) -> None:
+        self._key = key
+        self._algorithms = algorithms
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway_seconds
         required = ["exp"] + (["aud"] if self._audience else []) + (["iss"] if self._issuer else [])
         self._options: Any = {"require": required}
 
