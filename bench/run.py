@@ -42,7 +42,7 @@ from rich.table import Table
 from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.cluster import RedisClusterSet
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
-from tools.loadtest import LoadResult, check_ready, run_load, run_open_loop
+from tools.load_runs import LoadResult, check_ready, run_load, run_open_loop
 
 RESULTS = ROOT / "bench" / "results"
 # Wide enough for the table when the output goes to a file or a pipe.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tools.loadtest import LoadResult
+from tools.load_runs import LoadResult
 
 
 def summary_table(result: LoadResult, title: str) -> Table:

@@ -19,163 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import statistics
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-CITY_PATH = "/WeatherForecast/city"
-
-
-@dataclass
-class Sample:
-    started: float  # seconds since the run began (open loop: when it was scheduled to start)
-    seconds: float  # until the answer, from `started`
-    status: int | None
-    error: str | None = None
-    # Open loop: how late this tool actually sent it. Large values mean the tool, not
-    # the service, could not keep the schedule.
-    send_lag: float = 0.0
-
-
-def _quantile(values: list[float], fraction: float) -> float:
-    if not values:
-        return math.nan
-    return values[min(len(values) - 1, max(0, math.ceil(fraction * len(values)) - 1))]
-
-
-@dataclass
-class LoadResult:
-    samples: list[Sample] = field(default_factory=list)
-    wall_seconds: float = 0.0
-
-    @property
-    def ok(self) -> list[Sample]:
-        return [s for s in self.samples if s.status == 200]
-
-    @property
-    def failed(self) -> list[Sample]:
-        return [s for s in self.samples if s.status != 200]
-
-    @property
-    def requests_per_second(self) -> float:
-        return len(self.samples) / self.wall_seconds if self.wall_seconds else 0.0
-
-    @property
-    def ok_per_second(self) -> float:
-        return len(self.ok) / self.wall_seconds if self.wall_seconds else 0.0
-
-    def percentile(self, fraction: float, only_ok: bool = True) -> float:
-        return _quantile(sorted(s.seconds for s in (self.ok if only_ok else self.samples)), fraction)
-
-    def summary(self) -> dict[str, float | int]:
-        latencies = [s.seconds for s in self.ok]
-        return {
-            "sent": len(self.samples), "ok": len(self.ok), "failed": len(self.failed),
-            "seconds": round(self.wall_seconds, 3), "requests_per_second": round(self.requests_per_second, 1),
-            "ok_per_second": round(self.ok_per_second, 1),
-            "send_lag_p99_ms": round(_quantile(sorted(s.send_lag for s in self.samples), 0.99) * 1000, 2),
-            "p50_ms": round(self.percentile(0.50) * 1000, 2), "p90_ms": round(self.percentile(0.90) * 1000, 2),
-            "p99_ms": round(self.percentile(0.99) * 1000, 2),
-            "max_ms": round(max(latencies) * 1000, 2) if latencies else math.nan,
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else math.nan,
-        }
-
-
-async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: float, began: float,
-               body: dict | None, scheduled: float | None = None) -> Sample:
-    payload = body if body is not None else {"city": f"City-{index}", "location": "loadtest"}
-    sent = time.perf_counter()
-    started = sent if scheduled is None else scheduled
-    try:
-        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            await response.read()
-            status: int | None = response.status
-            error = None if status == 200 else f"HTTP {status}"
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return Sample(started - began, time.perf_counter() - started, status, error, sent - started)
-
-
-async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
-                   path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None) -> LoadResult:
-    """Closed loop: `concurrency` clients each send their next request when the last one answered."""
-    target = url.rstrip("/") + path
-    result = LoadResult()
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300)
-    next_index = 0
-    began = time.perf_counter()
-    stop_at = began + duration if duration else None
-    task = progress.add_task("requests", total=count if stop_at is None else None) if progress else None
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal next_index
-        while True:
-            if stop_at is not None and time.perf_counter() >= stop_at:
-                return
-            if stop_at is None and next_index >= (count or 0):
-                return
-            index = next_index
-            next_index += 1
-            result.samples.append(await _one(session, target, index, timeout, began, body))
-            if progress is not None and task is not None:
-                progress.advance(task)
-
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-    result.wall_seconds = time.perf_counter() - began
-    return result
-
-
-async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: float, duration: float | None = None,
-                        path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
-                        max_connections: int = 4000) -> LoadResult:
-    """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
-    ones answered; its latency counts from that due time (no coordinated omission)."""
-    target = url.rstrip("/") + path
-    result = LoadResult()
-    total = count if duration is None else math.ceil(duration * rate)
-    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
-    task = progress.add_task("requests", total=total) if progress else None
-    began = time.perf_counter()
-
-    async def fire(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
-        result.samples.append(await _one(session, target, index, timeout, began, body, scheduled))
-        if progress is not None and task is not None:
-            progress.advance(task)
-
-    async with aiohttp.ClientSession(connector=connector) as session:
-        in_flight: set[asyncio.Task[None]] = set()
-        for index in range(total or 0):
-            scheduled = began + index / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            request = asyncio.create_task(fire(session, index, scheduled))
-            in_flight.add(request)
-            request.add_done_callback(in_flight.discard)
-        await asyncio.gather(*in_flight)
-    # Throughput over the schedule, not over the tail of the last answers.
-    result.wall_seconds = max(time.perf_counter() - began, (total or 0) / rate)
-    return result
-
-
-async def check_ready(url: str) -> str | None:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(
-            url.rstrip("/") + "/readyz", timeout=aiohttp.ClientTimeout(total=5)
-        ) as response:
-            if response.status == 200:
-                return None
-            return f"/readyz answered {response.status}: {(await response.text())[:200]}"
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        return f"/readyz unreachable: {type(exc).__name__} {exc}"
+from tools.load_report import summary_table, write_report
+from tools.load_runs import check_ready, run_load, run_open_loop
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -223,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency,
                                           timeout=args.timeout, duration=args.duration, progress=progress))
-    from tools.load_report import summary_table, write_report  # it imports this module's LoadResult
-
     Console().print(summary_table(result, title))
     if args.report:
         write_report(result, args.report, title)
