@@ -602,6 +602,18 @@ def test_helm_test_pod_posts_through_the_proxy_service():
 # -- docs and checkov ----------------------------------------------------------------
 
 
+def test_the_values_examples_of_the_chart_readme_render(tmp_path):
+    readme = (CHART / "README.md").read_text()
+    examples = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+
+    assert examples
+    for number, example in enumerate(examples):
+        values = tmp_path / f"example-{number}.yaml"
+        values.write_text(example)
+        result = helm("template", "demo", str(CHART), "-f", str(values), check=False)
+        assert result.returncode == 0, example + result.stderr
+
+
 def test_values_table_in_the_chart_readme_is_current():
     result = subprocess.run([sys.executable, "scripts/chart_values_table.py", "--check"], cwd=ROOT,
                             capture_output=True, text=True)
