@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import socket
+import time
 
 import pytest
 import requests
@@ -30,16 +31,12 @@ def test_every_refusal_of_the_api_carries_the_request_id(stack):
         415: _send(proxy, "POST", CITY, 415, data=b"city=Oslo", headers={"Content-Type": "text/plain"}),
         422: _send(proxy, "POST", CITY, 422, json={"location": "Norway"}),
     }
-    held = threading.Thread(target=requests.post, args=(proxy.url + CITY,),
-                            kwargs={"json": {"city": "Oslo", "location": "Norway"}, "timeout": 10})
-    held.start()
-    try:
-        for _ in range(50):  # until the held request has its place
-            answers[503] = _send(proxy, "POST", CITY, 503, json={"city": "Bergen", "location": "Norway"})
-            if answers[503].status_code == 503:
-                break
-    finally:
-        held.join()
+    # The one place is taken as soon as a request's headers are in: hold it with half a body.
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as holder:
+        holder.sendall(b"POST /WeatherForecast/city HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{")
+        time.sleep(0.5)
+        answers[503] = _send(proxy, "POST", CITY, 503, json={"city": "Bergen", "location": "Norway"})
 
     assert {status: answer.status_code for status, answer in answers.items()} == {s: s for s in answers}
     assert answers[503].json()["error"] == "overloaded"
