@@ -100,6 +100,20 @@ def cluster_stack(tmp_path: Path, redis_cluster: RedisClusterSet, request: pytes
 
 
 @pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """Three primaries with a replica each (cluster-node-timeout 2000 ms)."""
+    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def replicated_cluster_stack(tmp_path: Path, replicated_cluster: RedisClusterSet,
+                             request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from _run_stack(Stack(tmp_path, replicated_cluster.nodes[0], **replicated_cluster.env()), request)
+
+
+@pytest.fixture
 def sentinels(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
     """A primary (AOF), replicas (1, or `indirect` parametrize) and three Sentinels."""
     running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 1))

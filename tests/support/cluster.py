@@ -34,12 +34,16 @@ def free_cluster_port() -> int:
 
 
 class RedisClusterSet:
-    """``primaries`` cluster-enabled redis-servers (no replicas), every slot covered."""
+    """``primaries`` cluster-enabled redis-servers, every slot covered, and ``replicas`` replicas
+    of each (redis-cli places them; three primaries at least then)."""
 
-    def __init__(self, workdir: Path, primaries: int = 3) -> None:
+    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0) -> None:
+        if replicas and primaries < 3:
+            raise ValueError("redis-cli --cluster create needs three primaries for replicas")
+        self.primary_count = primaries
         self.nodes: list[RedisServer] = []
         try:
-            for number in range(primaries):
+            for number in range(primaries * (1 + replicas)):
                 port = free_cluster_port()
                 self.nodes.append(RedisServer(
                     workdir / f"cluster-{number}", port=port, appendonly=True,
@@ -48,15 +52,29 @@ class RedisClusterSet:
                 ))
             if primaries >= 3:
                 addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-                subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas),
                                 "--cluster-yes"], check=True, capture_output=True, timeout=60)
             else:
                 self._assign_slots_by_hand()
-            wait_until(self._ready, 30, interval=0.2, what="cluster_state:ok on every node")
+            wait_until(self._ready, 30, interval=0.2, what="cluster_state:ok on every node, replicas in sync")
         except BaseException:
             self.stop()
             raise
         self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are primaries now (a failover changes which)."""
+        return [node for node in self.nodes if node.alive() and self.role(node) == "master"]
+
+    def role(self, node: RedisServer) -> str:
+        return str(node.client().execute_command("ROLE")[0].decode())
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.nodes:
+            replication = node.client().info("replication") if node is not primary and node.alive() else {}
+            if replication.get("role") == "slave" and int(replication.get("master_port", 0)) == primary.port:
+                return node
+        raise LookupError(f"no replica of the primary on {primary.port}")
 
     def _assign_slots_by_hand(self) -> None:
         """redis-cli wants three primaries at least; fewer get equal slot ranges and MEET."""
@@ -71,7 +89,10 @@ class RedisClusterSet:
         for node in self.nodes:
             if node.client().cluster("info").get("cluster_state") != "ok":
                 return False
-            if len(node.client().cluster("slots")) != len(self.nodes):
+            if len(node.client().cluster("slots")) != self.primary_count:
+                return False
+            replication = node.client().info("replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                 return False
         return True
 
