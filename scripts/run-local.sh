@@ -42,7 +42,11 @@ stop_in_order() {  # PID WHAT: SIGTERM, then wait for it; the process bounds its
     kill -TERM "$pid" 2>/dev/null || return 0
     echo "stopping $2" >&2
     # wait returns early when a trapped signal arrives; stop_now then takes over and exits.
-    while kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null || true; done
+    # 127: no longer our child (reaped already), so stop waiting even if its pid was reused.
+    while kill -0 "$pid" 2>/dev/null; do
+        wait "$pid" 2>/dev/null && break
+        [ $? -eq 127 ] && break
+    done
 }
 
 stop_all() {

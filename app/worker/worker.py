@@ -130,8 +130,9 @@ def create_worker(settings: WorkerSettings, client: RedisClient, guard: RedisGua
     housekeeping = Housekeeping(
         client, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name), streams,
         group=settings.consumer_group, consumer_expiry_seconds=settings.consumer_expiry_seconds,
-        groups_ready=lambda: all(reader.group_ready for reader in readers), stopping=stopping,
+        groups_ready=lambda: worker.groups_ready, stopping=stopping,
     )
-    return Worker(terminals, readers, handler, housekeeping, guard, stopping, consumer=settings.consumer_name,
+    worker = Worker(terminals, readers, handler, housekeeping, guard, stopping, consumer=settings.consumer_name,
                   group=settings.consumer_group, read_block_ms=settings.read_block_ms,
                   shutdown_grace_seconds=settings.shutdown_grace_seconds)
+    return worker

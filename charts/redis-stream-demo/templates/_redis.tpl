@@ -61,14 +61,11 @@ written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 {{- else if include "rsd.redis.sentinel" . }}
 {{- /* Sentinel mode reads only the database number (and rediss:// for TLS) from the URL. */}}
 {{- printf "%s://%s/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.sentinel.masterName $external.db }}
-{{- else }}
-{{- if $external.url }}
+{{- else if $external.url }}
 {{- $external.url }}
-{{- else if $external.host }}
-{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.host $external.port $external.db }}
 {{- else }}
-{{- fail (printf "redis.mode %s needs redis.external.url or redis.external.host" .Values.redis.mode) }}
-{{- end }}
+{{- /* The schema requires url or host in standalone and cluster mode. */}}
+{{- printf "%s://%s:%v/%v" (ternary "rediss" "redis" $external.tls.enabled) $external.host $external.port $external.db }}
 {{- end }}
 {{- end }}
 
