@@ -19,11 +19,13 @@ from app.proxy.errors import register_error_handlers
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
 from app.proxy.ratelimit import install_rate_limit
-from app.proxy.replies import ReplyListener
+from app.proxy.replies import BLOCK_MS, ReplyListener
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
+from app.proxy.shards import ShardHealth
 from app.shared import contract
 from app.shared.logs import configure_logging
+from app.shared.routing import NodeWriter
 from app.shared.runtime import redis_runtime
 from app.shared.tracing import configure_tracing
 
@@ -62,26 +64,29 @@ def create_app(settings: ProxySettings) -> Flask:
     _metrics_exporter(app)
 
     host, pid = socket.gethostname(), os.getpid()
-    reply_stream = contract.reply_stream_name(host, pid, secrets.token_hex(4))
+    reply_streams = contract.reply_streams(settings.request_streams, host, pid, secrets.token_hex(4))
     runtime = redis_runtime("proxy", f"{host}-{pid}", settings, metrics.CIRCUIT_STATE.set)
     topology, guard = runtime.topology, runtime.guard
     enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
-    enqueuer = Enqueuer(enqueue_redis, guard, settings.request_streams, runtime.replica_wait)
+    enqueuer = Enqueuer(NodeWriter(topology, enqueue_redis, runtime.replica_wait), guard,
+                        ShardHealth(settings.request_streams), reply_streams)
     authenticator = JwtAuthenticator(
         settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,
         issuer=settings.auth_jwt_issuer, leeway_seconds=settings.auth_jwt_leeway_seconds,
     ) if settings.auth_jwt_enabled else None
-    listener = ReplyListener(
-        topology.client(client_name=f"proxy-replies:{host}-{pid}", socket_timeout=10, max_connections=1),
-        reply_stream, guard, settings.redis_reconnect_max_seconds,
-    )
+    reading_groups = topology.read_together(list(reply_streams.values()))
+    reply_redis = topology.client(client_name=f"proxy-replies:{host}-{pid}", longest_block_ms=BLOCK_MS,
+                                  max_connections=len(reading_groups) + 1)
+    listener = ReplyListener(reply_redis, reply_streams, reading_groups,
+                             lambda key: topology.node_client(reply_redis, key).ping(),
+                             guard, settings.redis_reconnect_max_seconds)
     listener.start()
     round_trips = RoundTrips(enqueuer, listener, guard, timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
                              max_inflight=settings.max_inflight_per_process)
     log.info("proxy process started",
-             extra={"reply_stream": reply_stream, "redis": topology.describe()})
+             extra={"reply_streams": sorted(reply_streams.values()), "redis": topology.describe()})
 
     @app.before_request
     def _authenticate() -> None:

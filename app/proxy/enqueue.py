@@ -1,54 +1,105 @@
-"""The proxy's XADDs, coalesced into one pipeline per round trip (app/shared/batching.py).
+"""The proxy's XADDs: coalesced into one pipeline per node per round trip, each entry on a
+shard that can take it.
 
-Each request goes to the next request stream shard in turn (round robin per
-process), so the shards fill evenly; in a cluster the pipeline is split per node.
+Entries go to the shards in turn (app.proxy.shards skips those whose last write
+failed), and name as their reply stream this process's stream of the same shard, so a
+request and its reply live on one node. Concurrent callers share one round trip
+(app.shared.batching); each node's share of a batch is its own pipeline
+(app.shared.routing), so a node that is down fails only its own entries.
 
-With REDIS_WAIT_REPLICAS above 0 the pipeline ends with one WAIT: the whole batch is
-acknowledged by the replicas in one round trip, or the try fails and is retried. A
-retry queues the entries again (they may already be on the primary), so a request
-can be processed twice; it cannot be lost once its caller is told it was accepted.
+An entry that provably did not land (NotSent) is sent again at once on another shard.
+One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too: it may then be
+processed twice, never lost. One whose fate is unknown (the connection broke after the
+write) is not sent again: its caller gets a 503 and the shard is paused. Only when no
+shard can take it within the retry budget is a request refused, and only that counts
+against the process's circuit breaker: one shard's failure does not refuse the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import cycle
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
+from app.proxy import metrics
+from app.proxy.shards import ShardHealth
+from app.shared import contract
 from app.shared.batching import Batcher, BatchTimeout
-from app.shared.connections import RedisClient
-from app.shared.replication import ReplicaWait
-from app.shared.resilience import RedisGuard
+from app.shared.replication import ReplicasBehind
+from app.shared.resilience import CircuitOpen, RedisGuard
+from app.shared.routing import NodeWriter, NotSent, Routed
 
 # (stream, fields, MINID: entries older than any deadline are trimmed as this one is added)
 Entry = tuple[str, dict[Any, Any], str]
 
 
+class NoShardAvailable(redis.ConnectionError):
+    """Every shard failed its last write and is paused; ``retry_after`` in seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"no request stream shard can take an entry; next try in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
 class Enqueuer:
-    def __init__(self, client: RedisClient, guard: RedisGuard, streams: Sequence[str], replicas: ReplicaWait) -> None:
-        self._client = client
+    def __init__(self, writer: NodeWriter, guard: RedisGuard, shards: ShardHealth,
+                 reply_streams: Mapping[str, str]) -> None:
+        self._writer = writer
         self._guard = guard
-        self._next_stream = cycle(streams).__next__
-        self._replicas = replicas
+        self._shards = shards
+        self._reply_streams = reply_streams
         self._batcher: Batcher[Entry] = Batcher(self._send, "enqueue")
 
-    def enqueue(self, fields: dict[Any, Any], minid: str, wait_seconds: float) -> None:
-        """Returns once the entry is in Redis; raises the Redis error (or a timeout) otherwise."""
+    def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float) -> str:
+        """Returns the shard once the entry is in Redis; raises a Redis error (CircuitOpen,
+        NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise."""
+        wait = self._guard.retry_after()
+        if wait > 0:
+            raise CircuitOpen(wait)
+        deadline = time.monotonic() + wait_seconds
         try:
-            self._batcher.submit((self._next_stream(), fields, minid), timeout=wait_seconds)
-        except BatchTimeout:
-            raise redis.TimeoutError("enqueue took longer than its budget") from None
+            stream = self._enqueue_on_a_shard(request, minid, deadline)
+        except redis.RedisError as error:
+            self._guard.record(error)
+            raise
+        self._guard.record(None)
+        return stream
+
+    def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float) -> str:
+        while True:
+            stream = self._shards.pick()
+            if stream is None:
+                pause = self._shards.seconds_until_one_is_free()
+                if time.monotonic() + pause >= deadline:
+                    raise NoShardAvailable(pause)
+                time.sleep(pause)
+                continue
+            fields = dataclasses.replace(request, reply_to=self._reply_streams[stream]).to_fields()
+            try:
+                self._batcher.submit((stream, fields, minid), timeout=max(0.0, deadline - time.monotonic()))
+            except BatchTimeout:
+                self._shards.failed(stream)
+                raise redis.TimeoutError("enqueue took longer than its budget") from None
+            except (NotSent, ReplicasBehind):
+                self._shards.failed(stream)
+                metrics.ENQUEUE_REROUTED.inc()
+                continue
+            except redis.RedisError:
+                self._shards.failed(stream)
+                raise
+            self._shards.succeeded(stream)
+            return stream
 
     def _send(self, batch: list[Entry]) -> Sequence[BaseException | None]:
-        self._guard.call(self._pipeline, batch)
-        return [None] * len(batch)
+        results = self._writer.execute([Routed(stream, _xadd(stream, fields, minid))
+                                        for stream, fields, minid in batch])
+        return [result if isinstance(result, BaseException) else None for result in results]
 
-    def _pipeline(self, batch: list[Entry]) -> None:
-        with self._client.pipeline(transaction=False) as pipe:
-            for stream, fields, minid in batch:
-                pipe.xadd(stream, fields, minid=minid, approximate=True)
-            self._replicas.add_to(pipe)
-            results = pipe.execute()
-        self._replicas.check(results, self._client)
+
+def _xadd(stream: str, fields: dict[Any, Any], minid: str) -> Any:
+    def add(pipe: Any) -> None:
+        pipe.xadd(stream, fields, minid=minid, approximate=True)
+    return add

@@ -38,3 +38,11 @@ REDIS_UP = Gauge(
 OVERLOADED = Counter(
     "weather_proxy_overloaded", "Requests refused with 503 because the process held MAX_INFLIGHT_PER_PROCESS."
 )
+SHARDS_PAUSED = Gauge(
+    "weather_proxy_shards_paused",
+    "Request stream shards a proxy process skips because their last write failed (worst process).",
+    multiprocess_mode="livemax",
+)
+ENQUEUE_REROUTED = Counter(
+    "weather_proxy_enqueue_rerouted", "Entries sent to another shard because their shard could not take them."
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import redis
 
 from app.proxy import metrics
 from app.proxy.edge import RequestId
-from app.proxy.enqueue import Enqueuer
+from app.proxy.enqueue import Enqueuer, NoShardAvailable
 from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, WorkerFailed
 from app.proxy.replies import ReplyListener
 from app.shared import contract
@@ -71,7 +72,8 @@ class RoundTrips:
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
         sent_ms = contract.now_ms()
         entry = contract.WeatherRequest(
-            request_id=request_id.value, reply_to=self._listener.stream, deadline_ms=sent_ms + self._timeout_ms,
+            # The reply stream is the one of the shard the enqueuer picks.
+            request_id=request_id.value, reply_to="", deadline_ms=sent_ms + self._timeout_ms,
             city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
@@ -103,10 +105,14 @@ class RoundTrips:
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int) -> None:
         minid = f"{sent_ms - self._timeout_ms - TRIM_MARGIN_MS}-0"
         try:
-            self._enqueuer.enqueue(entry.to_fields(), minid, self._enqueue_wait)
+            self._enqueuer.enqueue(entry, minid, self._enqueue_wait)
         except CircuitOpen:
             _ENQUEUE_ERRORS.inc()
             raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
+        except NoShardAvailable as error:
+            _ENQUEUE_ERRORS.inc()
+            log.warning("enqueue failed: no shard available", extra={"error": repr(error)})
+            raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False) from None
         except redis.RedisError as error:
             _ENQUEUE_ERRORS.inc()
             log.warning("enqueue failed", extra={"error": repr(error)})

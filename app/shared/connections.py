@@ -8,12 +8,18 @@ circuit breaker sees every failure.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any, TypeAlias
 
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import ReadOnlyError
 from redis.retry import Retry
+
+log = logging.getLogger("app.redis")
 
 # Readiness means Redis answers PING within this; both services probe the same way.
 READINESS_PING_TIMEOUT_SECONDS = 0.5
@@ -22,13 +28,52 @@ READINESS_PING_TIMEOUT_SECONDS = 0.5
 RedisClient: TypeAlias = redis.Redis | redis.RedisCluster
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+# However many callers see a failure, the slot map is read again at most this often.
+ROUTE_REFRESH_INTERVAL_SECONDS = 0.5
 
 
 class StreamReadingCluster(redis.RedisCluster):
-    """redis-py asks the server (COMMAND GETKEYS, one more round trip to one node) for
-    the keys of every command whose keys move, as XREAD and XREADGROUP's do: measured,
-    that was 1.4 extra commands per request, all on one primary. Their keys follow
-    STREAMS, so the slot is found here without asking."""
+    """redis-py's cluster client with three of its traps closed.
+
+    - It asks the server (COMMAND GETKEYS, one more round trip to one node) for the keys
+      of every command whose keys move, as XREAD and XREADGROUP's do: measured, 1.4 extra
+      commands per request, all on one primary. Their keys follow STREAMS, so the slot is
+      found here without asking.
+    - A READONLY answer (a primary demoted in a failover, still reachable) is raised
+      without a look at the slot map, so every later command goes to the same node: here
+      it refreshes the routes.
+    - Every caller that fails re-reads the slot map (redis/redis-py#4074): under load
+      that is a burst of CLUSTER SLOTS at the moment the cluster is weakest.
+      ``refresh_routes`` is single flight and runs at most every
+      ROUTE_REFRESH_INTERVAL_SECONDS; a caller that finds one running does not wait.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._routes_lock = threading.Lock()
+        self._routes_read_at = time.monotonic()
+        self.route_refreshes = 0
+
+    def refresh_routes(self) -> None:
+        if time.monotonic() - self._routes_read_at < ROUTE_REFRESH_INTERVAL_SECONDS:
+            return
+        if not self._routes_lock.acquire(blocking=False):
+            return
+        try:
+            self._routes_read_at = time.monotonic()
+            self.route_refreshes += 1
+            self.nodes_manager.initialize()
+        except redis.RedisError as error:
+            log.warning("could not read the cluster's slot map", extra={"error": repr(error)})
+        finally:
+            self._routes_lock.release()
+
+    def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
+        except ReadOnlyError:
+            self.refresh_routes()
+            raise
 
     def determine_slot(self, *args: Any) -> int | None:
         if str(args[0]).upper() in _STREAM_READS:

@@ -106,10 +106,28 @@ def shard_tag(index: int, shards: int) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def reply_stream_name(host: str, pid: int, token: str) -> str:
-    # The token makes the name unique even when a restarted container reuses host and pid.
-    # The hash tag spreads the reply streams of many processes over the cluster's slots.
-    return f"{REPLY_STREAM_PREFIX}{{{host}:{pid}:{token}}}"
+def reply_streams(request_streams: list[str], host: str, pid: int, token: str) -> dict[str, str]:
+    """A proxy process's reply stream for each request stream shard.
+
+    A shard's reply streams carry the shard's hash tag: a reply lives in the slot (so on
+    the node) of the request it answers, replies spread over the cluster exactly as
+    requests do, and a node's failure touches only its own shards' requests and replies.
+    Without shard tags (one stream, no cluster) the process has one reply stream, tagged
+    by the process. The token makes a name unique even when a restarted container reuses
+    host and pid."""
+    process = f"{host}:{pid}:{token}"
+    streams = {}
+    for stream in request_streams:
+        tag = shard_tag_of(stream)
+        streams[stream] = f"{REPLY_STREAM_PREFIX}{{{tag}}}:{process}" if tag else f"{REPLY_STREAM_PREFIX}{{{process}}}"
+    return streams
+
+
+def shard_tag_of(stream: str) -> str:
+    """The hash tag of a request stream shard, or "" for an untagged stream."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1)
+    return stream[start + 1:end] if start >= 0 and end > start + 1 else ""
 
 
 def now_ms() -> int:

@@ -7,12 +7,9 @@ writes it carries.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import redis
-
-from app.shared.connections import RedisClient
 
 
 class ReplicasBehind(redis.ConnectionError):
@@ -21,25 +18,20 @@ class ReplicasBehind(redis.ConnectionError):
 
 
 class ReplicaWait:
-    def __init__(self, replicas: int, timeout_ms: int,
-                 forget_idle_connections: Callable[[RedisClient], None] = lambda client: None) -> None:
+    def __init__(self, replicas: int, timeout_ms: int) -> None:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
-        self._forget_idle_connections = forget_idle_connections
 
     def add_to(self, pipe: Any) -> None:
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
 
-    def check(self, results: list[Any], client: RedisClient) -> None:
-        """Raises ReplicasBehind when the pipeline's WAIT (its last result) fell short.
-
-        The idle connections are dropped too: a primary that lost its replicas may have
-        been replaced (Sentinel promotes a replica before it demotes the old primary,
-        which keeps taking writes meanwhile), and a new connection asks again where the
-        primary is."""
-        if self.replicas and int(results[-1]) < self.replicas:
-            self._forget_idle_connections(client)
-            raise ReplicasBehind(
-                f"{results[-1]} of {self.replicas} replicas confirmed the write within {self.timeout_ms} ms"
-            )
+    def shortfall(self, results: list[Any]) -> ReplicasBehind | None:
+        """The error to give the pipeline's writes when its WAIT (its last result) fell short."""
+        if not self.replicas:
+            return None
+        confirmed = results[-1]
+        if isinstance(confirmed, int) and confirmed >= self.replicas:
+            return None
+        return ReplicasBehind(f"{confirmed!r} of {self.replicas} replicas confirmed the write within "
+                              f"{self.timeout_ms} ms")

@@ -187,6 +187,10 @@ class RedisGuard:
         self.probe()
         return self.call_once(operation, *args, **kwargs)
 
+    def record(self, error: BaseException | None) -> None:
+        """The outcome of an operation that paced its own tries (None: it succeeded)."""
+        self._record(error)
+
     def _record(self, error: BaseException | None) -> None:
         try:
             self._breaker.call(_replay, error)

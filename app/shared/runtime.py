@@ -19,6 +19,16 @@ class RedisRuntime:
     ping_client: RedisClient  # readiness, and the breaker's probe
     guard: RedisGuard
     replica_wait: ReplicaWait
+    settings: CommonSettings
+
+    def shard_guard(self, service: str, stream: str) -> RedisGuard:
+        """A breaker of a shard's own, probed on the shard's node: in a cluster one node's
+        failure must not refuse the work of the others (the process's guard stays for
+        what spans every shard)."""
+        ping_client, topology = self.ping_client, self.topology
+        return RedisGuard(f"{service}:{stream}", self.settings.retry_policy, self.settings.circuit_failure_threshold,
+                          self.settings.circuit_reset_seconds,
+                          probe=lambda: topology.node_client(ping_client, stream).ping())
 
 
 def redis_runtime(service: str, name: str, settings: CommonSettings,
@@ -28,6 +38,5 @@ def redis_runtime(service: str, name: str, settings: CommonSettings,
                                   socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
     guard = RedisGuard(service, settings.retry_policy, settings.circuit_failure_threshold,
                        settings.circuit_reset_seconds, on_state=on_circuit_state, probe=ping_client.ping)
-    replica_wait = ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms,
-                               topology.forget_idle_connections)
-    return RedisRuntime(topology, ping_client, guard, replica_wait)
+    replica_wait = ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+    return RedisRuntime(topology, ping_client, guard, replica_wait, settings)

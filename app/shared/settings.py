@@ -147,7 +147,7 @@ class CommonSettings(BaseSettings):
         return build_topology(
             url=self.redis_url, options=self.redis_options(), sentinels=self.redis_sentinels,
             sentinel_master=self.redis_sentinel_master, sentinel_options=self.sentinel_options(),
-            cluster=self.redis_cluster, wait_replicas=self.redis_wait_replicas,
+            cluster=self.redis_cluster,
         )
 
     @property

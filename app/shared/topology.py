@@ -3,8 +3,17 @@
 The settings build one value of these (``build_topology``), which refuses the
 combinations that cannot work, and every part of both services asks that value for
 what differs between topologies: a client, the rate limiter's storage, a description
-for logs, whether ``WAIT`` applies, whether keys need hash tags. Nothing outside this
-module asks which topology it runs on.
+for logs, whether keys need hash tags, which node holds a key, which keys one blocking
+read may name together, and how routes are refreshed after a failure. Nothing outside
+this module asks which topology it runs on.
+
+The cluster part owns redis-py's cluster traps (each reproduced in
+tests/shared/test_topology.py): a blocking read longer than the socket timeout is cut
+off as a TimeoutError (redis/redis-py#2807), so a client that blocks is given a socket
+timeout above its longest block; a READONLY answer (a demoted primary) does not refresh
+the slot map, and many callers failing at once each re-read it (#4074), so refreshes go
+through one rate-limited, single-flight ``refresh_routes``; its retries have no backoff,
+so they are off and app.shared.resilience paces every retry.
 
 redis is imported inside the methods that build clients, not at the top: gunicorn's
 master validates the settings (and so builds the topology) before it forks, and redis
@@ -19,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
+    import redis
     from redis.sentinel import Sentinel as SentinelClient
 
     from app.shared.connections import RedisClient
@@ -30,6 +40,8 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 # A Sentinel answers from memory; one that takes longer is skipped for the next.
 SENTINEL_TIMEOUT_SECONDS = 0.5
 LIMITER_TIMEOUT_SECONDS = 0.5
+# How much longer than a blocking read's block its socket may stay silent.
+BLOCK_MARGIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,13 +54,23 @@ class Topology:
 
     # Keys that must share a slot (a stream, its dead letters, its group) carry a hash tag.
     hash_tagged: ClassVar[bool] = False
-    # WAIT confirms the writes of one connection's own node: meaningless across a cluster.
-    supports_wait: ClassVar[bool] = True
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
-               max_connections: int | None = None) -> RedisClient:
-        """A client with its own pool (per node in a cluster); bytes in, bytes out."""
+               max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
+        """A client with its own pool (per node in a cluster); bytes in, bytes out. A client
+        whose reads block up to ``longest_block_ms`` gets a socket timeout above that."""
         raise NotImplementedError
+
+    def node_client(self, client: RedisClient, key: str) -> redis.Redis:
+        """The client of the node that holds ``key`` (the client itself but in a cluster)."""
+        return client  # type: ignore[return-value]
+
+    def read_together(self, keys: list[str]) -> list[list[str]]:
+        """The keys grouped so that one XREAD may name each group's keys together."""
+        return [list(keys)]
+
+    def refresh_routes(self, client: RedisClient) -> None:
+        """A node failed or refused a command: look again where keys live (a cluster's slot map)."""
 
     def limiter_storage(self) -> tuple[str, dict[str, Any]]:
         """The `limits` storage URI and options for the same Redis (Flask-Limiter)."""
@@ -63,9 +85,13 @@ class Topology:
         replica before it demotes the old primary), so new connections look again."""
         client.connection_pool.disconnect(inuse_connections=False)  # type: ignore[union-attr]
 
-    def _client_options(self, client_name: str, socket_timeout: float, max_connections: int | None) -> dict[str, Any]:
+    def _client_options(self, client_name: str, socket_timeout: float, max_connections: int | None,
+                        longest_block_ms: int = 0) -> dict[str, Any]:
         from app.shared.connections import no_retries
 
+        if longest_block_ms:
+            # An answer may take the whole block: a shorter socket timeout cuts it off (redis-py#2807).
+            socket_timeout = max(socket_timeout, longest_block_ms / 1000 + BLOCK_MARGIN_SECONDS)
         return {
             "decode_responses": False,
             "socket_timeout": socket_timeout,
@@ -85,11 +111,11 @@ class Standalone(Topology):
     """One Redis, or a managed endpoint that fails over behind one address."""
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
-               max_connections: int | None = None) -> RedisClient:
+               max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
         import redis
         from redis.exceptions import ReadOnlyError
 
-        options = self._client_options(client_name, socket_timeout, max_connections)
+        options = self._client_options(client_name, socket_timeout, max_connections, longest_block_ms)
         # A primary demoted behind a fixed address answers READONLY: that connection is
         # dropped, so the retry reconnects and reaches the new primary.
         return redis.Redis.from_url(self.url, retry_on_error=[ReadOnlyError], **options)
@@ -134,11 +160,11 @@ class Sentinel(Topology):
         return int(self._from_url.get("db") or 0)
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
-               max_connections: int | None = None) -> RedisClient:
+               max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
         import redis
         from redis.exceptions import ReadOnlyError
 
-        options = self._client_options(client_name, socket_timeout, max_connections)
+        options = self._client_options(client_name, socket_timeout, max_connections, longest_block_ms)
         for name in ("username", "password"):
             if self._from_url.get(name) and name not in options:
                 options[name] = self._from_url[name]
@@ -170,16 +196,31 @@ class Cluster(Topology):
     and follows MOVED and ASK."""
 
     hash_tagged: ClassVar[bool] = True
-    supports_wait: ClassVar[bool] = False
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
-               max_connections: int | None = None) -> RedisClient:
+               max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
         from app.shared.connections import StreamReadingCluster
 
         # Redirections are followed whatever the retry count; connection errors are
         # left to app.shared.resilience as in the other topologies.
         return StreamReadingCluster.from_url(self.url, **self._client_options(client_name, socket_timeout,
-                                                                               max_connections))
+                                                                               max_connections, longest_block_ms))
+
+    def node_client(self, client: RedisClient, key: str) -> redis.Redis:
+        cluster: Any = client
+        return cluster.get_redis_connection(cluster.get_node_from_key(key))  # type: ignore[no-any-return]
+
+    def read_together(self, keys: list[str]) -> list[list[str]]:
+        # One command may only name keys of one slot, even when one node holds several.
+        from redis.crc import key_slot
+
+        slots: dict[int, list[str]] = {}
+        for key in keys:
+            slots.setdefault(key_slot(key.encode()), []).append(key)
+        return list(slots.values())
+
+    def refresh_routes(self, client: RedisClient) -> None:
+        client.refresh_routes()  # type: ignore[union-attr]
 
     def limiter_storage(self) -> tuple[str, dict[str, Any]]:
         url = urlsplit(self.url)
@@ -191,9 +232,6 @@ class Cluster(Topology):
     def describe(self) -> str:
         return "cluster+" + redact_url(self.url)
 
-    def forget_idle_connections(self, client: RedisClient) -> None:
-        """Never called: WAIT is refused on a cluster."""
-
 
 def build_topology(
     *,
@@ -203,7 +241,6 @@ def build_topology(
     sentinel_master: str,
     sentinel_options: dict[str, Any],
     cluster: bool,
-    wait_replicas: int,
 ) -> Topology:
     """The topology the settings describe; ValueError naming the variables for one that cannot work."""
     if cluster and sentinels:
@@ -212,9 +249,6 @@ def build_topology(
         return Sentinel(url, options, tuple(sentinels), sentinel_master, sentinel_options)
     if not cluster:
         return Standalone(url, options)
-    if wait_replicas and not Cluster.supports_wait:
-        # WAIT counts the replicas of the connection's own node; a cluster pipeline spans nodes.
-        raise ValueError("REDIS_WAIT_REPLICAS must be 0 with REDIS_CLUSTER")
     parts = urlsplit(url)
     if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
         raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 (or none) with REDIS_CLUSTER")

@@ -35,11 +35,10 @@ def main() -> int:
     runtime = redis_runtime("worker", name, settings, metrics.CIRCUIT_STATE.set)
     client = runtime.topology.client(
         client_name=f"worker:{name}",
-        # A blocking XREADGROUP must not be cut off by the socket timeout.
-        socket_timeout=settings.read_block_ms / 1000 + 2,
+        longest_block_ms=settings.read_block_ms,
         max_connections=settings.worker_terminals + 4,
     )
-    worker = create_worker(settings, client, runtime.guard, runtime.replica_wait)
+    worker = create_worker(settings, client, runtime)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal received", extra={"signal": signal.Signals(signum).name})

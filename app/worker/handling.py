@@ -95,7 +95,16 @@ class Handler:
 
     def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
         # One try per batch inside the breaker; the terminals pace their own retries.
-        return self._guard.call_once(self.writer.write, batch)
+        return self._guard.call_once(self._write_or_raise_outage, batch)
+
+    def _write_or_raise_outage(self, batch: list[Outcome]) -> list[BaseException | None]:
+        """Per-outcome errors; raised (so that the breaker counts it) only when Redis
+        failed every one: one node of a cluster failing is not an outage of the worker."""
+        errors = self.writer.write(batch)
+        first = errors[0] if errors else None
+        if first is not None and is_outage(first) and all(error is not None and is_outage(error) for error in errors):
+            raise first
+        return errors
 
     def _until_deadline(self, request: contract.WeatherRequest, outcome: Outcome) -> None:
         """Retries a reply across an outage or a failover while its caller still waits.

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
 from app.shared import contract
 from app.shared.connections import RedisClient
 from app.shared.resilience import RedisGuard
+from app.shared.routing import NodeWriter, Routed
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
 
@@ -21,10 +23,11 @@ HOUSEKEEPING_INTERVAL_SECONDS = 5.0
 
 
 class Housekeeping:
-    def __init__(self, client: RedisClient, guard: RedisGuard, janitor: ConsumerJanitor, streams: list[str], *,
-                 group: str, consumer_expiry_seconds: float, groups_ready: Callable[[], bool],
+    def __init__(self, client: RedisClient, reads: NodeWriter, guard: RedisGuard, janitor: ConsumerJanitor,
+                 streams: list[str], *, group: str, consumer_expiry_seconds: float, groups_ready: Callable[[], bool],
                  stopping: threading.Event) -> None:
         self._redis = client
+        self._reads = reads
         self._guard = guard
         self._janitor = janitor
         self._streams = streams
@@ -48,20 +51,31 @@ class Housekeeping:
                 log.info("removed gone consumers", extra={"consumers": removed})
 
     def remove_gone_consumers(self) -> list[str]:
-        return [name for stream in self._streams for name in self._janitor.remove_gone(stream, self._expiry_ms)]
+        """Per shard; a shard whose node does not answer is left for the next round."""
+        removed: list[str] = []
+        errors: list[redis.RedisError] = []
+        for stream in self._streams:
+            try:
+                removed += self._janitor.remove_gone(stream, self._expiry_ms)
+            except redis.RedisError as error:
+                errors.append(error)
+        if len(errors) == len(self._streams):
+            raise errors[0]
+        return removed
 
     def refresh_queue_metrics(self) -> None:
-        """Lag, pending and lengths of every shard, and their sums."""
+        """Lag, pending and lengths of every shard, and their sums. A shard whose node does
+        not answer keeps its last figures; when none answers, the error is raised."""
         group = self._group.encode()
-        with self._redis.pipeline(transaction=False) as pipe:
-            for stream in self._streams:
-                pipe.xinfo_groups(stream)
-                pipe.xlen(stream)
-                pipe.xlen(contract.dead_letter_stream(stream))
-            results = pipe.execute(raise_on_error=False)
+        items = [Routed(stream, _shard_figures(stream)) for stream in self._streams]
+        results = self._reads.execute(items)
+        if all(isinstance(result, BaseException) for result in results):
+            raise results[0]
         lag_total = pending_total = length_total = dead_total = 0
-        for index, stream in enumerate(self._streams):
-            groups, stream_length, dead_letters = results[3 * index:3 * index + 3]
+        for stream, result in zip(self._streams, results, strict=True):
+            if isinstance(result, BaseException):
+                continue
+            groups, stream_length, dead_letters = result
             length = stream_length if isinstance(stream_length, int) else 0
             info = next((item for item in groups if item.get("name") == group), None) \
                 if isinstance(groups, list) else None
@@ -81,3 +95,11 @@ class Housekeeping:
         metrics.QUEUE_DEPTH.set(lag_total + pending_total)
         metrics.REQUEST_STREAM_LENGTH.set(length_total)
         metrics.DEAD_LETTER_LENGTH.set(dead_total)
+
+
+def _shard_figures(stream: str) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+        pipe.xlen(contract.dead_letter_stream(stream))
+    return add

@@ -1,19 +1,19 @@
 """Writing outcomes: replies and acknowledgements of a whole round, and dead letters.
 
-Replies of entries that finish together go out as one pipeline of XADDs, then ONE
-XACK per request stream shard names every entry whose reply is in. The XACK is sent
+Replies of entries that finish together go out as one pipeline of XADDs per node,
+then ONE XACK per request stream shard names every entry whose reply is in. The XACK is sent
 only after the replies answered, so an entry is never acknowledged without its reply
 (an XADD refused for memory or a wrong key type leaves its entry pending). The price
 is a second round trip per batch, not per entry. An XACK that fails after its replies
 were written leaves the entries pending: they are delivered again and answered twice,
-never lost (the proxy drops the duplicate as a late reply). Reply and ack are never
-one script: a reply stream and a request stream live in different cluster slots.
+never lost (the proxy drops the duplicate as a late reply). A node that is down fails
+only the outcomes of its own shards (app.shared.routing): the others are written.
 
 The reply stream's TTL rides in the same pipeline, but only when a stream is new to
 this worker or its last refresh is a quarter of the TTL old (the owning proxy
 refreshes it too), not with every reply.
 
-With REDIS_WAIT_REPLICAS above 0 the replies' pipeline ends with one WAIT. The XACK
+With REDIS_WAIT_REPLICAS above 0 each node's pipeline of replies ends with one WAIT. The XACK
 is not waited for: an acknowledgement lost in a failover makes a duplicate, not a loss.
 
 Dead letters are rare and keep the one-script form: append and XACK atomically,
@@ -27,12 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-from redis.exceptions import NoScriptError
-
 from app.shared import contract
-from app.shared.connections import RedisClient
-from app.shared.replication import ReplicaWait
+from app.shared.routing import NodeWriter, Routed
 
 _DEAD_LETTER_AND_ACK = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
@@ -80,17 +76,19 @@ class ReplyTtl:
 
 
 class OutcomeWriter:
-    def __init__(self, client: RedisClient, group: str, dead_letter_maxlen: int, replicas: ReplicaWait) -> None:
-        self._client = client
-        self._replicas = replicas
+    def __init__(self, replies: NodeWriter, acks: NodeWriter, group: str, dead_letter_maxlen: int) -> None:
+        """``replies`` sends the replies and dead letters (with WAIT when asked), ``acks`` the
+        XACKs (never waited for)."""
+        self._replies = replies
+        self._acks = acks
         self._group = group
         self._dead_letter_maxlen = dead_letter_maxlen
-        self._dead_letter_script = client.register_script(_DEAD_LETTER_AND_ACK)
         self.ttl = ReplyTtl(contract.REPLY_STREAM_TTL_SECONDS / 4)
 
     def write(self, outcomes: Sequence[Outcome]) -> list[BaseException | None]:
-        """Replies first, then one XACK for the entries whose reply is in. Per outcome:
-        None when replied (if it had a reply) and acknowledged, else its error."""
+        """Replies first, then one XACK per shard for the entries whose reply is in. Per
+        outcome: None when replied (if it had a reply) and acknowledged, else its error.
+        Each node's share is its own pipeline: a node that is down fails only its own."""
         errors: list[BaseException | None] = [None] * len(outcomes)
         replying = [index for index, outcome in enumerate(outcomes) if outcome.reply is not None]
         if replying:
@@ -100,52 +98,28 @@ class OutcomeWriter:
         for index, error in enumerate(errors):
             if error is None:
                 acking.setdefault(outcomes[index].stream, []).append(index)
-        if len(acking) == 1:
-            (stream, indexes), = acking.items()
-            self._acknowledge(stream, indexes, outcomes, errors)
-        elif acking:
-            self._acknowledge_shards(acking, outcomes, errors)
+        if acking:
+            items = [Routed(stream, _xack(stream, self._group, [outcomes[i].entry_id for i in indexes]))
+                     for stream, indexes in acking.items()]
+            for indexes, result in zip(acking.values(), self._acks.execute(items), strict=True):
+                if isinstance(result, BaseException):
+                    for index in indexes:
+                        errors[index] = result
         return errors
 
-    def _acknowledge(self, stream: str, indexes: list[int], outcomes: Sequence[Outcome],
-                     errors: list[BaseException | None]) -> None:
-        try:
-            self._client.xack(stream, self._group, *(outcomes[i].entry_id for i in indexes))
-        except redis.RedisError as error:
-            for index in indexes:
-                errors[index] = error
-
-    def _acknowledge_shards(self, acking: dict[str, list[int]], outcomes: Sequence[Outcome],
-                            errors: list[BaseException | None]) -> None:
-        try:
-            with self._client.pipeline(transaction=False) as pipe:
-                for stream, indexes in acking.items():
-                    pipe.xack(stream, self._group, *(outcomes[i].entry_id for i in indexes))
-                results = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
-            results = [error] * len(acking)
-        for indexes, result in zip(acking.values(), results, strict=True):
-            if isinstance(result, BaseException):
-                for index in indexes:
-                    errors[index] = result
-
     def _append_replies(self, outcomes: list[Outcome]) -> list[BaseException | None]:
-        positions, expiring = [], []
-        with self._client.pipeline(transaction=False) as pipe:
-            for outcome in outcomes:
-                assert outcome.reply_to is not None and outcome.reply is not None
-                positions.append(len(pipe))
-                pipe.xadd(outcome.reply_to, outcome.reply.to_fields(),  # type: ignore[arg-type]
-                          maxlen=contract.REPLY_STREAM_MAXLEN, approximate=True)
-                if outcome.reply_to not in expiring and self.ttl.due(outcome.reply_to):
-                    expiring.append(outcome.reply_to)
-                    pipe.expire(outcome.reply_to, contract.REPLY_STREAM_TTL_SECONDS)
-            self._replicas.add_to(pipe)
-            results = pipe.execute(raise_on_error=False)
-        self._replicas.check(results, self._client)
-        self.ttl.refreshed(expiring)
-        return [results[position] if isinstance(results[position], BaseException) else None
-                for position in positions]
+        items, expiring = [], []
+        for outcome in outcomes:
+            assert outcome.reply_to is not None and outcome.reply is not None
+            expire = outcome.reply_to not in expiring and self.ttl.due(outcome.reply_to)
+            if expire:
+                expiring.append(outcome.reply_to)
+            items.append(Routed(outcome.reply_to, _reply(outcome.reply_to, outcome.reply.to_fields(), expire)))
+        results = self._replies.execute(items)
+        errors = [result if isinstance(result, BaseException) else None for result in results]
+        self.ttl.refreshed([item.key for item, error in zip(items, errors, strict=True)
+                            if error is None and item.key in expiring])
+        return errors
 
     def dead_letter_and_ack(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str
@@ -158,22 +132,30 @@ class OutcomeWriter:
         args: list[Any] = [self._group, entry_id, self._dead_letter_maxlen]
         for key, value in letter.items():
             args += (key, value)
-        # One slot: a shard's dead-letter stream carries the shard's hash tag.
+        # One slot: a shard's dead-letter stream carries the shard's hash tag. EVAL, not
+        # EVALSHA: dead letters are rare, and a primary promoted in a failover starts with
+        # an empty script cache. Sent like the replies: WAIT on its node when asked.
         keys = [contract.dead_letter_stream(stream), stream]
-        if not self._replicas.replicas:
-            self._dead_letter_script(keys=keys, args=args)  # redis-py loads it again on NOSCRIPT
-            return
-        try:
-            self._confirmed_dead_letter(keys, args)
-        except NoScriptError:
-            # A primary promoted in a failover starts with an empty script cache.
-            self._client.script_load(_DEAD_LETTER_AND_ACK)
-            self._confirmed_dead_letter(keys, args)
+        result, = self._replies.execute([Routed(stream, _eval(_DEAD_LETTER_AND_ACK, keys, args))])
+        if isinstance(result, BaseException):
+            raise result
 
-    def _confirmed_dead_letter(self, keys: list[Any], args: list[Any]) -> None:
-        # WAIT confirms the writes of its own connection: it shares the script's pipeline.
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._dead_letter_script.sha, len(keys), *keys, *args)
-            self._replicas.add_to(pipe)
-            results = pipe.execute()
-        self._replicas.check(results, self._client)
+
+def _reply(reply_to: str, fields: dict[str, str | bytes], expire: bool) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.xadd(reply_to, fields, maxlen=contract.REPLY_STREAM_MAXLEN, approximate=True)
+        if expire:
+            pipe.expire(reply_to, contract.REPLY_STREAM_TTL_SECONDS)
+    return add
+
+
+def _xack(stream: str, group: str, entry_ids: list[bytes]) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.xack(stream, group, *entry_ids)
+    return add
+
+
+def _eval(script: str, keys: list[Any], args: list[Any]) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.eval(script, len(keys), *keys, *args)
+    return add

@@ -14,6 +14,8 @@ import time
 from app.shared.connections import RedisClient
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard
+from app.shared.routing import NodeWriter
+from app.shared.runtime import RedisRuntime
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
 from app.worker.handling import Handler
@@ -110,25 +112,28 @@ class Worker:
         log.info("worker stopped", extra={"processed": self.processed, "unfinished_terminals": unfinished})
 
 
-def create_worker(settings: WorkerSettings, client: RedisClient, guard: RedisGuard,
-                  replica_wait: ReplicaWait) -> Worker:
+def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisRuntime) -> Worker:
     """The worker and its collaborators, each given the values it uses."""
     stopping = threading.Event()
     terminals = Terminals(settings.worker_terminals)
-    writer = OutcomeWriter(client, settings.consumer_group, settings.dead_letter_maxlen, replica_wait)
+    guard, topology = runtime.guard, runtime.topology
+    unconfirmed = NodeWriter(topology, client, ReplicaWait(0, 0))
+    writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed,
+                           settings.consumer_group, settings.dead_letter_maxlen)
     handler = Handler(writer, guard, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
                       processing_delay=settings.processing_delay_ms,
                       reconnect_max_seconds=settings.redis_reconnect_max_seconds)
     streams = settings.request_streams
     readers = [
-        ShardReader(client, guard, terminals, stream, group=settings.consumer_group, consumer=settings.consumer_name,
-                    read_block_ms=settings.read_block_ms, claim_idle_seconds=settings.claim_idle_seconds,
+        ShardReader(client, runtime.shard_guard("worker", stream), terminals, stream, group=settings.consumer_group,
+                    consumer=settings.consumer_name, read_block_ms=settings.read_block_ms,
+                    claim_idle_seconds=settings.claim_idle_seconds,
                     reconnect_max_seconds=settings.redis_reconnect_max_seconds, shares_terminals=len(streams) > 1,
                     stopping=stopping, on_group_lost=writer.ttl.forget_all)  # the reply streams went with it
         for stream in streams
     ]
     housekeeping = Housekeeping(
-        client, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name), streams,
+        client, unconfirmed, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name), streams,
         group=settings.consumer_group, consumer_expiry_seconds=settings.consumer_expiry_seconds,
         groups_ready=lambda: worker.groups_ready, stopping=stopping,
     )

@@ -70,16 +70,16 @@ def test_the_walk_finds_the_questions_it_forbids(tmp_path):
         "settings.redis_cluster", "settings.redis_sentinels", "isinstance(client, redis.RedisCluster)", "not cluster"]
 
 
-@pytest.mark.parametrize(("environment", "kind", "hash_tagged", "supports_wait"), [
-    ({}, Standalone, False, True),
-    ({"redis_sentinels": [("s1", 26379), ("s2", 26379)]}, Sentinel, False, True),
-    ({"redis_cluster": True}, Cluster, True, False),
+@pytest.mark.parametrize(("environment", "kind", "hash_tagged"), [
+    ({}, Standalone, False),
+    ({"redis_sentinels": [("s1", 26379), ("s2", 26379)]}, Sentinel, False),
+    ({"redis_cluster": True}, Cluster, True),
 ])
-def test_the_settings_build_one_topology(environment, kind, hash_tagged, supports_wait):
+def test_the_settings_build_one_topology(environment, kind, hash_tagged):
     topology = CommonSettings(redis_url="redis://:pw@r:6379/0", **environment).topology
 
     assert type(topology) is kind
-    assert (topology.hash_tagged, topology.supports_wait) == (hash_tagged, supports_wait)
+    assert topology.hash_tagged == hash_tagged
     assert "pw" not in topology.describe()
 
 

@@ -13,8 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.shared import contract
 from app.shared.logs import RequestIdFilter
-from app.shared.replication import ReplicaWait
-from app.shared.resilience import RedisGuard, RetryPolicy
+from app.shared.runtime import redis_runtime
 from app.shared.tracing import current_traceparent, server_span
 from app.worker.delivery import Delivery
 from app.worker.settings import WorkerSettings
@@ -43,7 +42,7 @@ def test_worker_span_continues_the_proxy_span(redis_server, monkeypatch):
     monkeypatch.setenv("PROCESSING_DELAY_MS", "0")
     client = redis_server.client()
     settings = WorkerSettings(consumer_name="traced")
-    worker = create_worker(settings, client, RedisGuard("worker", RetryPolicy(1, 0.01, 1), 5, 30), ReplicaWait(0, 100))
+    worker = create_worker(settings, client, redis_runtime("worker", "traced", settings, lambda _state: None))
     worker.ensure_groups()
 
     with server_span("POST /WeatherForecast/city", {}) as proxy_span:

@@ -17,9 +17,6 @@ verdict on both sides.
 {{- end }}
 
 {{- /* Redis topology (CommonSettings and app/shared/topology.py); one redis.mode and the schema make the rest impossible */}}
-{{- if and (include "rsd.redis.cluster" .) (gt (int $config.redisWaitReplicas) 0) }}
-{{- fail "config.redisWaitReplicas must be 0 with redis.mode cluster (WAIT cannot span a cluster's nodes)" }}
-{{- end }}
 {{- if and (or (gt $shards 1) (include "rsd.redis.cluster" .)) (regexMatch "[{}]" $config.requestStream) }}
 {{- fail "config.requestStream must not contain { or } when sharded: the shards add their own hash tags" }}
 {{- end }}

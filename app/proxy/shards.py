@@ -1,0 +1,70 @@
+"""Which request stream shards can take an entry now, in one proxy process.
+
+A shard is a queue, not a key's home: any shard that takes the write can carry any
+request. So a shard whose write failed (its node is down, refused the command, or its
+replicas did not confirm it) is skipped for a pause that doubles with each failure up
+to a cap, and the requests go to the others meanwhile. When the pause is over, one
+request is the trial: its success makes the shard healthy again, a failure pauses it
+longer. Only when no shard can take a request is it refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from app.proxy import metrics
+
+FIRST_PAUSE_SECONDS = 0.1
+# A shard's node comes back (or its replica is promoted) within seconds; a cap this
+# short finds it within a second of that, at the cost of one trial per second.
+MAX_PAUSE_SECONDS = 1.0
+
+
+class ShardHealth:
+    def __init__(self, streams: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.streams = list(streams)
+        self._clock = clock
+        self._paused_until = dict.fromkeys(self.streams, 0.0)
+        self._failures = dict.fromkeys(self.streams, 0)
+        self._next = 0
+        metrics.SHARDS_PAUSED.set(0)
+
+    def pick(self, avoid: Sequence[str] = ()) -> str | None:
+        """The next shard in turn that may be written now, or None when every one is paused."""
+        now = self._clock()
+        count = len(self.streams)
+        for _ in range(count):
+            stream = self.streams[self._next]
+            self._next = (self._next + 1) % count
+            if stream in avoid or self._paused_until[stream] > now:
+                continue
+            if self._failures[stream]:
+                # This request is the trial: the others keep away until it is answered.
+                self._paused_until[stream] = now + self._pause(stream)
+            return stream
+        return None
+
+    def failed(self, stream: str) -> None:
+        self._failures[stream] += 1
+        self._paused_until[stream] = self._clock() + self._pause(stream)
+        self._report()
+
+    def succeeded(self, stream: str) -> None:
+        if self._failures[stream]:
+            self._failures[stream] = 0
+            self._paused_until[stream] = 0.0
+            self._report()
+
+    def seconds_until_one_is_free(self) -> float:
+        return max(0.0, min(self._paused_until.values()) - self._clock())
+
+    @property
+    def paused(self) -> list[str]:
+        return [stream for stream in self.streams if self._failures[stream]]
+
+    def _pause(self, stream: str) -> float:
+        return float(min(MAX_PAUSE_SECONDS, FIRST_PAUSE_SECONDS * 2 ** max(0, self._failures[stream] - 1)))
+
+    def _report(self) -> None:
+        metrics.SHARDS_PAUSED.set(len(self.paused))
