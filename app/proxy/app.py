@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+from functools import partial
 from typing import Any
 
 from flask import Flask, g, request
@@ -79,7 +80,7 @@ def create_app(settings: ProxySettings) -> Flask:
     reply_redis = topology.client(client_name=f"proxy-replies:{host}-{pid}", longest_block_ms=BLOCK_MS,
                                   max_connections=len(reading_groups) + 1)
     listener = ReplyListener(reply_redis, reply_streams, reading_groups,
-                             lambda key: topology.node_client(reply_redis, key).ping(),
+                             partial(topology.ping_node_of, reply_redis),
                              guard, settings.redis_reconnect_max_seconds)
     listener.start()
     round_trips = RoundTrips(enqueuer, listener, guard, timeout_seconds=settings.request_timeout_seconds,

@@ -28,7 +28,7 @@ class RedisRuntime:
         ping_client, topology = self.ping_client, self.topology
         return RedisGuard(f"{service}:{stream}", self.settings.retry_policy, self.settings.circuit_failure_threshold,
                           self.settings.circuit_reset_seconds,
-                          probe=lambda: topology.node_client(ping_client, stream).ping())
+                          probe=lambda: topology.ping_node_of(ping_client, stream))
 
 
 def redis_runtime(service: str, name: str, settings: CommonSettings,

@@ -69,6 +69,17 @@ class Topology:
         """The keys grouped so that one XREAD may name each group's keys together."""
         return [list(keys)]
 
+    def ping_node_of(self, client: RedisClient, key: str) -> None:
+        """PING the node that holds ``key``. A node that does not answer makes the routes
+        be read again: its keys may have moved to a promoted replica meanwhile."""
+        import redis
+
+        try:
+            self.node_client(client, key).ping()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.refresh_routes(client)
+            raise
+
     def refresh_routes(self, client: RedisClient) -> None:
         """A node failed or refused a command: look again where keys live (a cluster's slot map)."""
 
