@@ -114,6 +114,21 @@ def replicated_cluster_stack(tmp_path: Path, replicated_cluster: RedisClusterSet
 
 
 @pytest.fixture
+def doubly_replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """Two replicas per primary: once one is promoted the other follows it, so WAIT 1 can be met again."""
+    cluster = RedisClusterSet(tmp_path / "cluster", replicas=2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def doubly_replicated_cluster_stack(tmp_path: Path, doubly_replicated_cluster: RedisClusterSet,
+                                    request: pytest.FixtureRequest) -> Iterator[Stack]:
+    cluster = doubly_replicated_cluster
+    yield from _run_stack(Stack(tmp_path, cluster.nodes[0], **cluster.env()), request)
+
+
+@pytest.fixture
 def sentinels(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
     """A primary (AOF), replicas (1, or `indirect` parametrize) and three Sentinels."""
     running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 1))

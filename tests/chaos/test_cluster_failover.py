@@ -1,9 +1,13 @@
-"""Chaos 6: a Redis Cluster primary (of three, each with a replica) killed -9 under load.
+"""Chaos 6: a Redis Cluster primary fails under load; the other shards carry the requests.
 
-What holds today, and is asserted: the replica is promoted, nothing hangs (every request
-gets an answer), and every request sent 5 s after the promotion is answered 200. What the
-failover costs meanwhile (the share of 200s between the kill and the promotion) is printed:
-it is the baseline the scale-out work (one shard's failure staying its own) improves on."""
+Three primaries with replicas, `cluster-node-timeout` 2000 ms, six shards, open loop at
+30 req/s for 40 s, the event at 6 s; the promotion is when the replica's ROLE says master.
+Asserted, as the scale-out goals state them: of the requests sent between a kill -9 and the
+promotion at least 95% get 200 (the proxy skips the dead shards and sends what did not land
+to another), nothing hangs, every request sent 5 s after the promotion gets 200, nothing is
+left pending; a graceful CLUSTER FAILOVER costs no 503; with REDIS_WAIT_REPLICAS=1 no
+accepted request is lost (0 x 504). Without WAIT a killed primary may take entries it had
+not replicated with it: those 504s are counted and printed, not asserted."""
 
 from __future__ import annotations
 
@@ -13,44 +17,109 @@ from collections import Counter
 
 import pytest
 
-from tests.support.load import SteadyLoad, ask, summary
+from app.shared import contract
+from tests.support.cluster import RedisClusterSet
+from tests.support.load import Result, SteadyLoad, ask, summary
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.system
 
 SHARDS = 6
 RATE = 30
+LOAD_SECONDS = 40
+EVENT_AT_SECONDS = 6
+STREAMS = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=True)
 
 
-def test_a_killed_primary_is_replaced_by_its_replica_and_service_comes_back(replicated_cluster_stack,
-                                                                            replicated_cluster):
-    common = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
-    proxy = replicated_cluster_stack.proxy(REQUEST_TIMEOUT_SECONDS="10", **common)
-    worker = replicated_cluster_stack.worker("w", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="12",
-                                             CLAIM_IDLE_SECONDS="2", **common)
+def _start(stack, **env: str):
+    common = {"REQUEST_STREAM_SHARDS": str(SHARDS), **env}
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10", **common)
+    worker = stack.worker("w", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="12", CLAIM_IDLE_SECONDS="2", **common)
     proxy.wait_ready()
     worker.wait_ready()
     assert [ask(proxy.url, i, 5).status for i in range(6)] == [200] * 6
+    return proxy
+
+
+def _victim(cluster: RedisClusterSet):
     # Not the node REDIS_URL names: the services found the others from it at start.
-    victim = next(node for node in replicated_cluster.primaries() if node is not replicated_cluster.nodes[0])
-    replica = replicated_cluster.replica_of(victim)
+    return next(node for node in cluster.primaries() if node is not cluster.nodes[0])
 
-    with SteadyLoad(proxy.url, rate=RATE, max_seconds=30, timeout=15, start=1000) as load:
-        time.sleep(6)
-        victim.signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        wait_until(lambda: replicated_cluster.role(replica) == "master", 20, interval=0.1,
-                   what="the replica promoted")
-        promoted_at = time.monotonic()
-        time.sleep(max(0.0, 15 - (promoted_at - killed_at)))
-        results = load.stop()
 
-    during = [r for r in results if killed_at <= r.started < promoted_at]
+def _nothing_pending(cluster: RedisClusterSet) -> bool:
+    client = cluster.client()
+    try:
+        return all(client.xpending(stream, contract.DEFAULT_CONSUMER_GROUP)["pending"] == 0 for stream in STREAMS)
+    finally:
+        client.close()
+
+
+def _report(label: str, results: list[Result], event_at: float, promoted_at: float) -> tuple[list, list]:
+    during = [r for r in results if event_at <= r.started < promoted_at]
     after = [r for r in results if r.started >= promoted_at + 5]
-    print(summary(f"primary killed under {RATE} req/s, {SHARDS} shards", results))
-    print(f"promotion {promoted_at - killed_at:.1f} s after the kill; sent meanwhile: {len(during)}, "
-          f"{Counter(r.status for r in during)} ({sum(r.status == 200 for r in during) / max(1, len(during)):.0%} "
-          f"x 200); sent 5 s or more after it: {Counter(r.status for r in after)}")
-
+    share = sum(r.status == 200 for r in during) / max(1, len(during))
+    print(summary(label, results))
+    print(f"{label}: promotion {promoted_at - event_at:.1f} s after the event; sent meanwhile: {len(during)}, "
+          f"{dict(Counter(r.status for r in during))} ({share:.0%} x 200); sent 5 s or more after it: "
+          f"{dict(Counter(r.status for r in after))}")
     assert all(r.status is not None for r in results), [r.error for r in results if r.status is None][:3]
     assert after and all(r.status == 200 for r in after), Counter(r.status for r in after)
+    return during, after
+
+
+def _kill_a_primary_under_load(cluster: RedisClusterSet, proxy, label: str) -> list[Result]:
+    victim = _victim(cluster)
+    replica = cluster.replica_of(victim)
+    with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS, timeout=15, start=1000) as load:
+        time.sleep(EVENT_AT_SECONDS)
+        victim.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_until(lambda: cluster.role(replica) == "master", 20, interval=0.1, what="the replica promoted")
+        promoted_at = time.monotonic()
+        time.sleep(max(0.0, LOAD_SECONDS - EVENT_AT_SECONDS - (promoted_at - killed_at)))
+        results = load.stop()
+    during, _ = _report(label, results, killed_at, promoted_at)
+    share = sum(r.status == 200 for r in during) / max(1, len(during))
+    assert during and share >= 0.95, Counter(r.status for r in during)
+    wait_until(lambda: _nothing_pending(cluster), 30, interval=0.5, what="no entry left pending")
+    return results
+
+
+def test_a_killed_primary_costs_only_what_it_held(replicated_cluster_stack, replicated_cluster):
+    proxy = _start(replicated_cluster_stack)
+
+    results = _kill_a_primary_under_load(replicated_cluster, proxy, f"primary killed, {RATE} req/s, {SHARDS} shards")
+
+    # Entries the killed primary had accepted but not yet replicated are gone with it.
+    print(f"lost with the primary (504, no WAIT): {sum(r.status == 504 for r in results)}")
+
+
+def test_with_wait_a_killed_primary_loses_no_accepted_request(doubly_replicated_cluster_stack,
+                                                              doubly_replicated_cluster):
+    proxy = _start(doubly_replicated_cluster_stack, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="200")
+
+    results = _kill_a_primary_under_load(doubly_replicated_cluster, proxy,
+                                         f"primary killed, REDIS_WAIT_REPLICAS=1, {RATE} req/s, {SHARDS} shards")
+
+    assert [r.status for r in results].count(504) == 0
+
+
+def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicated_cluster):
+    proxy = _start(replicated_cluster_stack)
+    victim = _victim(replicated_cluster)
+    replica = replicated_cluster.replica_of(victim)
+
+    with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS / 2, timeout=15, start=1000) as load:
+        time.sleep(EVENT_AT_SECONDS)
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        asked_at = time.monotonic()
+        wait_until(lambda: replicated_cluster.role(replica) == "master", 20, interval=0.05, what="the replica promoted")
+        promoted_at = time.monotonic()
+        # The old primary is still up, now a replica: it answers MOVED (or READONLY) for its old slots.
+        assert replicated_cluster.role(victim) in ("slave", "master")
+        time.sleep(max(0.0, LOAD_SECONDS / 2 - EVENT_AT_SECONDS - (promoted_at - asked_at)))
+        results = load.stop()
+
+    _report("graceful CLUSTER FAILOVER", results, asked_at, promoted_at)
+    assert Counter(r.status for r in results) == {200: len(results)}
+    wait_until(lambda: _nothing_pending(replicated_cluster), 30, interval=0.5, what="no entry left pending")
