@@ -101,8 +101,9 @@ def cluster_stack(tmp_path: Path, redis_cluster: RedisClusterSet, request: pytes
 
 @pytest.fixture
 def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
-    """Three primaries with a replica each (cluster-node-timeout 2000 ms)."""
-    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1)
+    """Three primaries with a replica each (cluster-node-timeout 2000 ms), configured as the
+    README recommends: cluster-require-full-coverage no."""
+    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1, full_coverage=False)
     yield cluster
     cluster.stop()
 
@@ -114,9 +115,23 @@ def replicated_cluster_stack(tmp_path: Path, replicated_cluster: RedisClusterSet
 
 
 @pytest.fixture
+def fully_covered_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    """A replica per primary and Redis's default cluster-require-full-coverage yes."""
+    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1, full_coverage=True)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def fully_covered_cluster_stack(tmp_path: Path, fully_covered_cluster: RedisClusterSet,
+                                request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from _run_stack(Stack(tmp_path, fully_covered_cluster.nodes[0], **fully_covered_cluster.env()), request)
+
+
+@pytest.fixture
 def doubly_replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     """Two replicas per primary: once one is promoted the other follows it, so WAIT 1 can be met again."""
-    cluster = RedisClusterSet(tmp_path / "cluster", replicas=2)
+    cluster = RedisClusterSet(tmp_path / "cluster", replicas=2, full_coverage=False)
     yield cluster
     cluster.stop()
 

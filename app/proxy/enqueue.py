@@ -11,7 +11,8 @@ An entry that provably did not land (NotSent) is sent again at once on another s
 One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too: it may then be
 processed twice, never lost. One whose fate is unknown (the connection broke after the
 write) is not sent again: its caller gets a 503 and the shard is paused. Only when no
-shard can take it within the retry budget is a request refused, and only that counts
+shard can take it within REDIS_RETRY_MAX_TRIES waits for a paused shard (and the retry
+budget) is a request refused, and only that counts
 against the process's circuit breaker: one shard's failure does not refuse the others.
 """
 
@@ -69,13 +70,20 @@ class Enqueuer:
         return stream
 
     def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float) -> str:
+        # Another shard is taken at once; waiting for a paused one is a retry, as many as
+        # REDIS_RETRY_MAX_TRIES allows, within the budget.
+        # Each wait is at most the policy's backoff step (REDIS_RETRY_BASE_SECONDS, doubling).
+        policy = self._guard.policy
+        waits = 0
         while True:
             stream = self._shards.pick()
             if stream is None:
                 pause = self._shards.seconds_until_one_is_free()
-                if time.monotonic() + pause >= deadline:
+                step = min(pause, policy.base_seconds * 2 ** waits)
+                if waits + 1 >= policy.max_tries or time.monotonic() + step >= deadline:
                     raise NoShardAvailable(pause)
-                time.sleep(pause)
+                waits += 1
+                time.sleep(step)
                 continue
             fields = dataclasses.replace(request, reply_to=self._reply_streams[stream]).to_fields()
             try:

@@ -9,8 +9,9 @@ streams, so no replica can take or delete another's reply.
 
 A reader that loses its node backs off and tries again on its own; the others go on
 reading, so a node's failure delays only the replies that live on it. The readers do
-not count against the process's circuit breaker (only a request that no shard can take
-does), but they probe it while it is open, so that its recovery is noticed.
+not count failures against the process's circuit breaker (only a request that no shard
+can take does), but they probe it while it is open and close it when they read again,
+so that its recovery is noticed without a request.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class _GroupReader:
                     # Known to be reachable now, not only when the first blocking read returns.
                     self._ping()
                     self._mark_connected()
+                    self._guard.confirm_reachable()
                 self._refresh_ttl()
                 response: Any = self._redis.xread(self._last_ids, count=READ_COUNT, block=BLOCK_MS)
             except redis.RedisError as error:
@@ -146,6 +148,7 @@ class _GroupReader:
                 gevent.sleep(self._backoff.next_delay())
                 continue
             self._mark_connected()
+            self._guard.confirm_reachable()
             for stream, entries in response or ():
                 if entries:
                     self._last_ids[stream.decode() if isinstance(stream, bytes) else stream] = entries[-1][0]

@@ -90,8 +90,11 @@ class RedisGuard:
         reset_seconds: float,
         on_state: Callable[[int], None] = lambda _value: None,
         probe: Callable[[], object] | None = None,
+        on_success: Callable[[], None] = lambda: None,
     ) -> None:
         self.component = component
+        # A shard's guard tells the process's guard that Redis answers (RedisRuntime.shard_guard).
+        self._on_success = on_success
         # A short PING on a client of its own: it must not wait behind a blocked read.
         self._probe = probe
         self.policy = policy
@@ -179,6 +182,7 @@ class RedisGuard:
             self._record(error)
             raise
         self._record(None)
+        self._on_success()
         return result
 
     def call_from_loop(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -186,6 +190,13 @@ class RedisGuard:
         that paces its own retries also notices the recovery."""
         self.probe()
         return self.call_once(operation, *args, **kwargs)
+
+    def confirm_reachable(self) -> None:
+        """Redis answered a loop that does not count against the breaker: a half-open or
+        open breaker closes, as a successful call would close it."""
+        if self._breaker.current_state != pybreaker.STATE_CLOSED:
+            self.probe()
+            self._record(None)
 
     def record(self, error: BaseException | None) -> None:
         """The outcome of an operation that paced its own tries (None: it succeeded)."""

@@ -122,7 +122,7 @@ class NodeWriter:
         for start, end in spans:
             failure = next((reply for reply in replies[start:end] if isinstance(reply, BaseException)), None)
             if failure is not None and refused_before_executing(failure):
-                outcomes.append(NotSent(f"refused: {failure}"))
+                outcomes.append(NotSent(f"refused with {type(failure).__name__}: {failure}"))
             elif failure is not None:
                 outcomes.append(failure)
             elif shortfall is not None:

@@ -24,11 +24,12 @@ class RedisRuntime:
     def shard_guard(self, service: str, stream: str) -> RedisGuard:
         """A breaker of a shard's own, probed on the shard's node: in a cluster one node's
         failure must not refuse the work of the others (the process's guard stays for
-        what spans every shard)."""
+        what spans every shard, and closes when a shard's reads succeed)."""
         ping_client, topology = self.ping_client, self.topology
         return RedisGuard(f"{service}:{stream}", self.settings.retry_policy, self.settings.circuit_failure_threshold,
                           self.settings.circuit_reset_seconds,
-                          probe=lambda: topology.ping_node_of(ping_client, stream))
+                          probe=lambda: topology.ping_node_of(ping_client, stream),
+                          on_success=self.guard.confirm_reachable)
 
 
 def redis_runtime(service: str, name: str, settings: CommonSettings,

@@ -94,8 +94,9 @@ class Handler:
                                         "subject": request.subject})
 
     def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
-        # One try per batch inside the breaker; the terminals pace their own retries.
-        return self._guard.call_once(self._write_or_raise_outage, batch)
+        # One try per batch inside the breaker; the terminals pace their own retries, and
+        # while the breaker is open each try asks Redis first, so a recovery is noticed here.
+        return self._guard.call_from_loop(self._write_or_raise_outage, batch)
 
     def _write_or_raise_outage(self, batch: list[Outcome]) -> list[BaseException | None]:
         """Per-outcome errors; raised (so that the breaker counts it) only when Redis

@@ -35,9 +35,11 @@ def free_cluster_port() -> int:
 
 class RedisClusterSet:
     """``primaries`` cluster-enabled redis-servers, every slot covered, and ``replicas`` replicas
-    of each (redis-cli places them; three primaries at least then)."""
+    of each (redis-cli places them; three primaries at least then). ``full_coverage`` is
+    cluster-require-full-coverage: with it (Redis's default) every node refuses every
+    command while any slot has no live primary."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0) -> None:
+    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0, full_coverage: bool = True) -> None:
         if replicas and primaries < 3:
             raise ValueError("redis-cli --cluster create needs three primaries for replicas")
         self.primary_count = primaries
@@ -48,7 +50,8 @@ class RedisClusterSet:
                 self.nodes.append(RedisServer(
                     workdir / f"cluster-{number}", port=port, appendonly=True,
                     extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                "--cluster-node-timeout", "2000"],
+                                "--cluster-node-timeout", "2000",
+                                "--cluster-require-full-coverage", "yes" if full_coverage else "no"],
                 ))
             if primaries >= 3:
                 addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
@@ -70,11 +73,18 @@ class RedisClusterSet:
         return str(node.client().execute_command("ROLE")[0].decode())
 
     def replica_of(self, primary: RedisServer) -> RedisServer:
+        replicas = self.replicas_of(primary)
+        if not replicas:
+            raise LookupError(f"no replica of the primary on {primary.port}")
+        return replicas[0]
+
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        found = []
         for node in self.nodes:
             replication = node.client().info("replication") if node is not primary and node.alive() else {}
             if replication.get("role") == "slave" and int(replication.get("master_port", 0)) == primary.port:
-                return node
-        raise LookupError(f"no replica of the primary on {primary.port}")
+                found.append(node)
+        return found
 
     def _assign_slots_by_hand(self) -> None:
         """redis-cli wants three primaries at least; fewer get equal slot ranges and MEET."""

@@ -1,0 +1,64 @@
+"""Which shards a proxy process writes to: skipped while paused, one trial when the pause is over."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.proxy.shards import FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS, ShardHealth
+
+STREAMS = ["s:{a}", "s:{b}", "s:{c}"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_healthy_shards_are_taken_in_turn():
+    shards = ShardHealth(STREAMS, Clock())
+
+    assert [shards.pick() for _ in range(6)] == STREAMS * 2
+
+
+def test_a_failed_shard_is_skipped_until_its_pause_is_over_then_tried_once():
+    clock = Clock()
+    shards = ShardHealth(STREAMS, clock)
+    shards.failed("s:{b}")
+
+    assert [shards.pick() for _ in range(4)] == ["s:{a}", "s:{c}", "s:{a}", "s:{c}"]
+    assert shards.paused == ["s:{b}"]
+
+    clock.now += FIRST_PAUSE_SECONDS
+    picked = [shards.pick() for _ in range(6)]
+    # One request is the trial; the others keep away until it is answered.
+    assert picked.count("s:{b}") == 1
+
+    shards.succeeded("s:{b}")
+    assert shards.paused == []
+    assert [shards.pick() for _ in range(3)].count("s:{b}") == 1
+
+
+def test_pauses_double_up_to_the_cap():
+    clock = Clock()
+    shards = ShardHealth(["only"], clock)
+    pauses = []
+    for _ in range(8):
+        shards.failed("only")
+        pauses.append(round(shards.seconds_until_one_is_free(), 6))
+    assert pauses[:3] == [FIRST_PAUSE_SECONDS, 2 * FIRST_PAUSE_SECONDS, 4 * FIRST_PAUSE_SECONDS]
+    assert max(pauses) == MAX_PAUSE_SECONDS
+
+
+def test_no_shard_is_offered_while_all_are_paused():
+    clock = Clock()
+    shards = ShardHealth(STREAMS, clock)
+    for stream in STREAMS:
+        shards.failed(stream)
+
+    assert shards.pick() is None
+    assert shards.seconds_until_one_is_free() == pytest.approx(FIRST_PAUSE_SECONDS)
+    clock.now += FIRST_PAUSE_SECONDS
+    assert shards.pick() in STREAMS

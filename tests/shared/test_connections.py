@@ -1,0 +1,76 @@
+"""redis-py's cluster traps, reproduced on real servers, and how the topology module closes them."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from app.shared import connections
+from app.shared.topology import Cluster, Standalone
+
+pytestmark = pytest.mark.system
+
+
+def test_a_block_longer_than_the_socket_timeout_is_cut_off_unless_the_client_is_told(redis_server):
+    """redis/redis-py#2807: the socket timeout ends a blocking read that is still legitimately waiting."""
+    topology = Standalone(redis_server.url)
+    plain = topology.client(client_name="plain", socket_timeout=0.3)
+    with pytest.raises(redis.TimeoutError):
+        plain.xread({"nothing-here": "$"}, block=1000)
+
+    told = topology.client(client_name="told", socket_timeout=0.3, longest_block_ms=1000)
+    assert not told.xread({"nothing-here": "$"}, block=1000)
+
+
+def test_many_callers_failing_at_once_read_the_slot_map_once(redis_cluster, monkeypatch):
+    """redis/redis-py#4074: every caller that fails re-reads the topology; here one does, the others go on."""
+    client = Cluster(redis_cluster.url).client(client_name="test")
+    monkeypatch.setattr(connections, "ROUTE_REFRESH_INTERVAL_SECONDS", 0)
+    calls = []
+    started = threading.Event()
+    release = threading.Event()
+    original = client.nodes_manager.initialize
+
+    def slow_initialize(*args, **kwargs):
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client.nodes_manager, "initialize", slow_initialize)
+    first = threading.Thread(target=client.refresh_routes)
+    first.start()
+    started.wait(5)
+    others = [threading.Thread(target=client.refresh_routes) for _ in range(50)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(5)
+    # None of them waited for the refresh under way, and none started another.
+    assert not any(thread.is_alive() for thread in others)
+    release.set()
+    first.join(5)
+    assert len(calls) == 1
+
+    monkeypatch.setattr(connections, "ROUTE_REFRESH_INTERVAL_SECONDS", 60)
+    for _ in range(10):
+        client.refresh_routes()
+    assert len(calls) == 1, "within the interval a refresh is skipped"
+
+
+def test_readonly_from_a_demoted_primary_reads_the_slot_map_again(redis_cluster, monkeypatch):
+    """redis-py raises READONLY without looking at its slot map, so every later write would go
+    to the same node; the cluster client here reads the map again."""
+    monkeypatch.setattr(connections, "ROUTE_REFRESH_INTERVAL_SECONDS", 0)
+    client = Cluster(redis_cluster.url).client(client_name="test")
+    key = "some-key"
+    node = client.get_node_from_key(key)
+    refreshes = client.route_refreshes
+    # What a primary demoted behind the same address answers to a write, made on demand:
+    # the node's own connection is switched to a replica's answer with a script error prefix.
+    script = "return redis.error_reply('READONLY You can\\'t write against a read only replica.')"
+    with pytest.raises(redis.exceptions.ReadOnlyError):
+        client.execute_command("EVAL", script, 1, key, target_nodes=node)
+    assert client.route_refreshes == refreshes + 1
