@@ -14,9 +14,12 @@ prints one table, every figure measured in this run. Results go to bench/results
    concurrency as 1. Target >= 5x Celery's req/s.
 4. durability: zero work with REDIS_WAIT_REPLICAS=1 (each enqueue pipeline and each
    batch of replies confirmed by a local replica) vs 0, against the same primary and replica.
-5. sharding: zero work on a Redis Cluster of 1 and of 3 primaries (6 request stream
-   shards either way): Redis CPU per answered request on each primary, which falls as
-   1/primaries when the shards and reply streams spread; the ceiling grows with them.
+5. scale-out: zero work, standalone Redis vs a cluster of 3 primaries (6 shards). Redis
+   CPU (INFO used_cpu_user + sys) of the busiest server over the same measured stretch:
+   at the same open-loop rate (900 req/s) with 2 and 8 proxy processes, target busiest
+   <= 0.45x standalone and <= 1.15x the primaries' mean; at the same load per server
+   (cluster at 900, standalone at 300 req/s) <= 1.0x; closed loop at saturation (50
+   clients) cluster req/s >= 0.85x standalone.
 """
 
 from __future__ import annotations
@@ -159,25 +162,64 @@ def zero_work(workdir: Path, redis: RedisServer, concurrency: int, seconds: floa
                            {"proxy": child_pids(proxy.pid), "worker": [worker.pid]})
 
 
+SAME_RATE = 900
+PER_SERVER_RATE = SAME_RATE // 3
+SATURATION_CLIENTS = 50
+
+
+def open_loop_redis_cost(nodes: list[RedisServer], url: str, rate: float, seconds: float) -> dict:
+    """Open loop at ``rate`` after a warm-up: what each Redis server spent, per answered request."""
+    asyncio.run(run_open_loop(url, rate=rate, count=None, timeout=30, duration=2))
+    before = [RedisUsage.read(node.client()) for node in nodes]
+    result = asyncio.run(run_open_loop(url, rate=rate, count=None, timeout=30, duration=seconds))
+    costs = [RedisCost.between(b, RedisUsage.read(node.client()), len(result.ok)).summary()
+             for b, node in zip(before, nodes, strict=True)]
+    cpu = [cost["cpu_seconds"] for cost in costs]
+    return {"rate": rate, "load": result.summary(), "per_server": costs, "cpu_seconds": cpu,
+            "busiest_cpu_seconds": max(cpu), "mean_cpu_seconds": round(sum(cpu) / len(cpu), 4)}
+
+
 def scenario_cluster(workdir: Path, concurrency: int, seconds: float) -> dict:
-    runs = {}
-    for primaries in (1, 3):
-        cluster = RedisClusterSet(workdir / f"cluster-{primaries}", primaries=primaries)
-        try:
-            with zero_work_services(workdir, cluster.url, concurrency, REDIS_CLUSTER="true",
-                                    REQUEST_STREAM_SHARDS="6") as (proxy, _):
-                asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
-                before = [RedisUsage.read(node.client()) for node in cluster.nodes]
-                result = asyncio.run(run_load(proxy.url, count=None, concurrency=concurrency, timeout=30,
-                                              duration=seconds))
-                costs = [RedisCost.between(b, RedisUsage.read(node.client()), len(result.ok)).summary()
-                         for b, node in zip(before, cluster.nodes, strict=True)]
-        finally:
-            cluster.stop()
-        busiest = max(cost["cpu_us_per_request"] for cost in costs)
-        runs[str(primaries)] = {"load": result.summary(), "per_primary": costs,
-                                "busiest_us_per_request": busiest, "ceiling_per_second": round(1e6 / busiest)}
-    return runs
+    """Standalone Redis vs a three-primary cluster (6 shards), zero work: Redis CPU of the
+    busiest server at the same open-loop rate (2 and 8 proxy processes) and at the same load
+    per server (the cluster at 3x the rate), and the closed-loop req/s at saturation."""
+    runs: dict[str, dict] = {}
+    standalone = RedisServer(workdir / "standalone")
+    try:
+        for processes in (2, 8):
+            with zero_work_services(workdir, standalone.url, concurrency, WEB_CONCURRENCY=str(processes)) as (p, _):
+                runs[f"standalone_{processes}p_{SAME_RATE}"] = open_loop_redis_cost([standalone], p.url, SAME_RATE,
+                                                                                    seconds)
+                if processes == 2:
+                    runs[f"standalone_2p_{PER_SERVER_RATE}"] = open_loop_redis_cost([standalone], p.url,
+                                                                                    PER_SERVER_RATE, seconds)
+                    runs["standalone_saturation"] = load(p.url, SATURATION_CLIENTS, seconds).summary()
+            standalone.client().flushall()
+    finally:
+        standalone.stop()
+    cluster = RedisClusterSet(workdir / "cluster", primaries=3)
+    try:
+        for processes in (2, 8):
+            with zero_work_services(workdir, cluster.url, concurrency, REDIS_CLUSTER="true", REQUEST_STREAM_SHARDS="6",
+                                    WEB_CONCURRENCY=str(processes)) as (p, _):
+                runs[f"cluster_{processes}p_{SAME_RATE}"] = open_loop_redis_cost(cluster.nodes, p.url, SAME_RATE,
+                                                                                 seconds)
+                if processes == 2:
+                    runs["cluster_saturation"] = load(p.url, SATURATION_CLIENTS, seconds).summary()
+    finally:
+        cluster.stop()
+    ratios = {}
+    for processes in (2, 8):
+        one, three = runs[f"standalone_{processes}p_{SAME_RATE}"], runs[f"cluster_{processes}p_{SAME_RATE}"]
+        ratios[f"{processes}p_busiest_vs_standalone"] = round(three["busiest_cpu_seconds"]
+                                                              / one["busiest_cpu_seconds"], 3)
+        ratios[f"{processes}p_busiest_vs_mean"] = round(three["busiest_cpu_seconds"] / three["mean_cpu_seconds"], 3)
+    ratios["per_server_busiest_vs_standalone"] = round(
+        runs[f"cluster_2p_{SAME_RATE}"]["busiest_cpu_seconds"]
+        / runs[f"standalone_2p_{PER_SERVER_RATE}"]["busiest_cpu_seconds"], 3)
+    ratios["saturation_rps"] = round(runs["cluster_saturation"]["requests_per_second"]
+                                     / runs["standalone_saturation"]["requests_per_second"], 3)
+    return {"runs": runs, "ratios": ratios}
 
 
 def scenario_wait(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
@@ -239,7 +281,7 @@ def main() -> int:
             durability = scenario_wait(workdir, redis, args.concurrency, args.seconds)
         finally:
             redis.stop()
-        console.print("5/5 Redis Cluster of 1 and of 3 primaries ...")
+        console.print("5/5 standalone vs a Redis Cluster of 3 primaries ...")
         sharding = scenario_cluster(workdir, args.concurrency, args.seconds)
 
     e2e_rps = overhead["end_to_end"]["requests_per_second"]
@@ -306,15 +348,27 @@ def main() -> int:
 
 
 def sharding_rows(table: Table, sharding: dict) -> None:
-    one, three = sharding["1"], sharding["3"]
-    table.add_row("5. Redis Cluster, 6 shards, zero work: Redis CPU per request on each primary",
-                  f"1 primary: {one['busiest_us_per_request']:.1f} us ({one['load']['requests_per_second']:.0f} "
-                  f"req/s); 3 primaries: " + " / ".join(f"{c['cpu_us_per_request']:.1f}" for c in three["per_primary"])
-                  + f" us ({three['load']['requests_per_second']:.0f} req/s) = busiest "
-                  f"{three['busiest_us_per_request'] / one['busiest_us_per_request']:.2f}x of one", "~0.33x", "-")
-    table.add_row("5. projected ceiling (1 s / busiest primary's CPU per request)",
-                  f"1 primary {one['ceiling_per_second']:,} req/s; 3 primaries {three['ceiling_per_second']:,} req/s "
-                  f"= {three['ceiling_per_second'] / one['ceiling_per_second']:.2f}x", "-", "-")
+    runs, ratios = sharding["runs"], sharding["ratios"]
+    for processes in (2, 8):
+        one, three = runs[f"standalone_{processes}p_{SAME_RATE}"], runs[f"cluster_{processes}p_{SAME_RATE}"]
+        busiest, mean = ratios[f"{processes}p_busiest_vs_standalone"], ratios[f"{processes}p_busiest_vs_mean"]
+        table.add_row(f"5. open loop {SAME_RATE} req/s, {processes} proxy processes: Redis CPU, 3 primaries "
+                      "(6 shards) vs standalone",
+                      " / ".join(f"{cpu:.2f}" for cpu in three["cpu_seconds"])
+                      + f" s vs {one['busiest_cpu_seconds']:.2f} s: busiest {busiest:.2f}x standalone, "
+                      f"{mean:.2f}x the primaries' mean ({three['load']['ok']} vs {one['load']['ok']} x 200)",
+                      "<= 0.45x, <= 1.15x", verdict(busiest <= 0.45 and mean <= 1.15))
+    per_server = ratios["per_server_busiest_vs_standalone"]
+    table.add_row(f"5. same load per server: cluster at {SAME_RATE} vs standalone at {PER_SERVER_RATE} req/s, "
+                  "busiest primary's CPU",
+                  f"{runs[f'cluster_2p_{SAME_RATE}']['busiest_cpu_seconds']:.2f} vs "
+                  f"{runs[f'standalone_2p_{PER_SERVER_RATE}']['busiest_cpu_seconds']:.2f} s = {per_server:.2f}x",
+                  "<= 1.0x", verdict(per_server <= 1.0))
+    saturation = ratios["saturation_rps"]
+    table.add_row(f"5. saturation ({SATURATION_CLIENTS} clients, 2 proxy processes): cluster vs standalone",
+                  f"{runs['cluster_saturation']['requests_per_second']:.0f} vs "
+                  f"{runs['standalone_saturation']['requests_per_second']:.0f} req/s = {saturation:.2f}x",
+                  ">= 0.85x", verdict(saturation >= 0.85))
 
 
 def sharding_only(args: argparse.Namespace) -> int:

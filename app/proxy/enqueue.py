@@ -11,14 +11,15 @@ An entry that provably did not land (NotSent) is sent again at once on another s
 One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too: it may then be
 processed twice, never lost. One whose fate is unknown (the connection broke after the
 write) is not sent again: its caller gets a 503 and the shard is paused. Only when no
-shard can take it within REDIS_RETRY_MAX_TRIES waits for a paused shard (and the retry
-budget) is a request refused, and only that counts
+shard takes it within REDIS_RETRY_MAX_TRIES failed writes (and the retry budget) is a
+request refused, and only that counts
 against the process's circuit breaker: one shard's failure does not refuse the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,8 @@ from app.shared.batching import Batcher, BatchTimeout
 from app.shared.replication import ReplicasBehind
 from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.routing import NodeWriter, NotSent, Routed
+
+log = logging.getLogger("app.proxy")
 
 # (stream, fields, MINID: entries older than any deadline are trimmed as this one is added)
 Entry = tuple[str, dict[Any, Any], str]
@@ -70,33 +73,35 @@ class Enqueuer:
         return stream
 
     def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float) -> str:
-        # Another shard is taken at once; waiting for a paused one is a retry, as many as
-        # REDIS_RETRY_MAX_TRIES allows, within the budget.
-        # Each wait is at most the policy's backoff step (REDIS_RETRY_BASE_SECONDS, doubling).
+        # A failed write sends the entry to the next shard at once; when every shard is
+        # paused (one Redis, or a whole cluster refusing), the request waits a backoff step
+        # (REDIS_RETRY_BASE_SECONDS, doubling) and tries the shard whose pause ends first:
+        # REDIS_RETRY_MAX_TRIES failed writes in all, within the budget.
         policy = self._guard.policy
-        waits = 0
+        failures = 0
         while True:
             stream = self._shards.pick()
             if stream is None:
-                pause = self._shards.seconds_until_one_is_free()
-                step = min(pause, policy.base_seconds * 2 ** waits)
-                if waits + 1 >= policy.max_tries or time.monotonic() + step >= deadline:
-                    raise NoShardAvailable(pause)
-                waits += 1
+                step = policy.base_seconds * 2 ** max(0, failures - 1)
+                if failures >= policy.max_tries or time.monotonic() + step >= deadline:
+                    raise NoShardAvailable(self._shards.seconds_until_one_is_free())
                 time.sleep(step)
-                continue
+                stream = self._shards.pick() or self._shards.soonest_free()
             fields = dataclasses.replace(request, reply_to=self._reply_streams[stream]).to_fields()
             try:
                 self._batcher.submit((stream, fields, minid), timeout=max(0.0, deadline - time.monotonic()))
             except BatchTimeout:
                 self._shards.failed(stream)
                 raise redis.TimeoutError("enqueue took longer than its budget") from None
-            except (NotSent, ReplicasBehind):
+            except (NotSent, ReplicasBehind) as error:
+                failures += 1
                 self._shards.failed(stream)
                 metrics.ENQUEUE_REROUTED.inc()
+                log.debug("shard paused; entry sent again on another", extra={"stream": stream, "error": repr(error)})
                 continue
-            except redis.RedisError:
+            except redis.RedisError as error:
                 self._shards.failed(stream)
+                log.debug("shard paused", extra={"stream": stream, "error": repr(error)})
                 raise
             self._shards.succeeded(stream)
             return stream

@@ -45,6 +45,13 @@ class ShardHealth:
             return stream
         return None
 
+    def soonest_free(self) -> str:
+        """Every shard is paused and a request will not wait longer: the one whose pause ends first
+        (its trial: others keep away until it is answered)."""
+        stream = min(self.streams, key=self._paused_until.__getitem__)
+        self._paused_until[stream] = self._clock() + self._pause(stream)
+        return stream
+
     def failed(self, stream: str) -> None:
         self._failures[stream] += 1
         self._paused_until[stream] = self._clock() + self._pause(stream)

@@ -62,3 +62,15 @@ def test_no_shard_is_offered_while_all_are_paused():
     assert shards.seconds_until_one_is_free() == pytest.approx(FIRST_PAUSE_SECONDS)
     clock.now += FIRST_PAUSE_SECONDS
     assert shards.pick() in STREAMS
+
+
+def test_when_every_shard_is_paused_a_request_may_still_try_the_one_whose_pause_ends_first():
+    clock = Clock()
+    shards = ShardHealth(STREAMS, clock)
+    for stream in ["s:{b}", "s:{c}", "s:{a}"]:
+        shards.failed(stream)
+        clock.now += 0.01
+
+    assert shards.soonest_free() == "s:{b}"
+    # It is that shard's trial now: the next request does not pile onto it.
+    assert shards.soonest_free() == "s:{c}"
