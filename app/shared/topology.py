@@ -7,8 +7,8 @@ for logs, whether keys need hash tags, which node holds a key, which keys one bl
 read may name together, and how routes are refreshed after a failure. Nothing outside
 this module asks which topology it runs on.
 
-The cluster part owns redis-py's cluster traps (each reproduced in
-tests/shared/test_topology.py): a blocking read longer than the socket timeout is cut
+The cluster part owns redis-py's cluster traps (with StreamReadingCluster; each reproduced in
+tests/shared/test_connections.py): a blocking read longer than the socket timeout is cut
 off as a TimeoutError (redis/redis-py#2807), so a client that blocks is given a socket
 timeout above its longest block; a READONLY answer (a demoted primary) does not refresh
 the slot map, and many callers failing at once each re-read it (#4074), so refreshes go
