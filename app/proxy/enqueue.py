@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,8 @@ from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.routing import NodeWriter, NotSent, Routed
 
 log = logging.getLogger("app.proxy")
+
+PROBE_INTERVAL_SECONDS = 0.25
 
 # (stream, fields, MINID: entries older than any deadline are trimmed as this one is added)
 Entry = tuple[str, dict[Any, Any], str]
@@ -56,12 +59,14 @@ class Enqueuer:
         self._shards = shards
         self._reply_streams = reply_streams
         self._batcher: Batcher[Entry] = Batcher(self._send, "enqueue")
+        self._next_probe = 0.0
 
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float) -> str:
         """Returns the shard once the entry is in Redis; raises a Redis error (CircuitOpen,
         NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise."""
         wait = self._guard.retry_after()
         if wait > 0:
+            self._probe_if_due()
             raise CircuitOpen(wait)
         deadline = time.monotonic() + wait_seconds
         try:
@@ -71,6 +76,16 @@ class Enqueuer:
             raise
         self._guard.record(None)
         return stream
+
+    def _probe_if_due(self) -> None:
+        """While the breaker is open, every PROBE_INTERVAL_SECONDS a PING in the background
+        asks Redis; its answer half-opens the breaker and the next request is the trial.
+        Recovery is then noticed by the request path itself, not only by a reply reader
+        that may sit in its blocking XREAD, and no refused request waits for the PING."""
+        now = time.monotonic()
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_INTERVAL_SECONDS
+            threading.Thread(target=self._guard.probe, name="enqueue-probe", daemon=True).start()
 
     def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float) -> str:
         # A failed write sends the entry to the next shard at once; when every shard is

@@ -113,6 +113,12 @@ class NodeWriter:
             self._replicas.add_to(pipe)
             replies = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError) as error:
+            if isinstance(error.__context__, ReadOnlyError):
+                # Sentinel's connection turns a READONLY answer into a ConnectionError: the
+                # node (a demoted primary) refused the writes. Its other idle connections
+                # lead there too; dropped, they ask the Sentinels again.
+                self._topology.forget_idle_connections(node)
+                return [NotSent(f"refused by a demoted primary: {error}")] * len(items)
             # Written, perhaps executed: its fate is unknown.
             return [error] * len(items)
         finally:
