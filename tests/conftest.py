@@ -3,6 +3,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,48 +100,52 @@ def cluster_stack(tmp_path: Path, redis_cluster: RedisClusterSet, request: pytes
     yield from _run_stack(Stack(tmp_path, redis_cluster.nodes[0], **redis_cluster.env()), request)
 
 
+def _started_cluster(tmp_path: Path, **options: Any) -> Iterator[RedisClusterSet]:
+    cluster = RedisClusterSet(tmp_path / "cluster", **options)
+    yield cluster
+    cluster.stop()
+
+
+def _cluster_stack(tmp_path: Path, cluster: RedisClusterSet, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Proxies and workers on the cluster; REDIS_URL names its first node."""
+    yield from _run_stack(Stack(tmp_path, cluster.nodes[0], **cluster.env()), request)
+
+
 @pytest.fixture
 def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     """Three primaries with a replica each (cluster-node-timeout 2000 ms), configured as the
     README recommends: cluster-require-full-coverage no."""
-    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1, full_coverage=False)
-    yield cluster
-    cluster.stop()
+    yield from _started_cluster(tmp_path, replicas=1, full_coverage=False)
 
 
 @pytest.fixture
 def replicated_cluster_stack(tmp_path: Path, replicated_cluster: RedisClusterSet,
                              request: pytest.FixtureRequest) -> Iterator[Stack]:
-    yield from _run_stack(Stack(tmp_path, replicated_cluster.nodes[0], **replicated_cluster.env()), request)
+    yield from _cluster_stack(tmp_path, replicated_cluster, request)
 
 
 @pytest.fixture
 def fully_covered_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     """A replica per primary and Redis's default cluster-require-full-coverage yes."""
-    cluster = RedisClusterSet(tmp_path / "cluster", replicas=1, full_coverage=True)
-    yield cluster
-    cluster.stop()
+    yield from _started_cluster(tmp_path, replicas=1, full_coverage=True)
 
 
 @pytest.fixture
 def fully_covered_cluster_stack(tmp_path: Path, fully_covered_cluster: RedisClusterSet,
                                 request: pytest.FixtureRequest) -> Iterator[Stack]:
-    yield from _run_stack(Stack(tmp_path, fully_covered_cluster.nodes[0], **fully_covered_cluster.env()), request)
+    yield from _cluster_stack(tmp_path, fully_covered_cluster, request)
 
 
 @pytest.fixture
 def doubly_replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     """Two replicas per primary: once one is promoted the other follows it, so WAIT 1 can be met again."""
-    cluster = RedisClusterSet(tmp_path / "cluster", replicas=2, full_coverage=False)
-    yield cluster
-    cluster.stop()
+    yield from _started_cluster(tmp_path, replicas=2, full_coverage=False)
 
 
 @pytest.fixture
 def doubly_replicated_cluster_stack(tmp_path: Path, doubly_replicated_cluster: RedisClusterSet,
                                     request: pytest.FixtureRequest) -> Iterator[Stack]:
-    cluster = doubly_replicated_cluster
-    yield from _run_stack(Stack(tmp_path, cluster.nodes[0], **cluster.env()), request)
+    yield from _cluster_stack(tmp_path, doubly_replicated_cluster, request)
 
 
 @pytest.fixture
