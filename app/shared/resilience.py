@@ -179,9 +179,9 @@ class RedisGuard:
         try:
             result = operation(*args, **kwargs)
         except Exception as error:
-            self._record(error)
+            self.record(error)
             raise
-        self._record(None)
+        self.record(None)
         self._on_success()
         return result
 
@@ -196,13 +196,11 @@ class RedisGuard:
         open breaker closes, as a successful call would close it."""
         if self._breaker.current_state != pybreaker.STATE_CLOSED:
             self.probe()
-            self._record(None)
+            self.record(None)
 
     def record(self, error: BaseException | None) -> None:
-        """The outcome of an operation that paced its own tries (None: it succeeded)."""
-        self._record(error)
-
-    def _record(self, error: BaseException | None) -> None:
+        """The outcome of an operation (None: it succeeded), replayed through the breaker;
+        public for operations that pace their own tries."""
         try:
             self._breaker.call(_replay, error)
         except pybreaker.CircuitBreakerError:

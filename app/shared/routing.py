@@ -87,9 +87,9 @@ class NodeWriter:
             outcomes = self._execute_on(node, [items[index] for index in indexes])
             for index, outcome in zip(indexes, outcomes, strict=True):
                 results[index] = outcome
+                # NotSent is a ConnectionError; a WAIT shortfall says nothing about the routes.
                 stale_routes = stale_routes or (isinstance(outcome, redis.ConnectionError | redis.TimeoutError)
-                                                and not isinstance(outcome, ReplicasBehind)) \
-                    or isinstance(outcome, NotSent)
+                                                and not isinstance(outcome, ReplicasBehind))
         if stale_routes:
             # A node failed or refused: the slot map may be out of date (a failover).
             self._topology.refresh_routes(self._client)
