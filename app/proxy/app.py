@@ -28,6 +28,7 @@ from app.shared import contract
 from app.shared.logs import configure_logging
 from app.shared.routing import NodeWriter
 from app.shared.runtime import redis_runtime
+from app.shared.shard_sets import Announcer, ShardSetRegistry
 from app.shared.tracing import configure_tracing
 
 log = logging.getLogger("app.proxy")
@@ -70,6 +71,8 @@ def create_app(settings: ProxySettings) -> Flask:
     topology, guard = runtime.topology, runtime.guard
     enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+    registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
+    Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
     enqueuer = Enqueuer(NodeWriter(topology, enqueue_redis, runtime.replica_wait), guard,
                         ShardHealth(settings.request_streams), reply_streams)
     authenticator = JwtAuthenticator(

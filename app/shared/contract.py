@@ -76,6 +76,12 @@ def dead_letter_stream(request_stream: str) -> str:
     return request_stream + DEAD_LETTER_SUFFIX
 
 
+def shard_sets_key(base: str) -> str:
+    """Which shard counts proxies write: a sorted set of REQUEST_STREAM_SHARDS values, each
+    scored by when a proxy last announced it (ms, the key's own Redis clock)."""
+    return base + ":shard-sets"
+
+
 def request_streams(base: str, shards: int, tagged: bool) -> list[str]:
     """The request stream keys: ``base`` alone when there is one shard and no cluster,
     else one ``base:{tag}`` per shard, so each shard's stream, dead-letter stream and

@@ -96,6 +96,10 @@ class CommonSettings(BaseSettings):
     # Above 1 (or in cluster mode) the requests go to N streams REQUEST_STREAM:{tag},
     # each in a slot of its own, spread over the cluster's primaries.
     request_stream_shards: Annotated[int, Field(ge=1, le=64)] = 1
+    # Proxies announce their REQUEST_STREAM_SHARDS this often; workers read every announced
+    # shard set and retire one unannounced for 3 intervals once drained (app.shared.shard_sets).
+    # Proxies and workers must use the same value.
+    shard_set_announce_seconds: Annotated[float, Field(ge=0.1, le=300)] = 10.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     bind_host: str = Field(default="0.0.0.0", min_length=1)
     # Retries of one Redis operation on connection and timeout errors (never on data errors).

@@ -24,13 +24,15 @@ HOUSEKEEPING_INTERVAL_SECONDS = 5.0
 
 class Housekeeping:
     def __init__(self, client: RedisClient, reads: NodeWriter, guard: RedisGuard, janitor: ConsumerJanitor,
-                 streams: list[str], *, group: str, consumer_expiry_seconds: float, groups_ready: Callable[[], bool],
-                 stopping: threading.Event) -> None:
+                 streams: Callable[[], list[str]], *, group: str, consumer_expiry_seconds: float,
+                 groups_ready: Callable[[], bool], stopping: threading.Event) -> None:
         self._redis = client
         self._reads = reads
         self._guard = guard
         self._janitor = janitor
+        # The streams read right now: they change when a shard set is announced or retired.
         self._streams = streams
+        self._labelled: set[str] = set()
         self._group = group
         self._expiry_ms = int(consumer_expiry_seconds * 1000)
         self._groups_ready = groups_ready
@@ -54,12 +56,13 @@ class Housekeeping:
         """Per shard; a shard whose node does not answer is left for the next round."""
         removed: list[str] = []
         errors: list[redis.RedisError] = []
-        for stream in self._streams:
+        streams = self._streams()
+        for stream in streams:
             try:
                 removed += self._janitor.remove_gone(stream, self._expiry_ms)
             except redis.RedisError as error:
                 errors.append(error)
-        if len(errors) == len(self._streams):
+        if errors and len(errors) == len(streams):
             raise errors[0]
         return removed
 
@@ -67,12 +70,17 @@ class Housekeeping:
         """Lag, pending and lengths of every shard, and their sums. A shard whose node does
         not answer keeps its last figures; when none answers, the error is raised."""
         group = self._group.encode()
-        items = [Routed(stream, _shard_figures(stream)) for stream in self._streams]
+        streams = self._streams()
+        for gone in self._labelled - set(streams):
+            metrics.SHARD_LAG.remove(gone)
+            metrics.SHARD_PENDING.remove(gone)
+        self._labelled &= set(streams)
+        items = [Routed(stream, _shard_figures(stream)) for stream in streams]
         results = self._reads.execute(items)
         if all(isinstance(result, BaseException) for result in results):
             raise results[0]
         lag_total = pending_total = length_total = dead_total = 0
-        for stream, result in zip(self._streams, results, strict=True):
+        for stream, result in zip(streams, results, strict=True):
             if isinstance(result, BaseException):
                 continue
             groups, stream_length, dead_letters = result
@@ -86,6 +94,7 @@ class Housekeeping:
                 lag = int(info["lag"]) if info.get("lag") is not None else length
                 metrics.SHARD_LAG.labels(stream).set(lag)
                 metrics.SHARD_PENDING.labels(stream).set(pending)
+                self._labelled.add(stream)
                 lag_total += lag
                 pending_total += pending
             length_total += length

@@ -43,6 +43,15 @@ SHARD_LAG = Gauge(
 SHARD_PENDING = Gauge(
     "weather_worker_shard_pending_entries", "Entries of one request stream shard pending in the group.", ["shard"]
 )
+SHARD_SETS_READ = Gauge(
+    "weather_worker_shard_sets_read",
+    "1 for each shard count whose streams this worker reads: its own REQUEST_STREAM_SHARDS and every count "
+    "proxies announce, until that set is retired.",
+    ["shards"],
+)
+SHARD_SETS_RETIRED = Counter(
+    "weather_worker_shard_sets_retired", "Shard sets this worker stopped reading: unannounced and drained."
+)
 
 CLAIMED = Counter(
     "weather_worker_claimed",

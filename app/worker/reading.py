@@ -48,8 +48,11 @@ class ShardReader:
         self._claim_idle_ms = int(claim_idle_seconds * 1000)
         # Look for orphans often enough that a dead consumer's entries wait little past the idle time.
         self._claim_interval = min(5.0, max(0.2, claim_idle_seconds / 4))
-        self._shares_terminals = shares_terminals
+        # Set by the worker whenever it starts or retires another reader.
+        self.shares_terminals = shares_terminals
         self._stopping = stopping
+        # This shard's set was retired (app.worker.shard_sets): read no more.
+        self.retired = threading.Event()
         self._on_group_lost = on_group_lost
         self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
         self.group_ready = False
@@ -69,9 +72,10 @@ class ShardReader:
         self.group_ready = True
 
     def run(self) -> None:
-        """Reads until the worker stops, handing what it reads to the terminals it took."""
+        """Reads until the worker stops or the shard is retired, handing what it reads to
+        the terminals it took."""
         terminals = self._terminals
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self.retired.is_set():
             self.last_loop = time.monotonic()
             if not terminals.take_one(timeout=0.5):
                 # Every terminal may be waiting on an open breaker to write a reply:
@@ -81,7 +85,7 @@ class ShardReader:
             taken = 1 + terminals.take_idle(terminals.count - 1)
             deliveries: list[Delivery] = []
             try:
-                if self._shares_terminals and taken > 1:
+                if self.shares_terminals and taken > 1:
                     deliveries = self._guard.call_from_loop(self.next_deliveries, taken, False)
                     if not deliveries:
                         # Wait for this shard holding one terminal: the others may be

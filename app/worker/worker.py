@@ -10,12 +10,14 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 
 from app.shared.connections import RedisClient
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard
 from app.shared.routing import NodeWriter
 from app.shared.runtime import RedisRuntime
+from app.shared.shard_sets import ShardSetRegistry
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
 from app.worker.handling import Handler
@@ -23,30 +25,48 @@ from app.worker.housekeeping import Housekeeping
 from app.worker.outcomes import OutcomeWriter
 from app.worker.reading import ShardReader
 from app.worker.settings import WorkerSettings
+from app.worker.shard_sets import ShardSetFollower
 from app.worker.terminals import Terminals
 
 log = logging.getLogger("app.worker")
 
 
 class Worker:
-    def __init__(self, terminals: Terminals, readers: list[ShardReader], handler: Handler,
-                 housekeeping: Housekeeping, guard: RedisGuard, stopping: threading.Event, *,
-                 consumer: str, group: str, read_block_ms: int, shutdown_grace_seconds: float) -> None:
+    def __init__(self, terminals: Terminals, new_reader: Callable[[str], ShardReader], streams: list[str],
+                 handler: Handler, background: list[Callable[[], None]], guard: RedisGuard,
+                 stopping: threading.Event, *, consumer: str, group: str, read_block_ms: int,
+                 shutdown_grace_seconds: float) -> None:
         self.terminals = terminals
-        self.readers = readers
         self.handler = handler
-        self.housekeeping = housekeeping
         self.guard = guard
         self.consumer = consumer
+        self._new_reader = new_reader
+        self._background = background
         self._stopping = stopping
         self._group = group
         self._read_block_ms = read_block_ms
         self._shutdown_grace_seconds = shutdown_grace_seconds
         self._threads: list[threading.Thread] = []
+        # Readers come and go while the worker runs: a shard set announced by proxies is
+        # read, a retired one is not (app.worker.shard_sets).
+        self._readers: dict[str, ShardReader] = {}
+        self._reader_threads: list[threading.Thread] = []
+        self._readers_lock = threading.Lock()
+        self._running = False
+        self.read(streams)
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def readers(self) -> list[ShardReader]:
+        with self._readers_lock:
+            return list(self._readers.values())
+
+    @property
+    def streams(self) -> list[str]:
+        return [reader.stream for reader in self.readers]
 
     @property
     def groups_ready(self) -> bool:
@@ -66,6 +86,25 @@ class Worker:
             if not reader.group_ready:
                 reader.ensure_group()
 
+    def read(self, streams: list[str]) -> None:
+        """Reads these streams too (those not read yet)."""
+        with self._readers_lock:
+            for stream in streams:
+                if stream not in self._readers:
+                    reader = self._readers[stream] = self._new_reader(stream)
+                    if self._running:
+                        self._start_reader(reader)
+            self._share_terminals()
+
+    def stop_reading(self, streams: list[str]) -> None:
+        """Reads these streams no more; what was already read is finished as usual."""
+        with self._readers_lock:
+            for stream in streams:
+                reader = self._readers.pop(stream, None)
+                if reader is not None:
+                    reader.retired.set()
+            self._share_terminals()
+
     def request_stop(self) -> None:
         if not self._stopping.is_set():
             log.info("stop requested: no new entries will be read")
@@ -78,18 +117,27 @@ class Worker:
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
-        threading.Thread(target=self.housekeeping.run, name="housekeeping", daemon=True).start()
+        for loop in self._background:
+            threading.Thread(target=loop, name=getattr(loop, "__qualname__", "background"), daemon=True).start()
+        with self._readers_lock:
+            self._running = True
+            for reader in self._readers.values():
+                self._start_reader(reader)
         log.info("worker started", extra={"consumer": self.consumer, "group": self._group,
-                                          "streams": [reader.stream for reader in self.readers],
-                                          "terminals": self.terminals.count})
-        others = [threading.Thread(target=reader.run, name=f"reader-{reader.stream}", daemon=True)
-                  for reader in self.readers[1:]]
-        for reader in others:
-            reader.start()
-        self.readers[0].run()
-        for reader in others:
-            reader.join(timeout=self._read_block_ms / 1000 + 5)
+                                          "streams": self.streams, "terminals": self.terminals.count})
+        self._stopping.wait()
+        for thread in self._reader_threads:
+            thread.join(timeout=self._read_block_ms / 1000 + 5)
         self._drain()
+
+    def _start_reader(self, reader: ShardReader) -> None:
+        thread = threading.Thread(target=reader.run, name=f"reader-{reader.stream}", daemon=True)
+        thread.start()
+        self._reader_threads = [*(t for t in self._reader_threads if t.is_alive()), thread]
+
+    def _share_terminals(self) -> None:
+        for reader in self._readers.values():
+            reader.shares_terminals = len(self._readers) > 1
 
     def _terminal(self, rng: random.Random) -> None:
         while (delivery := self.terminals.next_delivery()) is not None:
@@ -123,21 +171,26 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     handler = Handler(writer, guard, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
                       processing_delay=settings.processing_delay_ms,
                       reconnect_max_seconds=settings.redis_reconnect_max_seconds)
-    streams = settings.request_streams
-    readers = [
-        ShardReader(client, runtime.shard_guard("worker", stream), terminals, stream, group=settings.consumer_group,
-                    consumer=settings.consumer_name, read_block_ms=settings.read_block_ms,
-                    claim_idle_seconds=settings.claim_idle_seconds,
-                    reconnect_max_seconds=settings.redis_reconnect_max_seconds, shares_terminals=len(streams) > 1,
-                    stopping=stopping, on_group_lost=writer.ttl.forget_all)  # the reply streams went with it
-        for stream in streams
-    ]
+    def new_reader(stream: str) -> ShardReader:
+        return ShardReader(client, runtime.shard_guard("worker", stream), terminals, stream,
+                           group=settings.consumer_group, consumer=settings.consumer_name,
+                           read_block_ms=settings.read_block_ms, claim_idle_seconds=settings.claim_idle_seconds,
+                           reconnect_max_seconds=settings.redis_reconnect_max_seconds, shares_terminals=False,
+                           stopping=stopping, on_group_lost=writer.ttl.forget_all)  # the reply streams went with it
+
     housekeeping = Housekeeping(
-        client, unconfirmed, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name), streams,
-        group=settings.consumer_group, consumer_expiry_seconds=settings.consumer_expiry_seconds,
-        groups_ready=lambda: worker.groups_ready, stopping=stopping,
+        client, unconfirmed, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name),
+        lambda: worker.streams, group=settings.consumer_group,
+        consumer_expiry_seconds=settings.consumer_expiry_seconds, groups_ready=lambda: worker.groups_ready,
+        stopping=stopping,
     )
-    worker = Worker(terminals, readers, handler, housekeeping, guard, stopping, consumer=settings.consumer_name,
-                  group=settings.consumer_group, read_block_ms=settings.read_block_ms,
-                  shutdown_grace_seconds=settings.shutdown_grace_seconds)
+    follower = ShardSetFollower(
+        ShardSetRegistry(client, settings.request_stream, runtime.topology.hash_tagged), client,
+        settings.request_stream_shards, group=settings.consumer_group,
+        announce_seconds=settings.shard_set_announce_seconds, read=lambda streams: worker.read(streams),
+        stop_reading=lambda streams: worker.stop_reading(streams), stopping=stopping,
+    )
+    worker = Worker(terminals, new_reader, settings.request_streams, handler, [housekeeping.run, follower.run],
+                    guard, stopping, consumer=settings.consumer_name, group=settings.consumer_group,
+                    read_block_ms=settings.read_block_ms, shutdown_grace_seconds=settings.shutdown_grace_seconds)
     return worker

@@ -6,6 +6,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -74,8 +75,11 @@ class SteadyLoad:
     """Requests started at a fixed rate in the background, whatever the answers (open loop),
     until stopped or `max_seconds` have passed; bounded in count and time."""
 
-    def __init__(self, base_url: str, rate: float, max_seconds: float, timeout: float = 30, start: int = 0) -> None:
-        self._url, self._rate, self._timeout, self._start = base_url, rate, timeout, start
+    def __init__(self, base_url: str | Callable[[], str], rate: float, max_seconds: float, timeout: float = 30,
+                 start: int = 0) -> None:
+        # A callable picks the URL of each request: a set of proxies that changes under load.
+        self._url = base_url if callable(base_url) else lambda: base_url
+        self._rate, self._timeout, self._start = rate, timeout, start
         self._max_seconds = max_seconds
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=64)
@@ -95,7 +99,7 @@ class SteadyLoad:
             scheduled = began + n / self._rate
             if self._stop.wait(max(0.0, scheduled - time.monotonic())) or scheduled - began > self._max_seconds:
                 return
-            self._futures.append(self._pool.submit(ask, self._url, self._start + n, self._timeout))
+            self._futures.append(self._pool.submit(ask, self._url(), self._start + n, self._timeout))
 
     def stop(self) -> list[Result]:
         self._stop.set()
