@@ -21,6 +21,7 @@ from rich.table import Table
 from app.shared import contract
 from app.shared.connections import RedisClient
 from app.shared.settings import CommonSettings
+from app.shared.shard_sets import RETIRE_AFTER_ANNOUNCEMENTS, ShardSetRegistry
 
 CIRCUIT = {0: "closed", 1: "half-open", 2: "open"}
 
@@ -35,8 +36,18 @@ class ShardRow:
 
 
 @dataclass
+class ShardSetRow:
+    shards: int
+    announced_seconds_ago: float
+    # Announced within the retirement window: proxies write it. Else workers retire it once drained.
+    written: bool
+
+
+@dataclass
 class Snapshot:
     shards: list[ShardRow] = field(default_factory=list)
+    # The shard counts proxies announced (app.shared.shard_sets); more than one while REQUEST_STREAM_SHARDS changes.
+    shard_sets: list[ShardSetRow] = field(default_factory=list)
     # Per consumer name, over every shard: pending entries and the shortest idle time (ms).
     consumers: dict[str, tuple[int, int]] = field(default_factory=dict)
     services: list[tuple[str, str, dict[str, float] | None]] = field(default_factory=list)
@@ -71,9 +82,16 @@ def _read_shard(client: RedisClient, stream: str, group: str, consumers: dict[st
     return row
 
 
-def take_snapshot(client: RedisClient, streams: list[str], group: str, services: list[tuple[str, str]]) -> Snapshot:
+def take_snapshot(client: RedisClient, streams: list[str], group: str, services: list[tuple[str, str]],
+                  registry: ShardSetRegistry | None = None, retire_after_ms: int = 0) -> Snapshot:
     snapshot = Snapshot()
     try:
+        if registry is not None:
+            announced = registry.announced()
+            for shards, last_ms in sorted(announced.last_ms.items()):
+                snapshot.shard_sets.append(ShardSetRow(shards, (announced.now_ms - last_ms) / 1000,
+                                                       not announced.stale(shards, retire_after_ms)))
+                streams = [*streams, *(s for s in registry.streams(shards) if s not in streams)]
         snapshot.shards = [_read_shard(client, stream, group, snapshot.consumers) for stream in streams]
     except redis.RedisError as error:
         snapshot.redis_error = f"{type(error).__name__}: {error}"
@@ -100,6 +118,13 @@ def render(snapshot: Snapshot, where: str, group: str) -> Group:
         queue.add_row(f"all {len(shards)} shards", total([r.lag for r in shards]), total([r.pending for r in shards]),
                       total([r.length for r in shards]), total([r.dead_letters for r in shards]))
 
+    sets = Table(title="Shard sets announced by proxies")
+    for column in ("shards", "announced", "state"):
+        sets.add_column(column, justify="right" if column != "state" else "left")
+    for item in snapshot.shard_sets:
+        sets.add_row(str(item.shards), f"{item.announced_seconds_ago:.1f} s ago",
+                     "written" if item.written else "[yellow]no proxy writes it: retired once drained[/yellow]")
+
     consumers = Table(title="Consumers")
     for column in ("consumer", "pending", "idle"):
         consumers.add_column(column, justify="right" if column != "consumer" else "left")
@@ -122,7 +147,7 @@ def render(snapshot: Snapshot, where: str, group: str) -> Group:
         up = metrics.get(f"weather_{kind}_redis_up")
         services.add_row(kind, url, CIRCUIT.get(int(state), "?") if state is not None else "?", terminals, inflight,
                          "up" if up == 1 else "down")
-    return Group(queue, consumers, services)
+    return Group(queue, *([sets] if len(snapshot.shard_sets) > 1 else []), consumers, services)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = CommonSettings(redis_url=args.redis_url, redis_password=args.redis_password,
                               request_stream=args.stream, request_stream_shards=args.shards)
     client = settings.topology.client(client_name="monitor")
+    registry = ShardSetRegistry(client, settings.request_stream, settings.topology.hash_tagged)
+    retire_after_ms = int(RETIRE_AFTER_ANNOUNCEMENTS * settings.shard_set_announce_seconds * 1000)
     services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:8080"]]
     services += [("worker", url) for url in args.worker or ["http://127.0.0.1:9100"]]
     console = Console()
 
     def frame() -> Group:
-        snapshot = take_snapshot(client, settings.request_streams, args.group, services)
+        snapshot = take_snapshot(client, settings.request_streams, args.group, services, registry, retire_after_ms)
         return render(snapshot, settings.topology.describe(), args.group)
 
     if args.once:

@@ -475,6 +475,17 @@ def test_standalone_shards_get_a_redis_streams_trigger_each():
     assert one(docs, "ConfigMap", "-proxy")["data"]["REQUEST_STREAM_SHARDS"] == "3"
 
 
+def test_while_the_shard_count_changes_keda_watches_both_sets():
+    docs = render("keda", "config.requestStreamShards=6", "worker.terminals=6",
+                  "worker.keda.previousRequestStreamShards=1")
+    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+
+    new, old = contract.request_streams("weather-requests", 6, False), ["weather-requests"]
+    assert [t["metadata"]["stream"] for t in triggers] == new + old
+    # Each set's shards share its lag target: the unsharded stream keeps the whole target.
+    assert [t["metadata"]["lagCount"] for t in triggers] == ["9"] * 6 + ["50"]
+
+
 def test_shard_tags_file_matches_the_services():
     result = subprocess.run([sys.executable, "scripts/shard_tags.py", "--check"], cwd=ROOT,
                             capture_output=True, text=True)

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from app.shared import contract
+from app.shared.shard_sets import ShardSetRegistry
 from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.system
@@ -70,3 +71,28 @@ def test_monitor_shows_every_shard_of_a_cluster_and_their_sum(redis_cluster):
     for count, stream in enumerate(streams, start=1):
         assert lines[stream].split("│")[2].strip() == str(count)  # lag
     assert lines["all 3 shards"].split("│")[2].strip() == "6"
+
+
+def test_monitor_shows_both_shard_sets_while_the_count_changes(redis_cluster):
+    client = redis_cluster.client()
+    registry = ShardSetRegistry(client, contract.DEFAULT_REQUEST_STREAM, hash_tagged=True)
+    registry.announce(6)
+    # The last proxy on 3 announced it a minute ago (the default window is 3 x 10 s).
+    client.zadd(registry.key, {"3": registry.announced().now_ms - 60_000})
+    old = registry.streams(3)[0]
+    client.xgroup_create(old, contract.DEFAULT_CONSUMER_GROUP, id="0", mkstream=True)
+    client.xadd(old, {"x": "1"})
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "6"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", redis_cluster.url,
+         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 2}
+    assert lines[old].split("│")[2].strip() == "1"  # the old set's lag is shown beside the new set's shards
+    assert all(stream in lines for stream in registry.streams(6))
+    assert "all 9 shards" in lines
+    assert "written" in lines["6"] and "retired once drained" in lines["3"]

@@ -24,13 +24,18 @@ The request stream keys as a JSON list, as the services name them
 written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 */}}
 {{- define "rsd.requestStreams" -}}
-{{- $shards := int .Values.config.requestStreamShards -}}
-{{- $base := .Values.config.requestStream -}}
-{{- if and (eq $shards 1) (not (include "rsd.redis.cluster" .)) -}}
+{{- include "rsd.requestStreamsOf" (dict "root" . "shards" .Values.config.requestStreamShards) -}}
+{{- end }}
+
+{{/* The same for a given shard count (dict "root" . "shards" N): a count being changed from. */}}
+{{- define "rsd.requestStreamsOf" -}}
+{{- $shards := int .shards -}}
+{{- $base := .root.Values.config.requestStream -}}
+{{- if and (eq $shards 1) (not (include "rsd.redis.cluster" .root)) -}}
 {{- list $base | toJson -}}
 {{- else -}}
 {{- $streams := list -}}
-{{- range index (fromJson (.Files.Get "files/shard-tags.json")) (toString $shards) -}}
+{{- range index (fromJson (.root.Files.Get "files/shard-tags.json")) (toString $shards) -}}
 {{- $streams = append $streams (printf "%s:{%s}" $base .) -}}
 {{- end -}}
 {{- $streams | toJson -}}
