@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gevent
@@ -11,16 +12,20 @@ from flask import Blueprint, Response
 from app.proxy.errors import json_response
 from app.proxy.replies import ReplyListener
 from app.shared import contract
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisClient
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisClient, failure_detail
 from app.shared.resilience import RedisGuard
 
 HEALTH_PATH = "/WeatherForecast/health"
+
+log = logging.getLogger("app.proxy")
 
 
 class Readiness:
     """Ready = the breaker lets calls through, Redis answers a PING, and replies are being read."""
 
-    def __init__(self, guard: RedisGuard, ping_client: RedisClient, listener: ReplyListener) -> None:
+    def __init__(self, guard: RedisGuard, ping_client: RedisClient, listener: ReplyListener,
+                 username: str | None) -> None:
+        self._username = username
         self._guard = guard
         self._ping_client = ping_client
         self._listener = listener
@@ -32,7 +37,10 @@ class Readiness:
             with gevent.Timeout(READINESS_PING_TIMEOUT_SECONDS, redis.TimeoutError("ping timed out")):
                 self._ping_client.ping()
         except redis.RedisError as error:
-            return 503, {"status": "redis_unavailable", "detail": type(error).__name__}, {}
+            detail = failure_detail(error, self._username)
+            if isinstance(error, redis.AuthenticationError):
+                log.error("not ready: %s", detail)
+            return 503, {"status": "redis_unavailable", "detail": detail}, {}
         if not self._listener.healthy:
             return 503, {"status": "reply_listener_down"}, {}
         return 200, {"status": "ready"}, {}

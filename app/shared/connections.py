@@ -83,8 +83,20 @@ class StreamReadingCluster(redis.RedisCluster):
                 slots = {key_slot(key.encode() if isinstance(key, str) else key) for key in after[:len(after) // 2]}
                 if len(slots) == 1:
                     return slots.pop()
+        if str(args[0]).upper() == "EVAL_RO" and len(args) > 3 and int(args[2]) == 1:
+            # Like EVAL, whose key redis-py reads from the arguments: no COMMAND GETKEYS.
+            key = args[3]
+            return key_slot(key.encode() if isinstance(key, str) else key)
         slot: int | None = super().determine_slot(*args)
         return slot
+
+
+def failure_detail(error: redis.RedisError, username: str | None) -> str:
+    """What a readiness answer and its log line say of a failed Redis call: the error's
+    type, and when Redis refused the credentials, whose (never the password)."""
+    if isinstance(error, redis.AuthenticationError):
+        return f"Redis refused the credentials of user {username or 'default'}"
+    return type(error).__name__
 
 
 def no_retries() -> Retry:

@@ -77,7 +77,8 @@ class ShardSetRegistry:
         self._redis.eval(_ANNOUNCE, 1, self.key, shards)
 
     def announced(self) -> Announced:
-        result: Any = self._redis.eval(_ANNOUNCED, 1, self.key)
+        # Read only: a monitor's user that may not write runs it too.
+        result: Any = self._redis.eval_ro(_ANNOUNCED, 1, self.key)
         now_ms, flat = result
         members = {int(flat[i]): int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
         return Announced(int(now_ms), members)

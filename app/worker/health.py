@@ -3,6 +3,7 @@ worker's own GET /WeatherForecast (five local forecasts) and GET /WeatherForecas
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -17,9 +18,11 @@ import redis
 from prometheus_client import make_wsgi_app
 
 from app.shared import contract
-from app.shared.connections import RedisClient
+from app.shared.connections import RedisClient, failure_detail
 from app.shared.local_forecast import five_day_forecast
 from app.worker.worker import Worker
+
+log = logging.getLogger("app.worker")
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -37,7 +40,8 @@ def _json(start_response: Callable[..., Any], status: str, body: object) -> Iter
 
 
 class HealthApp:
-    def __init__(self, worker: Worker, ping_client: RedisClient, read_block_ms: int) -> None:
+    def __init__(self, worker: Worker, ping_client: RedisClient, read_block_ms: int, username: str | None) -> None:
+        self._username = username
         self._worker = worker
         self._ping_client = ping_client
         self._metrics = make_wsgi_app()
@@ -78,8 +82,10 @@ class HealthApp:
         try:
             self._ping_client.ping()
         except redis.RedisError as error:
-            return _json(start_response, "503 Service Unavailable",
-                         {"status": "redis_unavailable", "detail": type(error).__name__})
+            detail = failure_detail(error, self._username)
+            if isinstance(error, redis.AuthenticationError):
+                log.error("not ready: %s", detail)
+            return _json(start_response, "503 Service Unavailable", {"status": "redis_unavailable", "detail": detail})
         if not self._worker.groups_ready:
             return _json(start_response, "503 Service Unavailable", {"status": "starting"})
         return _json(start_response, "200 OK", {"status": "ready"})

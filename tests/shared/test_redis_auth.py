@@ -7,6 +7,8 @@ import time
 import pytest
 import requests
 
+from app.shared.acl import shared_user
+from app.shared.contract import DEFAULT_REQUEST_STREAM
 from tests.support.processes import RedisServer, wait_until
 
 pytestmark = pytest.mark.system
@@ -44,11 +46,10 @@ def test_wrong_password_fails_readiness_without_printing_it(stack):
         assert PASSWORD not in process.log()
 
 
-# Least privilege for both services: their keys only, no admin or dangerous commands.
+# One user for both services (a managed Redis with a single user): app.shared.acl's shared user.
 ACL_USER = "stream-demo"
 ACL_PASSWORD = "acl-Pa55word"  # noqa: S105 - a test server's password
-ACL_RULES = (f"{ACL_USER} on >{ACL_PASSWORD} ~weather-* resetchannels "
-             "-@all +@stream +@scripting +@connection +expire +ping -script|flush -script|kill")
+ACL_RULES = shared_user(DEFAULT_REQUEST_STREAM, ACL_USER).rule(ACL_PASSWORD).removeprefix("user ")
 
 
 @pytest.fixture
@@ -71,3 +72,4 @@ def test_services_work_as_a_least_privilege_acl_user(stack, acl_redis):
                worker.metric("weather_worker_redis_up") == 1, 15, what="worker housekeeping as the ACL user")
     for process in (proxy, worker):
         assert "NOPERM" not in process.log()
+    assert acl_redis.client().acl_log() == [], "Redis refused a command of the shared user"

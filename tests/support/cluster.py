@@ -39,7 +39,9 @@ class RedisClusterSet:
     cluster-require-full-coverage: with it (Redis's default) every node refuses every
     command while any slot has no live primary."""
 
-    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0, full_coverage: bool = True) -> None:
+    def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0, full_coverage: bool = True,
+                 acl_file: Path | None = None, admin: tuple[str, str] | None = None) -> None:
+        """``acl_file``: every node loads these users; ``admin`` (user, password) is the test's own."""
         if replicas and primaries < 3:
             raise ValueError("redis-cli --cluster create needs three primaries for replicas")
         self.primary_count = primaries
@@ -48,15 +50,18 @@ class RedisClusterSet:
             for number in range(primaries * (1 + replicas)):
                 port = free_cluster_port()
                 self.nodes.append(RedisServer(
-                    workdir / f"cluster-{number}", port=port, appendonly=True,
-                    extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    workdir / f"cluster-{number}", port=port, appendonly=True, acl_file=acl_file,
+                    username=admin[0] if admin else None, password=admin[1] if admin else None,
+                    extra_args=[*(["--masteruser", admin[0], "--masterauth", admin[1]] if admin else []),
+                                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                 "--cluster-node-timeout", "2000",
                                 "--cluster-require-full-coverage", "yes" if full_coverage else "no"],
                 ))
             if primaries >= 3:
                 addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-                subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas),
-                                "--cluster-yes"], check=True, capture_output=True, timeout=60)
+                credentials = ["--user", admin[0], "--pass", admin[1]] if admin else []
+                subprocess.run(["redis-cli", *credentials, "--cluster", "create", *addresses, "--cluster-replicas",
+                                str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
             else:
                 self._assign_slots_by_hand()
             wait_until(self._ready, 30, interval=0.2, what="cluster_state:ok on every node, replicas in sync")
@@ -110,7 +115,8 @@ class RedisClusterSet:
         return {"REDIS_CLUSTER": "true"}
 
     def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster.from_url(self.url, socket_timeout=5)
+        node = self.nodes[0]
+        return redis.RedisCluster.from_url(self.url, socket_timeout=5, username=node.username, password=node.password)
 
     def node_id(self, node: RedisServer) -> str:
         return node.client().cluster("myid").decode()

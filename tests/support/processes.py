@@ -97,23 +97,27 @@ def base_env(**overrides: str) -> dict[str, str]:
 
 class RedisServer(Managed):
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
-                 password: str | None = None, extra_args: list[str] | None = None) -> None:
+                 password: str | None = None, extra_args: list[str] | None = None,
+                 acl_file: Path | None = None, username: str | None = None) -> None:
+        """``acl_file``: the users (then ``username``/``password`` are the test's own admin user)."""
         self.port = port or free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         argv = [
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-            *(["--requirepass", password] if password else []),
+            *(["--requirepass", password] if password and not acl_file else []),
+            *(["--aclfile", str(acl_file)] if acl_file else []),
             *(extra_args or []),
         ]
         self.password = password
+        self.username = username
         super().__init__(f"redis:{self.port}", argv, base_env(), workdir / "redis.log")
         self.url = f"redis://127.0.0.1:{self.port}/0"
         wait_until(lambda: self.client().ping(), 10, what=f"redis-server on {self.port}")
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5, password=self.password)
+        return redis.Redis.from_url(self.url, socket_timeout=5, username=self.username, password=self.password)
 
 
 class Proxy(Managed):
