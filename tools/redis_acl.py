@@ -19,9 +19,9 @@ import os
 import sys
 
 from app.shared import contract
-from app.shared.acl import AclUser, shared_user, users
+from app.shared.acl import admin_user, shared_user, users
 
-ADMIN_PASSWORD_VARIABLE = "REDIS_ACL_ADMIN_PASSWORD"  # noqa: S105 - a variable's name
+ADMIN_PASSWORD_VARIABLE = admin_user().password_variable
 OPTIONAL = ("REDIS_ACL_PROBE_PASSWORD",)
 
 
@@ -37,8 +37,7 @@ def rules(request_stream: str, environ: dict[str, str]) -> list[str]:
         lines.append(user.rule(password))
     admin = environ.get(ADMIN_PASSWORD_VARIABLE, "")
     if admin:
-        lines.append(AclUser("admin", ("allchannels", "+@all"), ("allkeys",), ADMIN_PASSWORD_VARIABLE).rule(admin)
-                     .replace(" resetchannels -@all", ""))
+        lines.append(admin_user().rule(admin))
         lines.append("user default off")
     else:
         lines.append(f"# the default user is left as it is: set {ADMIN_PASSWORD_VARIABLE} to add an admin "

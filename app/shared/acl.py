@@ -81,9 +81,16 @@ class AclUser:
 
     def rule(self, password: str) -> str:
         """The ACL SETUSER / ACL file line; the password is stored as its SHA-256 only."""
-        digest = hashlib.sha256(password.encode()).hexdigest()
+        return self.rule_for_hash(hashlib.sha256(password.encode()).hexdigest())
+
+    def rule_for_hash(self, digest: str) -> str:
         return " ".join(["user", self.name, "reset", "on", f"#{digest}", *self.keys, "resetchannels", "-@all",
                          *self.commands])
+
+
+def admin_user() -> AclUser:
+    """Operators' user: every right (its own password)."""
+    return AclUser("admin", ("allchannels", "+@all"), ("allkeys",), "REDIS_ACL_ADMIN_PASSWORD")
 
 
 def service_keys(request_stream: str, read_only: bool = False) -> tuple[str, ...]:

@@ -578,9 +578,12 @@ def test_scaled_object_scales_the_worker_on_the_group_lag():
     assert {"lagCount", "activationLagCount"} <= set(trigger["metadata"])
     assert all(isinstance(v, str) for v in trigger["metadata"].values())
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-    [secret_ref] = auth["spec"]["secretTargetRef"]
-    assert secret_ref == {"parameter": "password", "name": one(docs, "Secret", "-redis")["metadata"]["name"],
-                          "key": "redis-password"}
+    secret = one(docs, "Secret", "-redis")["metadata"]["name"]
+    # KEDA reads the queue as the read-only monitor user.
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "username", "name": secret, "key": "monitor-username"},
+        {"parameter": "password", "name": secret, "key": "monitor-password"},
+    ]
 
 
 def test_dashboard_configmap_holds_the_dashboard_of_the_repository():

@@ -129,8 +129,31 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
 {{- end }}
 
 {{/* Environment both services need for Redis: credentials from the Secret, TLS files. */}}
+{{/* The Redis environment of a service: (dict "root" . "component" "proxy"|"worker"). */}}
 {{- define "rsd.redis.env" -}}
-{{- if include "rsd.redis.secretName" . }}
+{{- $component := .component -}}
+{{- with .root -}}
+{{- $own := dict -}}
+{{- if include "rsd.redis.external" . }}{{ $own = index .Values.redis.external.users $component | default dict }}{{ end -}}
+{{- if include "rsd.redis.acl" . }}
+# Its own ACL user (redis.auth.mode acl).
+- name: REDIS_USERNAME
+  value: {{ $component | quote }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rsd.redis.secretName" . }}
+      key: {{ printf "%s-password" $component }}
+{{- else if $own.username }}
+# Its own user of the external Redis (redis.external.users).
+- name: REDIS_USERNAME
+  value: {{ $own.username | quote }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ required (printf "redis.external.users.%s.existingSecret is required with its username" $component) $own.existingSecret }}
+      key: {{ $own.existingSecretKey | default "password" }}
+{{- else if include "rsd.redis.secretName" . }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -144,7 +167,7 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
       name: {{ .Values.redis.external.sentinel.existingSecret }}
       key: {{ .Values.redis.external.sentinel.existingSecretKey }}
 {{- end }}
-{{- if and (include "rsd.redis.external" .) .Values.redis.external.username }}
+{{- if and (include "rsd.redis.external" .) .Values.redis.external.username (not $own.username) }}
 - name: REDIS_USERNAME
   value: {{ .Values.redis.external.username | quote }}
 {{- end }}
@@ -156,6 +179,7 @@ REDIS_WAIT_TIMEOUT_MS: {{ .Values.config.redisWaitTimeoutMs | quote }}
   value: /etc/redis-tls/tls.crt
 - name: REDIS_TLS_KEY_FILE
   value: /etc/redis-tls/tls.key
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -199,4 +223,40 @@ metadata:
 {{- if and (include "rsd.redis.external" .) (not (include "rsd.redis.cluster" .)) }}
   databaseIndex: {{ $external.db | quote }}
 {{- end }}
+{{- end }}
+
+{{/* Whether the embedded Redis runs with a user per component (redis.auth.mode acl). */}}
+{{- define "rsd.redis.acl" -}}
+{{- if and (include "rsd.redis.embedded" .) (eq .Values.redis.auth.mode "acl") }}true{{ end }}
+{{- end }}
+
+{{/* The Secret keys of the embedded Redis's passwords, as a JSON list. */}}
+{{- define "rsd.redis.passwordKeys" -}}
+{{- $keys := list .Values.redis.auth.existingSecretKey -}}
+{{- if include "rsd.redis.acl" . -}}
+{{- range $entry := (fromJson (.Files.Get "files/redis-acl.json")).users -}}
+{{- if ne $entry.user "admin" }}{{ $keys = append $keys $entry.secretKey }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- $keys | toJson -}}
+{{- end }}
+
+{{/*
+The embedded Redis's ACL file with %REQUEST_STREAM% filled in and each password's place
+(@<secret key>@) left for the pod's start script: app.shared.acl's rules, through
+files/redis-acl.json (scripts/redis_acl_json.py).
+*/}}
+{{- define "rsd.redis.aclTemplate" -}}
+{{- $acl := fromJson (.Files.Get "files/redis-acl.json") -}}
+{{- range $index, $entry := $acl.users }}
+{{- $line := replace "%REQUEST_STREAM%" $.Values.config.requestStream $entry.line }}
+{{- if eq $entry.user "admin" }}{{ $line = replace "@redis-password@" (printf "@%s@" $.Values.redis.auth.existingSecretKey) $line }}{{ end }}
+{{- if $index }}{{ "\n" }}{{ end }}{{ $line }}
+{{- end }}
+{{ $acl.last }}
+{{- end }}
+
+{{/* The environment variable of a user's password in the Redis pod (and for tools.redis_acl). */}}
+{{- define "rsd.redis.aclVariable" -}}
+{{- printf "REDIS_ACL_%s_PASSWORD" (upper .) -}}
 {{- end }}
