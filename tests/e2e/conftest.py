@@ -72,7 +72,9 @@ class Deployment:
 
     def redis(self) -> redis.Redis:
         password = base64.b64decode(self.redis_secret["data"]["redis-password"]).decode()
-        return redis.Redis(host=self.ips["redis"], port=6379, password=password, socket_timeout=5)
+        # With the ACL users (redis.auth.mode acl) that password is the admin's; the default user is off.
+        username = "admin" if "proxy-password" in self.redis_secret["data"] else None
+        return redis.Redis(host=self.ips["redis"], port=6379, username=username, password=password, socket_timeout=5)
 
     @property
     def proxy_url(self) -> str:

@@ -98,6 +98,10 @@ def test_500_requests_through_the_proxy_pod(deployment):
     assert all(count > 0 for count in processed.values())
     # CONSUMER_NAME comes from the pod's name (fieldRef metadata.name).
     assert {f"{deployment.workloads['worker'].name}-{i}" for i in range(2)} <= consumers
+    # Each pod ran as its own ACL user (redis.auth.mode acl) and Redis refused none of their commands.
+    users = {name.decode() if isinstance(name, bytes) else name for name in deployment.redis().acl_users()}
+    assert {"proxy", "worker", "monitor", "probe", "admin"} <= users
+    assert deployment.redis().acl_log() == []
 
 
 def test_a_worker_pod_killed_under_load_loses_nothing(deployment):
