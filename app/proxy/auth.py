@@ -1,12 +1,14 @@
 """Bearer-token (JWT) authentication of the API, off unless AUTH_JWT_ENABLED.
 
 PyJWT checks the signature, requires `exp`, and checks `aud` and `iss` when they are
-configured, with a small leeway for clock skew. The token's subject travels in the
+configured, with a small leeway for clock skew. The key is a shared secret, a public key
+file, or the identity provider's published keys (JWKS, app.proxy.jwks). The token's subject travels in the
 stream entry so the worker can log who asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -15,9 +17,11 @@ from app.proxy.errors import ApiError
 
 
 class JwtAuthenticator:
-    def __init__(self, key: str, algorithms: list[str], *, audience: str | None, issuer: str | None,
-                 leeway_seconds: float) -> None:
-        self._key = key
+    def __init__(self, key: str | Callable[[str], Any], algorithms: list[str], *, audience: str | None,
+                 issuer: str | None, leeway_seconds: float) -> None:
+        """``key``: the shared secret or public key, or the function that finds a token's
+        key (app.proxy.jwks). The algorithms are always these, never the token's alone."""
+        self._key = key if callable(key) else lambda _token: key
         self._algorithms = algorithms
         self._audience = audience
         self._issuer = issuer
@@ -32,7 +36,7 @@ class JwtAuthenticator:
             raise _unauthorized("missing_token", "send Authorization: Bearer <token>")
         try:
             claims = jwt.decode(
-                token.strip(), self._key, algorithms=self._algorithms, audience=self._audience,
+                token.strip(), self._key(token.strip()), algorithms=self._algorithms, audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway, options=self._options,
             )
         except jwt.ExpiredSignatureError:

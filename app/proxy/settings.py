@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -46,6 +49,10 @@ class ProxySettings(CommonSettings):
     auth_jwt_algorithms: Annotated[list[JwtAlgorithm], NoDecode] = Field(default_factory=_default_algorithms)
     auth_jwt_secret: SecretStr | None = None
     auth_jwt_public_key_file: FilePath | None = None
+    # The identity provider's JWKS document (https; http only to a loopback address).
+    auth_jwt_jwks_url: str | None = None
+    # A token naming an unknown key fetches the document again at most this often.
+    auth_jwt_jwks_min_refresh_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
     auth_jwt_audience: str | None = None
     auth_jwt_issuer: str | None = None
     auth_jwt_leeway_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
@@ -77,11 +84,48 @@ class ProxySettings(CommonSettings):
             raise ValueError("AUTH_JWT_ALGORITHMS must be all HS* (shared secret) or all RS*/ES* (public key)")
         if symmetric and not self.auth_jwt_secret:
             raise ValueError("AUTH_JWT_ENABLED with HS* algorithms needs AUTH_JWT_SECRET")
+        if self.auth_jwt_jwks_url:
+            if symmetric:
+                raise ValueError("AUTH_JWT_JWKS_URL needs RS*/ES* AUTH_JWT_ALGORITHMS")
+            if self.auth_jwt_public_key_file:
+                raise ValueError("AUTH_JWT_JWKS_URL and AUTH_JWT_PUBLIC_KEY_FILE exclude each other: set one")
+            if not (self.auth_jwt_issuer and self.auth_jwt_audience):
+                # A provider's key set signs the tokens of many tenants and applications.
+                raise ValueError("AUTH_JWT_JWKS_URL needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE")
+            return self
         if asymmetric and not self.auth_jwt_public_key_file:
-            raise ValueError("AUTH_JWT_ENABLED with RS*/ES* algorithms needs AUTH_JWT_PUBLIC_KEY_FILE")
+            raise ValueError("AUTH_JWT_ENABLED with RS*/ES* algorithms needs AUTH_JWT_PUBLIC_KEY_FILE "
+                             "or AUTH_JWT_JWKS_URL")
         return self
 
-    def jwt_key(self) -> str:
+    @field_validator("auth_jwt_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme == "https" and parts.hostname:
+            return value
+        if parts.scheme == "http" and _is_loopback(parts.hostname or ""):
+            return value
+        raise ValueError("must be https:// (plain http only to a loopback address)")
+
+    def jwt_key(self) -> str | Callable[[str], Any]:
+        """The key that checks tokens: a function of the token with JWKS."""
+        if self.auth_jwt_jwks_url:
+            from app.proxy.jwks import JwksKeys
+
+            return JwksKeys(self.auth_jwt_jwks_url,
+                            min_refresh_seconds=self.auth_jwt_jwks_min_refresh_seconds).key_for
         if self.auth_jwt_public_key_file:
             return Path(self.auth_jwt_public_key_file).read_text()
         return self.auth_jwt_secret.get_secret_value() if self.auth_jwt_secret else ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

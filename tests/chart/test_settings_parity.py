@@ -21,6 +21,10 @@ from tests.chart.test_chart import CHART, _value_args, helm
 from tests.support.processes import ROOT
 
 CLUSTER = ("redis.mode=cluster", "redis.external.host=r")
+JWKS = {"AUTH_JWT_ENABLED": "true", "AUTH_JWT_JWKS_URL": "https://idp.example/certs", "AUTH_JWT_ISSUER": "i",
+        "AUTH_JWT_AUDIENCE": "a", "AUTH_JWT_ALGORITHMS": "RS256"}
+JWKS_CHART = ("proxy.auth.enabled=true", "proxy.auth.jwksUrl=https://idp.example/certs", "proxy.auth.issuer=i",
+              "proxy.auth.audience=a")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,16 @@ RULES = [
          ("proxy.auth.enabled=true", r"proxy.auth.algorithms=HS256\,HS512", "proxy.auth.existingSecret=jwt")),
     Rule("AUTH_JWT_ENABLED with HS* algorithms needs AUTH_JWT_SECRET", ProxySettings,
          {"AUTH_JWT_ENABLED": "true"}, ("proxy.auth.enabled=true",), "proxy.auth.existingSecret"),
+    Rule("AUTH_JWT_JWKS_URL needs RS*/ES* AUTH_JWT_ALGORITHMS", ProxySettings,
+         {**JWKS, "AUTH_JWT_ALGORITHMS": "HS256", "AUTH_JWT_SECRET": "s" * 32},
+         (*JWKS_CHART, "proxy.auth.algorithms=HS256"), "proxy.auth.jwksUrl",
+         JWKS, (*JWKS_CHART, "proxy.auth.algorithms=RS256")),
+    Rule("AUTH_JWT_JWKS_URL and AUTH_JWT_PUBLIC_KEY_FILE exclude each other", ProxySettings,
+         {**JWKS, "AUTH_JWT_ALGORITHMS": "RS256", "AUTH_JWT_PUBLIC_KEY_FILE": str(ROOT / "README.md")},
+         (*JWKS_CHART, "proxy.auth.algorithms=RS256", "proxy.auth.existingSecret=jwt"), "proxy.auth.existingSecret"),
+    Rule("AUTH_JWT_JWKS_URL needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE", ProxySettings,
+         {**JWKS, "AUTH_JWT_ALGORITHMS": "RS256", "AUTH_JWT_AUDIENCE": ""},
+         (*JWKS_CHART, "proxy.auth.algorithms=RS256", "proxy.auth.audience="), "proxy.auth.issuer"),
     Rule("AUTH_JWT_ENABLED with RS*/ES* algorithms needs AUTH_JWT_PUBLIC_KEY_FILE", ProxySettings,
          {"AUTH_JWT_ENABLED": "true", "AUTH_JWT_ALGORITHMS": "RS256"},
          ("proxy.auth.enabled=true", "proxy.auth.algorithms=RS256"), "proxy.auth.existingSecret"),

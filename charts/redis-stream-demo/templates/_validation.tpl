@@ -59,8 +59,21 @@ verdict on both sides.
 {{- if and (gt $symmetric 0) (lt $symmetric (len $algorithms)) }}
 {{- fail "proxy.auth.algorithms must be all HS* (shared secret) or all RS*/ES* (public key)" }}
 {{- end }}
-{{- if not .existingSecret }}
-{{- fail "proxy.auth.existingSecret is required when proxy.auth.enabled: the Secret with the HS* shared secret (key jwt-secret) or the RS*/ES* public key (key jwt-public-key.pem)" }}
+{{- if .jwksUrl }}
+{{- if gt $symmetric 0 }}
+{{- fail "proxy.auth.jwksUrl needs RS*/ES* proxy.auth.algorithms" }}
+{{- end }}
+{{- if .existingSecret }}
+{{- fail "proxy.auth.jwksUrl and proxy.auth.existingSecret (a public key) exclude each other: set one" }}
+{{- end }}
+{{- if not (and .issuer .audience) }}
+{{- fail "proxy.auth.jwksUrl needs proxy.auth.issuer and proxy.auth.audience: a provider's key set signs the tokens of many tenants and applications" }}
+{{- end }}
+{{- if not (or (hasPrefix "https://" .jwksUrl) (regexMatch "^http://(localhost|127\\.[0-9.]+|\\[::1\\])([:/]|$)" .jwksUrl)) }}
+{{- fail "proxy.auth.jwksUrl must be https:// (plain http only to a loopback address)" }}
+{{- end }}
+{{- else if not .existingSecret }}
+{{- fail "proxy.auth.existingSecret is required when proxy.auth.enabled: the Secret with the HS* shared secret (key jwt-secret) or the RS*/ES* public key (key jwt-public-key.pem), or set proxy.auth.jwksUrl" }}
 {{- end }}
 {{- end }}
 {{- end }}
