@@ -13,6 +13,8 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PORT="${PORT:-8080}"
 export BIND_HOST="${BIND_HOST:-127.0.0.1}"
 export METRICS_PORT="${METRICS_PORT:-9100}"
+# The proxy's own /metrics port (its METRICS_PORT), apart from the worker's.
+export PROXY_METRICS_PORT="${PROXY_METRICS_PORT:-9101}"
 py=.venv/bin/python
 data_dir="${REDIS_DATA_DIR:-.data/redis}"
 
@@ -112,6 +114,7 @@ print(u.hostname or "", u.port or 6379)')
 
 refuse_taken_port "$PORT" PORT "the proxy"
 refuse_taken_port "$METRICS_PORT" METRICS_PORT "the worker's HTTP port"
+refuse_taken_port "$PROXY_METRICS_PORT" PROXY_METRICS_PORT "the proxy's metrics port"
 read -r state orphan_pid < <(redis_state)
 case "$state" in
 ours)
@@ -144,7 +147,7 @@ esac
 
 setsid "$py" -m app.worker &
 worker_pid=$!
-setsid .venv/bin/gunicorn -c app/proxy/gunicorn.conf.py &
+METRICS_PORT="$PROXY_METRICS_PORT" setsid .venv/bin/gunicorn -c app/proxy/gunicorn.conf.py &
 proxy_pid=$!
 
 answers() {  # URL
@@ -166,7 +169,7 @@ done
 [ -n "$ready" ] || { echo "the proxy and the worker did not become ready within 30 s; see their logs above" >&2; exit 1; }
 cat <<MSG
 
-The proxy is ready on http://127.0.0.1:${PORT} (worker metrics on :${METRICS_PORT}). Try:
+The proxy is ready on http://127.0.0.1:${PORT} (metrics: proxy :${PROXY_METRICS_PORT}, worker :${METRICS_PORT}). Try:
 
   curl -s -X POST http://127.0.0.1:${PORT}/WeatherForecast/city \\
        -H 'Content-Type: application/json' -d '{"city": "Oslo", "location": "Norway"}'

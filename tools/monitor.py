@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=int(os.environ.get("REQUEST_STREAM_SHARDS", "1")),
                         help="REQUEST_STREAM_SHARDS of the services (default: from the environment, else 1)")
     parser.add_argument("--group", default=os.environ.get("CONSUMER_GROUP", contract.DEFAULT_CONSUMER_GROUP))
-    parser.add_argument("--proxy", action="append", help="proxy base URL (repeatable); default http://127.0.0.1:8080")
+    parser.add_argument("--proxy", action="append",
+                        help="proxy metrics base URL, its METRICS_PORT (repeatable); default http://127.0.0.1:9101")
     parser.add_argument("--worker", action="append", help="worker metrics URL (repeatable); default http://127.0.0.1:9100")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     client = settings.topology.client(client_name="monitor")
     registry = ShardSetRegistry(client, settings.request_stream, settings.topology.hash_tagged)
     retire_after_ms = int(RETIRE_AFTER_ANNOUNCEMENTS * settings.shard_set_announce_seconds * 1000)
-    services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:8080"]]
+    services = [("proxy", url) for url in args.proxy or ["http://127.0.0.1:9101"]]
     services += [("worker", url) for url in args.worker or ["http://127.0.0.1:9100"]]
     console = Console()
 

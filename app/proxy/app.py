@@ -40,9 +40,10 @@ API_PREFIX = "/WeatherForecast"
 def _metrics_exporter(app: Flask) -> None:
     common: dict[str, Any] = {"group_by": "url_rule", "excluded_paths": list(UNPROBED_PATHS)}
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+        # Recorded here, served by gunicorn's master on METRICS_PORT (gunicorn.conf.py).
+        from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
-        GunicornInternalPrometheusMetrics(app, **common)
+        GunicornPrometheusMetrics(app, **common)
     else:  # a single process outside gunicorn (a shell, a debugger)
         from prometheus_flask_exporter import PrometheusMetrics
 
@@ -99,7 +100,8 @@ def create_app(settings: ProxySettings) -> Flask:
             g.subject = authenticator.subject(request.headers.get("Authorization"))
 
     install_rate_limit(app, settings.rate_limit, settings.trusted_proxies, topology, is_api_call)
-    app.register_blueprint(docs)
+    if settings.docs_enabled:
+        app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping_client, listener, settings.redis_username)))
 
     app.register_blueprint(forecast_routes(round_trips))

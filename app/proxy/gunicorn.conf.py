@@ -88,7 +88,15 @@ def on_starting(server: object) -> None:
             os.unlink(path)
 
 
-def child_exit(server: object, worker: Any) -> None:
-    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+def when_ready(server: object) -> None:
+    # /metrics on a port of its own, served by the master from every worker's files: an
+    # Ingress routes the API port only, so the metrics are never public.
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
 
-    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+    GunicornPrometheusMetrics.start_http_server_when_ready(_settings.metrics_port, _settings.bind_host)
+
+
+def child_exit(server: object, worker: Any) -> None:
+    from prometheus_flask_exporter.multiprocess import GunicornPrometheusMetrics
+
+    GunicornPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

@@ -22,6 +22,10 @@ def _default_algorithms() -> list[JwtAlgorithm]:
 
 class ProxySettings(CommonSettings):
     port: Port = 8080
+    # /metrics is served here, never on the API port (an Ingress routes only that).
+    metrics_port: Port = 9101
+    # /docs and /openapi.json on the API port: the chart turns them off behind an Ingress.
+    docs_enabled: bool = True
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # gunicorn worker processes; each owns one reply stream and one listener.
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
@@ -73,6 +77,12 @@ class ProxySettings(CommonSettings):
             except ValueError as error:
                 raise ValueError(f'must look like "100/minute;10/second": {error}') from None
         return value.strip()
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ProxySettings:
+        if self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT: the metrics are served apart from the API")
+        return self
 
     @model_validator(mode="after")
     def _jwt_key_present(self) -> ProxySettings:

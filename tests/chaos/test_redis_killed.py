@@ -23,13 +23,13 @@ def _recovered(process) -> bool:
     if requests.get(process.url + "/readyz", timeout=2).status_code != 200:
         return False
     # /readyz answers for one gunicorn process; the gauge is the worst breaker of all of them.
-    exposition = requests.get(process.url + "/metrics", timeout=2).text
+    exposition = requests.get(process.metrics_url + "/metrics", timeout=2).text
     return metric_value(exposition, "weather_proxy_circuit_state") + metric_value(
         exposition, "weather_worker_circuit_state") == 0
 
 
 def _open_breakers(process) -> float:
-    exposition = requests.get(process.url + "/metrics", timeout=2).text
+    exposition = requests.get(process.metrics_url + "/metrics", timeout=2).text
     return metric_value(exposition, "weather_proxy_circuit_state") + metric_value(
         exposition, "weather_worker_circuit_state")
 

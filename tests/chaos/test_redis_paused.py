@@ -18,7 +18,7 @@ PAUSE_MS = 7000
 
 
 def _circuit(proxy) -> float:
-    return metric_value(requests.get(proxy.url + "/metrics", timeout=2).text, "weather_proxy_circuit_state")
+    return metric_value(requests.get(proxy.metrics_url + "/metrics", timeout=2).text, "weather_proxy_circuit_state")
 
 
 def test_breaker_opens_after_consecutive_failures_and_closes_after_recovery(stack):

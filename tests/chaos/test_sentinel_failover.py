@@ -36,11 +36,12 @@ def _each_reply_is_its_own(results) -> bool:
 
 
 def _circuit(process, kind: str) -> float:
-    return metric_value(requests.get(process.url + "/metrics", timeout=2).text, f"weather_{kind}_circuit_state")
+    return metric_value(requests.get(process.metrics_url + "/metrics", timeout=2).text, f"weather_{kind}_circuit_state")
 
 
 def _late_replies(proxy) -> float:
-    return metric_value(requests.get(proxy.url + "/metrics", timeout=2).text, "weather_proxy_late_replies_total")
+    exposition = requests.get(proxy.metrics_url + "/metrics", timeout=2).text
+    return metric_value(exposition, "weather_proxy_late_replies_total")
 
 
 # Two replicas: with REDIS_WAIT_REPLICAS=1 the promoted one needs another to confirm its

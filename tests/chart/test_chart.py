@@ -525,17 +525,40 @@ def test_redis_accepts_only_proxy_and_worker_pods():
     assert any("namespaceSelector" in peer for peer in keda_rule["from"])
 
 
-def test_worker_metrics_only_from_monitoring_and_proxy_open_by_default():
+def test_metrics_only_from_monitoring_and_the_proxy_api_open_by_default():
     docs = render("default")
     worker_rule = one(docs, "NetworkPolicy", "-worker")["spec"]["ingress"][0]
-    proxy_rule = one(docs, "NetworkPolicy", "-proxy")["spec"]["ingress"][0]
+    api_rule, metrics_rule = one(docs, "NetworkPolicy", "-proxy")["spec"]["ingress"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
-    assert worker_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
-    assert "from" not in proxy_rule
+    assert worker_rule["from"] == [monitoring]
+    assert api_rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in api_rule
+    assert metrics_rule == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [monitoring]}
     limited = one(render("default", "networkPolicy.proxyFrom[0].podSelector.matchLabels.role=frontend"),
                   "NetworkPolicy", "-proxy")["spec"]["ingress"][0]
     assert {"podSelector": {"matchLabels": {"role": "frontend"}}} in limited["from"]
-    assert any("namespaceSelector" in peer for peer in limited["from"])  # monitoring still scrapes
+
+
+def test_an_ingress_reaches_the_api_port_only_and_no_docs_unless_asked():
+    docs = render("default", "proxy.ingress.enabled=true", "proxy.ingress.hosts[0].host=api.example.com",
+                  "proxy.ingress.hosts[0].paths[0].path=/", "proxy.ingress.hosts[0].paths[0].pathType=Prefix")
+    ingress = one(docs, "Ingress", "-proxy")
+    service = one(docs, "Service", "-proxy")
+    [container] = one(docs, "Deployment", "-proxy")["spec"]["template"]["spec"]["containers"]
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    container_ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    config = one(docs, "ConfigMap", "-proxy")["data"]
+
+    # What the Ingress reaches: the Service's http port, i.e. the container's API port.
+    assert backends and all(backend["port"] == {"name": "http"} for backend in backends)
+    assert container_ports[ports["http"]["targetPort"]] == int(config["PORT"])
+    # /metrics is on another container port, which no Ingress backend names.
+    assert container_ports["metrics"] == int(config["METRICS_PORT"]) != int(config["PORT"])
+    assert config["DOCS_ENABLED"] == "false"
+    assert one(render("default"), "ConfigMap", "-proxy")["data"]["DOCS_ENABLED"] == "true"
+    always = render("default", "proxy.ingress.enabled=true", "proxy.docs.serve=always")
+    assert one(always, "ConfigMap", "-proxy")["data"]["DOCS_ENABLED"] == "true"
 
 
 # -- custom resources and the dashboard ---------------------------------------------
@@ -549,9 +572,10 @@ def test_service_monitor_and_rules_have_what_their_operator_requires():
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["selector"]["matchLabels"]
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "metrics"}
-    service_ports = {p["name"] for s in kinds(docs, "Service") for p in s["spec"]["ports"]}
-    assert {"http", "metrics"} <= service_ports
+    # Both the proxy's and the workers' Services name their metrics port "metrics".
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics"}
+    for suffix in ("-proxy", "-worker"):
+        assert "metrics" in {p["name"] for p in one(docs, "Service", suffix)["spec"]["ports"]}
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     groups = rule["spec"]["groups"]
     assert groups and all(g["name"] and g["rules"] for g in groups)

@@ -24,3 +24,11 @@ def test_docs_with_a_slash_redirects_to_docs(proxy):
 
     assert answer.status_code in (301, 308)
     assert answer.headers["Location"].endswith("/docs")
+
+
+def test_docs_off_serves_neither_the_ui_nor_the_spec(stack):
+    proxy = stack.proxy(DOCS_ENABLED="false").wait_ready()
+
+    for path in ("/docs", "/docs/", "/openapi.json"):
+        assert requests.get(proxy.url + path, timeout=5, allow_redirects=False).status_code == 404
+    assert requests.get(proxy.url + "/healthz", timeout=5).status_code == 200

@@ -27,9 +27,12 @@ def test_one_scrape_counts_the_requests_of_every_gunicorn_worker(stack):
             break
     assert len(serving) == 2, "one gunicorn worker served every request; aggregation was not exercised"
 
-    exposition = requests.get(proxy.url + "/metrics", timeout=5).text
+    exposition = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
+    # Never on the API port, which an Ingress routes.
+    on_api_port = requests.get(proxy.url + "/metrics", timeout=5)
 
     assert metric_value(exposition, "flask_http_request_total", {"method": "POST", "status": "200"}) == sent
     assert metric_value(exposition, "weather_proxy_roundtrip_seconds_count", {"result": "ok"}) == sent
     assert metric_value(exposition, "weather_proxy_inflight_requests") == 0
     assert metric_value(exposition, "weather_proxy_timeouts_total") == 0
+    assert on_api_port.status_code == 404

@@ -39,7 +39,7 @@ def processes_with(variable: str, value: str) -> list[int]:
 
 
 def start_script(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    ports = {"PORT": str(free_port()), "METRICS_PORT": str(free_port()),
+    ports = {"PORT": str(free_port()), "METRICS_PORT": str(free_port()), "PROXY_METRICS_PORT": str(free_port()),
              "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_DATA_DIR": str(tmp_path / "redis")}
     ports.update(env)
     script = subprocess.Popen(["scripts/run-local.sh"], cwd=ROOT, env={**os.environ, **ports}, text=True,
@@ -58,7 +58,7 @@ def read_until(script: subprocess.Popen[str], text: str) -> str:
 
 
 def kill_leftovers(script: subprocess.Popen[str], ports: dict[str, str]) -> None:
-    for pid in processes_with("METRICS_PORT", ports["METRICS_PORT"]):
+    for pid in processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]):
         os.kill(pid, signal.SIGKILL)
     if script.poll() is None:
         script.kill()
@@ -123,7 +123,7 @@ def test_ctrl_c_under_load_answers_every_accepted_request_within_seconds(tmp_pat
         assert [r.status for r in answered] == [200] * len(answered)
         assert held, "no request was in flight at the signal: the test proved nothing"
         assert all(r.started >= signalled for r in refused), [r.error for r in refused][:3]
-        wait_until(lambda: not processes_with("METRICS_PORT", ports["METRICS_PORT"]), 10,
+        wait_until(lambda: not processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]), 10,
                    what="every started process gone")
     finally:
         kill_leftovers(script, ports)
@@ -147,7 +147,7 @@ def test_a_second_ctrl_c_stops_everything_at_once_and_leaves_nothing(tmp_path):
 
         assert script.wait(timeout=30) == 137
         assert time.monotonic() - signalled < 5
-        assert processes_with("METRICS_PORT", ports["METRICS_PORT"]) == []
+        assert processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]) == []
     finally:
         kill_leftovers(script, ports)
 
@@ -174,17 +174,17 @@ def test_a_hang_up_stops_everything_the_script_started(tmp_path):
     script, ports = start_script(tmp_path)
     try:
         read_until(script, READY)
-        started = processes_with("METRICS_PORT", ports["METRICS_PORT"])
+        started = processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"])
         # redis-server, the worker, gunicorn's master and its workers
         assert len(started) >= 4, started
 
         script.send_signal(signal.SIGHUP)
 
         assert script.wait(timeout=60) == 129
-        wait_until(lambda: not processes_with("METRICS_PORT", ports["METRICS_PORT"]), 10,
+        wait_until(lambda: not processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]), 10,
                    what="every started process gone")
     finally:
-        for pid in processes_with("METRICS_PORT", ports["METRICS_PORT"]):
+        for pid in processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]):
             os.kill(pid, signal.SIGKILL)
         if script.poll() is None:
             script.kill()
@@ -206,5 +206,5 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path, taken):
     assert script.returncode == 1
     assert f"Port {port}" in output and f"{taken}=<free port> make run" in output
     assert READY not in output
-    assert processes_with("METRICS_PORT", ports["METRICS_PORT"]) == []
+    assert processes_with("PROXY_METRICS_PORT", ports["PROXY_METRICS_PORT"]) == []
     assert not (tmp_path / "redis").exists(), "Redis was started although a port was taken"

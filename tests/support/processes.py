@@ -123,15 +123,19 @@ class RedisServer(Managed):
 class Proxy(Managed):
     def __init__(self, workdir: Path, redis_url: str, **env: str) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         metrics_dir = workdir / f"proxy-metrics-{self.port}"
         metrics_dir.mkdir(parents=True)
         environment = base_env(**{
-            "REDIS_URL": redis_url, "PORT": str(self.port), "WEB_CONCURRENCY": "2",
+            "REDIS_URL": redis_url, "PORT": str(self.port), "METRICS_PORT": str(self.metrics_port),
+            "WEB_CONCURRENCY": "2",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env,
         })
         argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"]
         super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log")
         self.url = f"http://127.0.0.1:{self.port}"
+        # /metrics of every worker process, served by gunicorn's master.
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
 
     def wait_ready(self, timeout: float = 20) -> Proxy:
         wait_until(lambda: requests.get(self.url + "/readyz", timeout=1).status_code == 200, timeout,
@@ -153,6 +157,7 @@ class Worker(Managed):
         super().__init__(f"worker:{name}", argv, environment, workdir / f"worker-{name}.log")
         self.consumer = name
         self.url = f"http://127.0.0.1:{self.metrics_port}"
+        self.metrics_url = self.url
 
     def wait_ready(self, timeout: float = 20) -> Worker:
         wait_until(lambda: requests.get(self.url + "/readyz", timeout=1).status_code == 200, timeout,

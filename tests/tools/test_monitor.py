@@ -20,7 +20,7 @@ def test_monitor_shows_queue_consumers_and_services(stack):
 
     result = subprocess.run(
         [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", stack.redis.url,
-         "--proxy", proxy.url, "--worker", worker.url, "--worker", "http://127.0.0.1:1"],
+         "--proxy", proxy.metrics_url, "--worker", worker.url, "--worker", "http://127.0.0.1:1"],
         cwd=ROOT, capture_output=True, text=True, timeout=30, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
     )
 

@@ -50,6 +50,10 @@ verdict on both sides.
 {{- fail "worker.keda.pollingInterval must be shorter than config.requestTimeoutSeconds with worker.keda.minReplicaCount 0: the first request after an idle spell waits for KEDA's poll plus a pod start" }}
 {{- end }}
 
+{{- if eq (int .Values.proxy.metricsPort) (int .Values.proxy.port) }}
+{{- fail "proxy.metricsPort must differ from proxy.port: the metrics are served apart from the API" }}
+{{- end }}
+
 {{- /* JWT (ProxySettings) */}}
 {{- with .Values.proxy.auth }}
 {{- if .enabled }}
