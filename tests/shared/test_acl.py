@@ -19,6 +19,7 @@ from tests.chaos.test_poison import POISON
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import fire
 from tests.support.processes import ROOT, RedisServer, wait_until
+from tests.support.sentinel import SENTINEL_URL, SentinelSet
 from tools.redis_acl import rules
 
 pytestmark = pytest.mark.system
@@ -178,3 +179,22 @@ def test_a_cluster_serves_under_the_users(tmp_path, request):
             assert [line for node in cluster.nodes for line in refused_commands(node.client())] == []
     finally:
         cluster.stop()
+
+
+def test_sentinel_mode_serves_under_the_users(tmp_path, request):
+    from tests.conftest import Stack, _run_stack
+
+    sentinels = SentinelSet(tmp_path / "sentinel", acl_file=acl_file(tmp_path / "acl"), admin=ADMIN)
+    try:
+        running = Stack(tmp_path, sentinels.primary, **sentinels.env(), REDIS_URL=SENTINEL_URL)
+        for stack in _run_stack(running, request):
+            proxy = stack.proxy(**credentials("proxy")).wait_ready()
+            worker = stack.worker("w", PROCESSING_DELAY_MS="0", **credentials("worker")).wait_ready()
+            results = fire([proxy.url], count=30, concurrency=5)
+            wait_until(lambda w=worker: w.metric("weather_worker_queue_depth_entries") == 0, 15, what="drained")
+
+            assert [r.status for r in results] == [200] * 30
+            assert [line for node in (sentinels.primary, *sentinels.replicas)
+                    for line in refused_commands(node.client())] == []
+    finally:
+        sentinels.stop()

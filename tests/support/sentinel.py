@@ -16,7 +16,7 @@ DOWN_AFTER_MS = 1000
 
 
 class SentinelProcess(Managed):
-    def __init__(self, workdir: Path, primary_port: int) -> None:
+    def __init__(self, workdir: Path, primary_port: int, admin: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "sentinel.conf"
@@ -27,6 +27,8 @@ class SentinelProcess(Managed):
             f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {MASTER_NAME} 10000\n"
             f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+            + (f"sentinel auth-user {MASTER_NAME} {admin[0]}\nsentinel auth-pass {MASTER_NAME} {admin[1]}\n"
+               if admin else "")
         )
         super().__init__(f"sentinel:{self.port}", ["redis-server", str(config), "--sentinel"], base_env(),
                          workdir / "sentinel.log")
@@ -39,18 +41,23 @@ class SentinelProcess(Managed):
 class SentinelSet:
     """Started in order: primary, replicas (synced), Sentinels (seeing every replica)."""
 
-    def __init__(self, workdir: Path, replicas: int = 1) -> None:
+    def __init__(self, workdir: Path, replicas: int = 1, acl_file: Path | None = None,
+                 admin: tuple[str, str] | None = None) -> None:
+        """``acl_file``: every node loads these users; ``admin`` (user, password) is what the
+        test, the replicas and the Sentinels use."""
         self.workdir = workdir
-        self.primary = RedisServer(workdir / "node-0", appendonly=True)
+        credentials = {"acl_file": acl_file, "username": admin[0], "password": admin[1]} if admin else {}
+        replication = ["--masteruser", admin[0], "--masterauth", admin[1]] if admin else []
+        self.primary = RedisServer(workdir / "node-0", appendonly=True, extra_args=replication, **credentials)
         self.replicas = [
-            RedisServer(workdir / f"node-{n}", appendonly=True,
-                        extra_args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+            RedisServer(workdir / f"node-{n}", appendonly=True, **credentials,
+                        extra_args=[*replication, "--replicaof", "127.0.0.1", str(self.primary.port)])
             for n in range(1, replicas + 1)
         ]
         for replica in self.replicas:
             wait_until(lambda r=replica: r.client().info("replication")["master_link_status"] == "up", 20,
                        what=f"{replica.name} in sync")
-        self.sentinels = [SentinelProcess(workdir / f"sentinel-{n}", self.primary.port) for n in range(3)]
+        self.sentinels = [SentinelProcess(workdir / f"sentinel-{n}", self.primary.port, admin) for n in range(3)]
         wait_until(self._everyone_sees_everyone, 20, interval=0.2, what="sentinels discover the set")
 
     def _everyone_sees_everyone(self) -> bool:
