@@ -51,7 +51,7 @@ def test_the_released_chart_is_pulled_back_with_the_pushed_digest_and_renders(re
 
 
 def test_a_wrong_password_fails_the_push_with_a_clear_message(registry):
-    refused = release(registry, "0.0.2-test", password="wrong")
+    refused = release(registry, "0.0.2-test", password="wrong")  # noqa: S106 - a wrong one on purpose
 
     assert refused.returncode != 0
     assert "401" in refused.stderr and "unauthorized" in refused.stderr
