@@ -40,7 +40,7 @@ LOAD_RATE ?= 10
 LOAD_DURATION ?= 30
 LOAD_ARGS ?=
 
-.PHONY: e2e-local ci-local registry bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local e2e-prerequisites release-local ci-local registry bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -134,7 +134,11 @@ image-test: setup-runtime ## build both images with buildah on a local Debian ba
 # Packages named one by one: the installer skips Recommends, which is where podman's network stack,
 # its DNS (compose service names) and iptables would otherwise come from. netavark first, so it is
 # what satisfies podman's container-network-stack dependency.
-e2e-local: setup ## the chart's pods for real in podman: helm test, load, a worker killed, Redis replaced (slow)
+e2e-local: e2e-prerequisites ## the chart's pods for real in podman: helm test, load, a worker killed, Redis replaced (slow)
+	scripts/build-images.sh --with-redis
+	$(BIN)/python -m pytest tests/e2e -m e2e -s $(PYTEST_ARGS)
+
+e2e-prerequisites: setup
 	scripts/ensure-debian-package.sh iptables iptables
 	scripts/ensure-debian-package.sh /usr/lib/podman/netavark netavark
 	scripts/ensure-debian-package.sh /usr/lib/podman/aardvark-dns aardvark-dns
@@ -142,8 +146,13 @@ e2e-local: setup ## the chart's pods for real in podman: helm test, load, a work
 	scripts/ensure-debian-package.sh catatonit catatonit
 	scripts/ensure-debian-package.sh podman podman
 	scripts/ensure-debian-package.sh podman-compose podman-compose
+
+# The release path for real: images and chart pushed to a local OCI registry (TLS, htpasswd) by the
+# release script, pulled back, and played in podman from an empty image store.
+release-local: e2e-prerequisites registry ## images and chart through a real OCI registry into podman pods (slow)
+	scripts/ensure-debian-package.sh skopeo skopeo
 	scripts/build-images.sh --with-redis
-	$(BIN)/python -m pytest tests/e2e -m e2e -s $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/e2e -m release -s $(PYTEST_ARGS)
 
 $(BENCH_STAMP): $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[test,bench]'

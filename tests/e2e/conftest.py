@@ -8,6 +8,7 @@ import random
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def rendered() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def deployment(podman: Podman, rendered: list[dict]) -> Iterator[Deployment]:
+    with deployed(podman, rendered) as created:
+        yield created
+
+
+@contextmanager
+def deployed(podman: Podman, rendered: list[dict]) -> Iterator[Deployment]:
+    """Redis, two workers and the proxy played as the chart renders them, all ready;
+    everything removed afterwards (and checked to be gone)."""
     volumes_before = set(podman("volume", "ls", "--quiet").stdout.split())
     octet = random.randint(100, 249)
     network = f"rsd-e2e-{octet}-{int(time.time())}"

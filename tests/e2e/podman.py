@@ -22,11 +22,19 @@ runtime = "runc"
 
 
 class Podman:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, storage_root: Path | None = None, pull_args: tuple[str, ...] = ()) -> None:
+        """``storage_root``: an image store of its own (empty: every image must be pulled);
+        ``pull_args``: what kube play needs to pull (--creds, --cert-dir)."""
         self._workdir = workdir
+        self._pull_args = pull_args
         conf = workdir / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "STORAGE_DRIVER": "vfs"}
+        if storage_root is not None:
+            storage = workdir / "storage.conf"
+            storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{storage_root}/graph"\n'
+                               f'runroot = "{storage_root}/run"\n')
+            self.env["CONTAINERS_STORAGE_CONF"] = str(storage)
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -51,7 +59,7 @@ class Podman:
         path = self._workdir / f"play-{ip}.yaml"
         path.write_text(yaml.safe_dump_all(docs))
         mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in ip.split("."))
-        self("kube", "play", "--network", network, "--ip", ip, "--mac-address", mac, str(path))
+        self("kube", "play", *self._pull_args, "--network", network, "--ip", ip, "--mac-address", mac, str(path))
 
     def exit_code(self, container: str) -> int | None:
         state = json.loads(self("inspect", container, "--format", "{{json .State}}").stdout)
