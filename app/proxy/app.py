@@ -102,7 +102,7 @@ def create_app(settings: ProxySettings) -> Flask:
     install_rate_limit(app, settings.rate_limit, settings.trusted_proxies, topology, is_api_call)
     if settings.docs_enabled:
         app.register_blueprint(docs)
-    app.register_blueprint(probe_routes(Readiness(guard, runtime.ping_client, listener, settings.redis_username)))
+    app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))
 
     app.register_blueprint(forecast_routes(round_trips))
 

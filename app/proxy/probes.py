@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -12,7 +13,7 @@ from flask import Blueprint, Response
 from app.proxy.errors import json_response
 from app.proxy.replies import ReplyListener
 from app.shared import contract
-from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, RedisClient, failure_detail
+from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, failure_detail
 from app.shared.resilience import RedisGuard
 
 HEALTH_PATH = "/WeatherForecast/health"
@@ -23,11 +24,11 @@ log = logging.getLogger("app.proxy")
 class Readiness:
     """Ready = the breaker lets calls through, Redis answers a PING, and replies are being read."""
 
-    def __init__(self, guard: RedisGuard, ping_client: RedisClient, listener: ReplyListener,
+    def __init__(self, guard: RedisGuard, ping: Callable[[], None], listener: ReplyListener,
                  username: str | None) -> None:
         self._username = username
         self._guard = guard
-        self._ping_client = ping_client
+        self._ping = ping
         self._listener = listener
 
     def check(self) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -35,7 +36,7 @@ class Readiness:
             return 503, {"status": "circuit_open"}, {"Retry-After": self._guard.retry_after_header()}
         try:
             with gevent.Timeout(READINESS_PING_TIMEOUT_SECONDS, redis.TimeoutError("ping timed out")):
-                self._ping_client.ping()
+                self._ping()
         except redis.RedisError as error:
             detail = failure_detail(error, self._username)
             if isinstance(error, redis.AuthenticationError):

@@ -21,6 +21,10 @@ class RedisRuntime:
     replica_wait: ReplicaWait
     settings: CommonSettings
 
+    def ping(self) -> None:
+        """Whether Redis can take work: readiness and the process breaker's probe."""
+        self.topology.ping_serving(self.ping_client)
+
     def shard_guard(self, service: str, stream: str) -> RedisGuard:
         """A breaker of a shard's own, probed on the shard's node: in a cluster one node's
         failure must not refuse the work of the others (the process's guard stays for
@@ -38,6 +42,7 @@ def redis_runtime(service: str, name: str, settings: CommonSettings,
     ping_client = topology.client(client_name=f"{service}-ready:{name}",
                                   socket_timeout=READINESS_PING_TIMEOUT_SECONDS, max_connections=4)
     guard = RedisGuard(service, settings.retry_policy, settings.circuit_failure_threshold,
-                       settings.circuit_reset_seconds, on_state=on_circuit_state, probe=ping_client.ping)
+                       settings.circuit_reset_seconds, on_state=on_circuit_state,
+                       probe=lambda: topology.ping_serving(ping_client))
     replica_wait = ReplicaWait(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     return RedisRuntime(topology, ping_client, guard, replica_wait, settings)

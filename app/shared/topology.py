@@ -83,6 +83,10 @@ class Topology:
     def refresh_routes(self, client: RedisClient) -> None:
         """A node failed or refused a command: look again where keys live (a cluster's slot map)."""
 
+    def ping_serving(self, client: RedisClient) -> None:
+        """PING that says whether this Redis can take work (readiness, the breaker's probe)."""
+        client.ping()
+
     def limiter_storage(self) -> tuple[str, dict[str, Any]]:
         """The `limits` storage URI and options for the same Redis (Flask-Limiter)."""
         raise NotImplementedError
@@ -232,6 +236,23 @@ class Cluster(Topology):
 
     def refresh_routes(self, client: RedisClient) -> None:
         client.refresh_routes()  # type: ignore[union-attr]
+
+    def ping_serving(self, client: RedisClient) -> None:
+        """Any primary answering: its shards take every request while another primary fails
+        over, so one node's failure must not make every pod unready (and, behind a Service,
+        turn a partial outage into a whole one)."""
+        import redis
+
+        cluster: Any = client
+        failure: redis.RedisError | None = None
+        for node in cluster.get_primaries():
+            try:
+                cluster.get_redis_connection(node).ping()
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                failure = error
+        self.refresh_routes(client)
+        raise failure or redis.ConnectionError("the cluster's slot map names no primary")
 
     def limiter_storage(self) -> tuple[str, dict[str, Any]]:
         url = urlsplit(self.url)

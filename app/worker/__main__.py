@@ -47,7 +47,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        health_app = HealthApp(worker, runtime.ping_client, settings.read_block_ms, settings.redis_username)
+        health_app = HealthApp(worker, runtime.ping, settings.read_block_ms, settings.redis_username)
         health = HealthServer(settings.bind_host, settings.metrics_port, health_app).start()
     except OSError as error:
         log.error("cannot serve health and metrics", extra={"port": settings.metrics_port, "error": str(error)})

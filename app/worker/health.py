@@ -18,7 +18,7 @@ import redis
 from prometheus_client import make_wsgi_app
 
 from app.shared import contract
-from app.shared.connections import RedisClient, failure_detail
+from app.shared.connections import failure_detail
 from app.shared.local_forecast import five_day_forecast
 from app.worker.worker import Worker
 
@@ -40,10 +40,10 @@ def _json(start_response: Callable[..., Any], status: str, body: object) -> Iter
 
 
 class HealthApp:
-    def __init__(self, worker: Worker, ping_client: RedisClient, read_block_ms: int, username: str | None) -> None:
+    def __init__(self, worker: Worker, ping: Callable[[], None], read_block_ms: int, username: str | None) -> None:
         self._username = username
         self._worker = worker
-        self._ping_client = ping_client
+        self._ping = ping
         self._metrics = make_wsgi_app()
         # The reader loop ticks at least every read block; far longer means it is wedged.
         self._stall_seconds = read_block_ms / 1000 + 30
@@ -80,7 +80,7 @@ class HealthApp:
         if not self._worker.guard.probe():
             return _json(start_response, "503 Service Unavailable", {"status": "circuit_open"})
         try:
-            self._ping_client.ping()
+            self._ping()
         except redis.RedisError as error:
             detail = failure_detail(error, self._username)
             if isinstance(error, redis.AuthenticationError):

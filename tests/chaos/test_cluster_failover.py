@@ -136,3 +136,30 @@ def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicat
     _report("graceful CLUSTER FAILOVER", results, asked_at, promoted_at)
     assert Counter(r.status for r in results) == {200: len(results)}
     wait_until(lambda: _nothing_pending(replicated_cluster), 30, interval=0.5, what="no entry left pending")
+
+
+def test_the_node_redis_url_names_can_die_without_making_the_services_unready(replicated_cluster_stack,
+                                                                              replicated_cluster):
+    """Readiness asks whether any primary answers: behind a Service, one node's death must not
+    take every pod out of rotation while the other primaries take the requests."""
+    import requests
+
+    proxy = _start(replicated_cluster_stack)
+    worker = next(p for p in replicated_cluster_stack.processes if p.name.startswith("worker"))
+    named = replicated_cluster.nodes[0]
+    assert replicated_cluster.role(named) == "master"
+    replicas = replicated_cluster.replicas_of(named)
+
+    named.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    answers = []
+    while time.monotonic() - killed_at < 8:
+        answers.append((requests.get(proxy.url + "/readyz", timeout=5).status_code,
+                        requests.get(worker.url + "/readyz", timeout=5).status_code))
+        time.sleep(0.2)
+    promoted = any(replicated_cluster.role(replica) == "master" for replica in replicas)
+    print(f"readiness after the kill of the REDIS_URL node (promoted within 8 s: {promoted}): "
+          f"{dict(Counter(answers))}")
+
+    assert answers and all(answer == (200, 200) for answer in answers), Counter(answers)
+    assert [ask(proxy.url, 5000 + i, 15).status for i in range(12)] == [200] * 12
