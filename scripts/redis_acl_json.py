@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chart_file import write_or_check  # noqa: E402 - beside this script
+
 from app.shared.acl import admin_user, users  # noqa: E402
 
 TARGET = ROOT / "charts" / "redis-stream-demo" / "files" / "redis-acl.json"
@@ -34,14 +36,7 @@ def rules() -> str:
 
 
 def main() -> int:
-    text = rules()
-    if "--check" in sys.argv:
-        if TARGET.read_text() != text:
-            print(f"{TARGET} is out of date: run python scripts/redis_acl_json.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(TARGET, rules(), "python scripts/redis_acl_json.py")
 
 
 if __name__ == "__main__":

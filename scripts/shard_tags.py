@@ -14,6 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chart_file import write_or_check  # noqa: E402 - beside this script
+
 from app.shared import contract  # noqa: E402
 from app.shared.settings import CommonSettings  # noqa: E402
 
@@ -28,14 +30,7 @@ def tags() -> str:
 
 
 def main() -> int:
-    text = tags()
-    if "--check" in sys.argv:
-        if TARGET.read_text() != text:
-            print(f"{TARGET} is out of date: run python scripts/shard_tags.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    return write_or_check(TARGET, tags(), "python scripts/shard_tags.py")
 
 
 if __name__ == "__main__":

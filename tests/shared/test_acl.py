@@ -4,10 +4,7 @@ flow works, Redis logged no refused command, and what each user must not do is r
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,9 @@ from app.shared.acl import FORBIDDEN, users
 from tests.chaos.test_poison import POISON
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import fire
-from tests.support.processes import ROOT, RedisServer, wait_until
+from tests.support.processes import RedisServer, wait_until
 from tests.support.sentinel import SENTINEL_URL, SentinelSet
+from tests.tools.test_monitor import run_monitor
 from tools.redis_acl import rules
 
 pytestmark = pytest.mark.system
@@ -57,15 +55,6 @@ def redis_server(tmp_path):
 
 def refused_commands(client) -> list[str]:
     return [f"{entry['username']}: {entry['object']} ({entry['reason']})" for entry in client.acl_log()]
-
-
-def run_monitor(url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", url, "--proxy", "http://127.0.0.1:1",
-         "--worker", "http://127.0.0.1:1", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"COLUMNS": "200", "PATH": os.environ["PATH"], **env},
-    )
 
 
 def test_every_flow_works_under_its_own_user_and_redis_refused_nothing(stack):

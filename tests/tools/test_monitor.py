@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,25 @@ from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.system
 
+UNREACHABLE = "http://127.0.0.1:1"
+
+
+def run_monitor(url: str, *args: str, proxies: tuple[str, ...] = (UNREACHABLE,),
+                workers: tuple[str, ...] = (UNREACHABLE,), **env: str) -> subprocess.CompletedProcess[str]:
+    """One snapshot of `python -m tools.monitor`, 200 columns wide, with only ``env`` set."""
+    services = [arg for url_ in proxies for arg in ("--proxy", url_)]
+    services += [arg for url_ in workers for arg in ("--worker", url_)]
+    return subprocess.run(
+        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", url, *services, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"COLUMNS": "200", "PATH": os.environ["PATH"], **env},
+    )
+
+
+def table_rows(output: str, least_bars: int) -> dict[str, str]:
+    """The snapshot's table rows by their first cell."""
+    return {line.split("│")[1].strip(): line for line in output.splitlines() if line.count("│") > least_bars}
+
 
 def test_monitor_shows_queue_consumers_and_services(stack):
     proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="5").wait_ready()
@@ -18,16 +38,12 @@ def test_monitor_shows_queue_consumers_and_services(stack):
     assert proxy.ask("Oslo", "Norway").status_code == 200
     stack.redis.client().xadd("weather-requests:dlq", {"x": "1"})
 
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", stack.redis.url,
-         "--proxy", proxy.metrics_url, "--worker", worker.url, "--worker", "http://127.0.0.1:1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
+    result = run_monitor(stack.redis.url, proxies=(proxy.metrics_url,), workers=(worker.url, UNREACHABLE))
 
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "weather-workers" in out and "watched" in out
-    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    lines = table_rows(out, 3)
     assert "closed" in lines["proxy"] and "up" in lines["proxy"]
     assert "0/5" in next(line for line in out.splitlines() if worker.url in line)
     assert "unreachable" in next(line for line in out.splitlines() if "127.0.0.1:1 " in line)
@@ -37,13 +53,7 @@ def test_monitor_shows_queue_consumers_and_services(stack):
 
 def test_monitor_finds_the_primary_through_the_sentinels(sentinels):
     sentinels.primary.client().xadd("weather-requests", {"x": "1"})
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", **sentinels.env()}
-
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", "redis://not-used/0",
-         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
-    )
+    result = run_monitor("redis://not-used/0", **sentinels.env())
 
     assert result.returncode == 0, result.stderr
     flat = "".join(line.strip() for line in result.stdout.splitlines())
@@ -58,16 +68,10 @@ def test_monitor_shows_every_shard_of_a_cluster_and_their_sum(redis_cluster):
         client.xgroup_create(stream, contract.DEFAULT_CONSUMER_GROUP, id="0", mkstream=True)
         for _ in range(count):
             client.xadd(stream, {"x": "1"})
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "3"}
-
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", redis_cluster.url,
-         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
-    )
+    result = run_monitor(redis_cluster.url, REDIS_CLUSTER="true", REQUEST_STREAM_SHARDS="3")
 
     assert result.returncode == 0, result.stderr
-    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    lines = table_rows(result.stdout, 3)
     for count, stream in enumerate(streams, start=1):
         assert lines[stream].split("│")[2].strip() == str(count)  # lag
     assert lines["all 3 shards"].split("│")[2].strip() == "6"
@@ -82,16 +86,10 @@ def test_monitor_shows_both_shard_sets_while_the_count_changes(redis_cluster):
     old = registry.streams(3)[0]
     client.xgroup_create(old, contract.DEFAULT_CONSUMER_GROUP, id="0", mkstream=True)
     client.xadd(old, {"x": "1"})
-    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "REDIS_CLUSTER": "true", "REQUEST_STREAM_SHARDS": "6"}
-
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.monitor", "--once", "--redis-url", redis_cluster.url,
-         "--proxy", "http://127.0.0.1:1", "--worker", "http://127.0.0.1:1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env=env,
-    )
+    result = run_monitor(redis_cluster.url, REDIS_CLUSTER="true", REQUEST_STREAM_SHARDS="6")
 
     assert result.returncode == 0, result.stderr
-    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 2}
+    lines = table_rows(result.stdout, 2)
     assert lines[old].split("│")[2].strip() == "1"  # the old set's lag is shown beside the new set's shards
     assert all(stream in lines for stream in registry.streams(6))
     assert "all 9 shards" in lines

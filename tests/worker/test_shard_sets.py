@@ -24,10 +24,15 @@ class Reading:
         self.streams -= set(streams)
 
 
-def follower_of(client, configured: int, reading: Reading, announce_seconds: float = 0.1) -> ShardSetFollower:
+def following(client, configured: int, announced: int, announce_seconds: float = 0.1,
+              ) -> tuple[ShardSetRegistry, Reading, ShardSetFollower]:
+    """A worker on ``configured`` shards reading their streams, and a proxy on ``announced``."""
     registry = ShardSetRegistry(client, "requests", hash_tagged=False)
-    return ShardSetFollower(registry, client, configured, group=GROUP, announce_seconds=announce_seconds,
-                            read=reading.read, stop_reading=reading.stop_reading, stopping=threading.Event())
+    reading = Reading(registry.streams(configured))
+    follower = ShardSetFollower(registry, client, configured, group=GROUP, announce_seconds=announce_seconds,
+                                read=reading.read, stop_reading=reading.stop_reading, stopping=threading.Event())
+    registry.announce(announced)
+    return registry, reading, follower
 
 
 def _enqueue(client, stream: str) -> bytes:
@@ -38,10 +43,7 @@ def _enqueue(client, stream: str) -> bytes:
 
 def test_a_worker_reads_every_announced_set_and_retires_a_drained_one(redis_server):
     client = redis_server.client()
-    registry = ShardSetRegistry(client, "requests", hash_tagged=False)
-    reading = Reading(registry.streams(6))
-    follower = follower_of(client, 6, reading)
-    registry.announce(3)
+    registry, reading, follower = following(client, 6, announced=3)
 
     follower.follow()
     assert reading.streams == set(registry.streams(6)) | set(registry.streams(3))
@@ -67,10 +69,7 @@ def test_a_worker_reads_every_announced_set_and_retires_a_drained_one(redis_serv
 def test_a_set_with_an_entry_newer_than_the_window_is_kept(redis_server):
     """A proxy that wrote without announcing (its registry node unreachable) still has readers."""
     client = redis_server.client()
-    registry = ShardSetRegistry(client, "requests", hash_tagged=False)
-    reading = Reading(registry.streams(6))
-    follower = follower_of(client, 6, reading, announce_seconds=0.5)
-    registry.announce(3)
+    registry, _, follower = following(client, 6, announced=3, announce_seconds=0.5)
     follower.follow()
     time.sleep(follower.retire_after_ms / 1000 + 0.1)
 
@@ -88,10 +87,7 @@ def test_a_set_with_an_entry_newer_than_the_window_is_kept(redis_server):
 
 def test_a_worker_never_retires_its_own_set_and_reads_a_retired_set_again_when_announced(redis_server):
     client = redis_server.client()
-    registry = ShardSetRegistry(client, "requests", hash_tagged=False)
-    reading = Reading(registry.streams(3))
-    follower = follower_of(client, 3, reading)
-    registry.announce(6)
+    registry, reading, follower = following(client, 3, announced=6)
     follower.follow()
     time.sleep(follower.retire_after_ms / 1000 + 0.1)
 
