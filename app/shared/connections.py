@@ -28,12 +28,14 @@ READINESS_PING_TIMEOUT_SECONDS = 0.5
 RedisClient: TypeAlias = redis.Redis | redis.RedisCluster
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+# Keyless reads any primary can answer alike.
+_ANY_PRIMARY = frozenset({"COMMAND"})
 # However many callers see a failure, the slot map is read again at most this often.
 ROUTE_REFRESH_INTERVAL_SECONDS = 0.5
 
 
 class StreamReadingCluster(redis.RedisCluster):
-    """redis-py's cluster client with three of its traps closed.
+    """redis-py's cluster client with four of its traps closed.
 
     - It asks the server (COMMAND GETKEYS, one more round trip to one node) for the keys
       of every command whose keys move, as XREAD and XREADGROUP's do: measured, 1.4 extra
@@ -46,6 +48,10 @@ class StreamReadingCluster(redis.RedisCluster):
       that is a burst of CLUSTER SLOTS at the moment the cluster is weakest.
       ``refresh_routes`` is single flight and runs at most every
       ROUTE_REFRESH_INTERVAL_SECONDS; a caller that finds one running does not wait.
+    - The constructor sends COMMAND to a random primary of the slot map, which may be one
+      that is down and not yet replaced, and retries are app.shared.resilience's: a process
+      starting then failed to start (one in three here). A refused connection moves it on
+      to a primary that answers.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -73,6 +79,18 @@ class StreamReadingCluster(redis.RedisCluster):
             return super()._execute_command(target_node, *args, **kwargs)  # type: ignore[no-untyped-call]
         except ReadOnlyError:
             self.refresh_routes()
+            raise
+        except redis.ConnectionError:
+            if str(args[0]).upper() not in _ANY_PRIMARY:
+                raise
+            for other in self.get_primaries():  # type: ignore[no-untyped-call]
+                if other is target_node:
+                    continue
+                try:
+                    answer = super()._execute_command(other, *args, **kwargs)  # type: ignore[no-untyped-call]
+                except redis.ConnectionError:
+                    continue
+                return answer
             raise
 
     def determine_slot(self, *args: Any) -> int | None:

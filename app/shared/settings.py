@@ -88,6 +88,9 @@ class CommonSettings(BaseSettings):
     # Redis Cluster (cluster-mode managed Redis too): REDIS_URL names any node; the
     # client discovers the rest and follows MOVED/ASK redirections.
     redis_cluster: bool = False
+    # More nodes to discover the cluster from, "host:port,host:port": with REDIS_URL naming
+    # one node, a process (re)starting while that node is down could not find the others.
+    redis_cluster_nodes: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
     # Durable writes: each enqueue (and each reply + ack) is confirmed by WAIT on this many
     # replicas within REDIS_WAIT_TIMEOUT_MS, or counts as a failed try.
     redis_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
@@ -120,7 +123,7 @@ class CommonSettings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_sentinels", mode="before")
+    @field_validator("redis_sentinels", "redis_cluster_nodes", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> object:
         return parse_host_ports(value) if isinstance(value, str) else value
@@ -151,7 +154,7 @@ class CommonSettings(BaseSettings):
         return build_topology(
             url=self.redis_url, options=self.redis_options(), sentinels=self.redis_sentinels,
             sentinel_master=self.redis_sentinel_master, sentinel_options=self.sentinel_options(),
-            cluster=self.redis_cluster,
+            cluster=self.redis_cluster, cluster_nodes=self.redis_cluster_nodes,
         )
 
     @property

@@ -211,15 +211,20 @@ class Cluster(Topology):
     and follows MOVED and ASK."""
 
     hash_tagged: ClassVar[bool] = True
+    # Discovery tries these too when REDIS_URL's node does not answer.
+    seeds: tuple[tuple[str, int], ...] = ()
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
                max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
+        from redis.cluster import ClusterNode
+
         from app.shared.connections import StreamReadingCluster
 
         # Redirections are followed whatever the retry count; connection errors are
         # left to app.shared.resilience as in the other topologies.
-        return StreamReadingCluster.from_url(self.url, **self._client_options(client_name, socket_timeout,
-                                                                               max_connections, longest_block_ms))
+        options = self._client_options(client_name, socket_timeout, max_connections, longest_block_ms)
+        seeds = [ClusterNode(host, port) for host, port in self.seeds]  # type: ignore[no-untyped-call]
+        return StreamReadingCluster.from_url(self.url, startup_nodes=seeds, **options)
 
     def node_client(self, client: RedisClient, key: str) -> redis.Redis:
         cluster: Any = client
@@ -259,7 +264,8 @@ class Cluster(Topology):
         options = _limiter_options(self.options)
         if url.scheme == "rediss":
             options["ssl"] = True
-        return f"redis+cluster://{url.netloc}", options
+        seeds = "".join(f",{host}:{port}" for host, port in self.seeds)
+        return f"redis+cluster://{url.netloc}{seeds}", options
 
     def describe(self) -> str:
         return "cluster+" + redact_url(self.url)
@@ -273,10 +279,13 @@ def build_topology(
     sentinel_master: str,
     sentinel_options: dict[str, Any],
     cluster: bool,
+    cluster_nodes: list[tuple[str, int]] | None = None,
 ) -> Topology:
     """The topology the settings describe; ValueError naming the variables for one that cannot work."""
     if cluster and sentinels:
         raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other: a cluster fails over on its own")
+    if cluster_nodes and not cluster:
+        raise ValueError("REDIS_CLUSTER_NODES needs REDIS_CLUSTER=true")
     if sentinels:
         return Sentinel(url, options, tuple(sentinels), sentinel_master, sentinel_options)
     if not cluster:
@@ -284,7 +293,7 @@ def build_topology(
     parts = urlsplit(url)
     if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
         raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 (or none) with REDIS_CLUSTER")
-    return Cluster(url, options)
+    return Cluster(url, options, tuple(cluster_nodes or ()))
 
 
 def _addresses(pairs: tuple[tuple[str, int], ...]) -> str:

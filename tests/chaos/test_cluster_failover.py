@@ -12,9 +12,11 @@ not replicated with it: those 504s are counted and printed, not asserted."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -141,10 +143,13 @@ def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicat
 def test_the_node_redis_url_names_can_die_without_making_the_services_unready(replicated_cluster_stack,
                                                                               replicated_cluster):
     """Readiness asks whether any primary answers: behind a Service, one node's death must not
-    take every pod out of rotation while the other primaries take the requests."""
+    take every pod out of rotation while the other primaries take the requests. And a process
+    (re)starting meanwhile (a gunicorn worker respawned, a new pod) must find the cluster:
+    REDIS_CLUSTER_NODES names more nodes to discover it from than the dead one."""
     import requests
 
-    proxy = _start(replicated_cluster_stack)
+    seeds = ",".join(f"127.0.0.1:{node.port}" for node in replicated_cluster.nodes)
+    proxy = _start(replicated_cluster_stack, REDIS_CLUSTER_NODES=seeds)
     worker = next(p for p in replicated_cluster_stack.processes if p.name.startswith("worker"))
     named = replicated_cluster.nodes[0]
     assert replicated_cluster.role(named) == "master"
@@ -152,6 +157,10 @@ def test_the_node_redis_url_names_can_die_without_making_the_services_unready(re
 
     named.signal(signal.SIGKILL)
     killed_at = time.monotonic()
+    for gunicorn_worker in _children(proxy.pid):
+        os.kill(gunicorn_worker, signal.SIGKILL)
+    late_worker = replicated_cluster_stack.worker("late", REQUEST_STREAM_SHARDS=str(SHARDS), WORKER_TERMINALS="12",
+                                                 REDIS_CLUSTER_NODES=seeds)
     answers = []
     while time.monotonic() - killed_at < 8:
         answers.append((requests.get(proxy.url + "/readyz", timeout=5).status_code,
@@ -161,5 +170,10 @@ def test_the_node_redis_url_names_can_die_without_making_the_services_unready(re
     print(f"readiness after the kill of the REDIS_URL node (promoted within 8 s: {promoted}): "
           f"{dict(Counter(answers))}")
 
+    assert proxy.alive() and late_worker.wait_ready(timeout=10)
     assert answers and all(answer == (200, 200) for answer in answers), Counter(answers)
     assert [ask(proxy.url, 5000 + i, 15).status for i in range(12)] == [200] * 12
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

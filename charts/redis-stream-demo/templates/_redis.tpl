@@ -96,6 +96,9 @@ written by scripts/shard_tags.py, since helm cannot compute a cluster slot.
 REDIS_URL: {{ include "rsd.redis.url" . | quote }}
 REDIS_CLUSTER: {{ ternary "true" "false" (eq (include "rsd.redis.cluster" .) "true") | quote }}
 REQUEST_STREAM_SHARDS: {{ .Values.config.requestStreamShards | quote }}
+{{- if and (include "rsd.redis.cluster" .) .Values.redis.external.cluster.nodes }}
+REDIS_CLUSTER_NODES: {{ join "," .Values.redis.external.cluster.nodes | quote }}
+{{- end }}
 {{- if include "rsd.redis.sentinel" . }}
 {{- with .Values.redis.external.sentinel }}
 REDIS_SENTINELS: {{ join "," .hosts | quote }}
