@@ -21,6 +21,7 @@ from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
 from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import BLOCK_MS, ReplyListener
+from app.proxy.results import Results
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
 from app.proxy.shards import ShardHealth
@@ -89,7 +90,9 @@ def create_app(settings: ProxySettings) -> Flask:
     listener.start()
     round_trips = RoundTrips(enqueuer, listener, guard, timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
-                             max_inflight=settings.max_inflight_per_process)
+                             max_inflight=settings.max_inflight_per_process,
+                             async_deadline_seconds=settings.async_deadline_seconds,
+                             result_ttl_seconds=settings.result_ttl_seconds)
     log.info("proxy process started",
              extra={"reply_streams": sorted(reply_streams.values()), "redis": topology.describe()})
 
@@ -104,6 +107,6 @@ def create_app(settings: ProxySettings) -> Flask:
         app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))
 
-    app.register_blueprint(forecast_routes(round_trips))
+    app.register_blueprint(forecast_routes(round_trips, Results(enqueue_redis, guard)))
 
     return app

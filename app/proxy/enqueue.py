@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -39,8 +40,32 @@ log = logging.getLogger("app.proxy")
 
 PROBE_INTERVAL_SECONDS = 0.25
 
-# (stream, fields, MINID: entries older than any deadline are trimmed as this one is added)
-Entry = tuple[str, dict[Any, Any], str]
+# An async request's record, added in the same script as its entry: (key, TTL in ms, fields).
+Record = tuple[str, int, list[str]]
+# (stream, fields, MINID: entries older than any deadline are trimmed as this one is added, record)
+Entry = tuple[str, dict[Any, Any], str, Record | None]
+
+# The entry and its record in one step on the shard's slot: no record without its entry
+# (a poll would wait on nothing), no async entry without its record (its result lost).
+_XADD_WITH_RECORD = """
+local pairs = tonumber(ARGV[3])
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', unpack(ARGV, 4 + pairs))
+redis.call('HSET', KEYS[2], 'entry', id, unpack(ARGV, 4, 3 + pairs))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptResult:
+    """What an async request's record needs: whose it is, how long to keep it while queued
+    (its deadline and the result's TTL after) and once done, and whether a caller also
+    waits for the reply on this process's reply stream (Prefer: wait)."""
+
+    subject: str
+    record_ttl_ms: int
+    result_ttl_ms: int
+    wants_reply: bool
 
 
 class NoShardAvailable(redis.ConnectionError):
@@ -61,8 +86,10 @@ class Enqueuer:
         self._batcher: Batcher[Entry] = Batcher(self._send, "enqueue")
         self._next_probe = 0.0
 
-    def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float) -> str:
-        """Returns the shard once the entry is in Redis; raises a Redis error (CircuitOpen,
+    def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float,
+                kept: KeptResult | None = None) -> tuple[str, str]:
+        """Returns the shard and, with ``kept``, the async id naming the record (its shard's
+        tag in it) once the entry is in Redis; raises a Redis error (CircuitOpen,
         NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise."""
         wait = self._guard.retry_after()
         if wait > 0:
@@ -70,12 +97,12 @@ class Enqueuer:
             raise CircuitOpen(wait)
         deadline = time.monotonic() + wait_seconds
         try:
-            stream = self._enqueue_on_a_shard(request, minid, deadline)
+            placed = self._enqueue_on_a_shard(request, minid, deadline, kept)
         except redis.RedisError as error:
             self._guard.record(error)
             raise
         self._guard.record(None)
-        return stream
+        return placed
 
     def _probe_if_due(self) -> None:
         """While the breaker is open, every PROBE_INTERVAL_SECONDS a PING in the background
@@ -87,7 +114,8 @@ class Enqueuer:
             self._next_probe = now + PROBE_INTERVAL_SECONDS
             threading.Thread(target=self._guard.probe, name="enqueue-probe", daemon=True).start()
 
-    def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float) -> str:
+    def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
+                            kept: KeptResult | None) -> tuple[str, str]:
         # A failed write sends the entry to the next shard at once; when every shard is
         # paused (one Redis, or a whole cluster refusing), the request waits a backoff step
         # (REDIS_RETRY_BASE_SECONDS, doubling) and tries the shard whose pause ends first:
@@ -102,9 +130,18 @@ class Enqueuer:
                     raise NoShardAvailable(self._shards.seconds_until_one_is_free())
                 time.sleep(step)
                 stream = self._shards.pick() or self._shards.soonest_free()
-            fields = dataclasses.replace(request, reply_to=self._reply_streams[stream]).to_fields()
+            async_id, record = "", None
+            reply_to = self._reply_streams[stream]
+            if kept is not None:
+                # A new id on each shard tried: the id names the shard its record is on.
+                async_id = contract.new_async_id(stream)
+                key = contract.result_key(async_id) or ""
+                record = (key, kept.record_ttl_ms, contract.accepted_record(kept.subject, contract.now_ms()))
+                request = dataclasses.replace(request, result_key=key, result_ttl_ms=kept.result_ttl_ms)
+                reply_to = reply_to if kept.wants_reply else ""
+            fields = dataclasses.replace(request, reply_to=reply_to).to_fields()
             try:
-                self._batcher.submit((stream, fields, minid), timeout=max(0.0, deadline - time.monotonic()))
+                self._batcher.submit((stream, fields, minid, record), timeout=max(0.0, deadline - time.monotonic()))
             except BatchTimeout:
                 self._shards.failed(stream)
                 raise redis.TimeoutError("enqueue took longer than its budget") from None
@@ -119,15 +156,27 @@ class Enqueuer:
                 log.debug("shard paused", extra={"stream": stream, "error": repr(error)})
                 raise
             self._shards.succeeded(stream)
-            return stream
+            return stream, async_id
 
     def _send(self, batch: list[Entry]) -> Sequence[BaseException | None]:
-        results = self._writer.execute([Routed(stream, _xadd(stream, fields, minid))
-                                        for stream, fields, minid in batch])
+        results = self._writer.execute([Routed(stream, _xadd(stream, fields, minid) if record is None
+                                               else _xadd_with_record(stream, fields, minid, record))
+                                        for stream, fields, minid, record in batch])
         return [result if isinstance(result, BaseException) else None for result in results]
 
 
 def _xadd(stream: str, fields: dict[Any, Any], minid: str) -> Any:
     def add(pipe: Any) -> None:
         pipe.xadd(stream, fields, minid=minid, approximate=True)
+    return add
+
+
+def _xadd_with_record(stream: str, fields: dict[Any, Any], minid: str, record: Record) -> Any:
+    key, ttl_ms, record_fields = record
+    args: list[Any] = [minid, ttl_ms, len(record_fields), *record_fields]
+    for name, value in fields.items():
+        args += (name, value)
+
+    def add(pipe: Any) -> None:
+        pipe.eval(_XADD_WITH_RECORD, 2, stream, key, *args)
     return add

@@ -10,12 +10,18 @@ import orjson
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.proxy.errors import ApiError, json_response
-from app.proxy.roundtrip import RoundTrips
+from app.proxy.errors import ApiError, failure_response, json_response
+from app.proxy.failures import NoReply, WorkerFailed
+from app.proxy.prefer import parse_prefer
+from app.proxy.results import Results
+from app.proxy.roundtrip import Accepted, RoundTrips
 from app.shared import contract
 from app.shared.local_forecast import five_day_forecast
 
 MAX_BODY_BYTES = 64 * 1024
+REQUESTS_PATH = "/WeatherForecast/requests"
+# How soon a caller should poll a pending async request again.
+POLL_AFTER_SECONDS = 1
 
 
 def _require_text(body: dict[str, Any], name: str) -> str:
@@ -56,7 +62,14 @@ def parse_city_query() -> tuple[str, str]:
     return _require_text(body, "city"), _require_text(body, "location")
 
 
-def forecast_routes(round_trips: RoundTrips) -> Blueprint:
+def _pending(async_id: str, state: str, age_seconds: float, headers: dict[str, str] | None = None) -> Response:
+    """202: the request is queued or in work; its result will be at Location."""
+    location = f"{REQUESTS_PATH}/{async_id}"
+    body = {"id": async_id, "status": state, "age_seconds": round(age_seconds, 3), "location": location}
+    return json_response(202, body, {"Location": location, "Retry-After": str(POLL_AFTER_SECONDS), **(headers or {})})
+
+
+def forecast_routes(round_trips: RoundTrips, results: Results) -> Blueprint:
     forecasts = Blueprint("forecasts", __name__)
     rng = random.Random()
 
@@ -66,8 +79,30 @@ def forecast_routes(round_trips: RoundTrips) -> Blueprint:
 
     @forecasts.post("/WeatherForecast/city")
     def city_forecast() -> Response:
+        preferences = parse_prefer(request.headers.getlist("Prefer"))
         with round_trips.admitted():
             city, location = parse_city_query()
-            return json_response(200, round_trips.ask(city, location, g.subject, g.request_id))
+            if not (preferences.pollable and round_trips.async_enabled):
+                return json_response(200, round_trips.ask(city, location, g.subject, g.request_id))
+            answer = round_trips.accept(city, location, g.subject, g.request_id, preferences)
+        if isinstance(answer, Accepted):
+            return _pending(answer.async_id, contract.STATE_QUEUED, 0.0,
+                            {"Preference-Applied": "respond-async"})
+        return json_response(200, answer)
+
+    @forecasts.get(f"{REQUESTS_PATH}/<async_id>")
+    def async_result(async_id: str) -> Response:
+        record = results.find(async_id, g.subject)
+        if record is None:
+            raise ApiError(404, "not_found", "no such request: unknown, expired, or not yours")
+        if record.reply is None:
+            age = max(0.0, (contract.now_ms() - record.accepted_ms) / 1000)
+            return _pending(async_id, record.state, age)
+        if record.reply.ok:
+            return json_response(200, record.reply.body)
+        # The problem the synchronous call would have answered.
+        if record.reply.body.get("error") == contract.ERROR_EXPIRED:
+            return failure_response(NoReply(round_trips.async_deadline_seconds))
+        return failure_response(WorkerFailed(str(record.reply.body.get("detail", "the worker could not process it"))))
 
     return forecasts

@@ -46,3 +46,12 @@ SHARDS_PAUSED = Gauge(
 ENQUEUE_REROUTED = Counter(
     "weather_proxy_enqueue_rerouted", "Entries sent to another shard because their shard could not take them."
 )
+ACCEPTED = Counter(
+    "weather_proxy_async_accepted",
+    "Async requests answered 202: queued with a result record to poll (Prefer: respond-async, or wait ran out).",
+)
+RESULTS_READ = Counter(
+    "weather_proxy_async_results_read",
+    "Polls of GET /WeatherForecast/requests/{id}, by what they found: done, pending, missing (unknown or expired).",
+    ["found"],
+)

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
@@ -15,8 +16,9 @@ import redis
 
 from app.proxy import metrics
 from app.proxy.edge import RequestId
-from app.proxy.enqueue import Enqueuer, NoShardAvailable
+from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
 from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, WorkerFailed
+from app.proxy.prefer import Preferences
 from app.proxy.replies import ReplyListener
 from app.shared import contract
 from app.shared.resilience import CircuitOpen, RedisGuard
@@ -36,16 +38,31 @@ _ROUNDTRIP = {result: metrics.ROUNDTRIP_SECONDS.labels(result) for result in ("o
 _ENQUEUE_ERRORS = metrics.REDIS_ERRORS.labels("enqueue")
 
 
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """An async request queued and not answered yet: where its result will be."""
+
+    async_id: str
+
+
 class RoundTrips:
     """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
 
     def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, *,
-                 timeout_seconds: float, retry_max_seconds: float, max_inflight: int) -> None:
+                 timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
+                 async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0) -> None:
         self._enqueuer = enqueuer
         self._listener = listener
         self._guard = guard
         self._timeout_seconds = timeout_seconds
         self._timeout_ms = int(timeout_seconds * 1000)
+        # An async request is never given less time than a synchronous one.
+        self._async_deadline_ms = int(max(async_deadline_seconds, timeout_seconds) * 1000)
+        self.async_enabled = async_deadline_seconds > 0
+        self.async_deadline_seconds = self._async_deadline_ms / 1000
+        self._result_ttl_ms = int(result_ttl_seconds * 1000)
+        # Entries are trimmed only once older than the longest deadline this proxy gives.
+        self._trim_window_ms = (self._async_deadline_ms if self.async_enabled else self._timeout_ms) + TRIM_MARGIN_MS
         self._max_inflight = max_inflight
         self._admitted = 0
         # The retry budget plus the longest a try can block, never past the deadline.
@@ -77,35 +94,59 @@ class RoundTrips:
             city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
-        waiter = self._listener.expect(correlation_id)
-        started = time.perf_counter()
-        metrics.INFLIGHT.inc()
-        try:
-            self._enqueue(entry, sent_ms)
-            remaining = entry.deadline_ms / 1000 - time.time()
-            reply = waiter.get(timeout=max(0.0, remaining), block=True) if remaining > 0 else None
-        except gevent.Timeout:
-            reply = None
-        finally:
-            metrics.INFLIGHT.dec()
-            self._listener.forget(correlation_id)
-        elapsed = time.perf_counter() - started
+        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None)
         if reply is None:
             metrics.TIMEOUTS.inc()
             _ROUNDTRIP["timeout"].observe(elapsed)
             log.info("request timed out", extra={"timeout_seconds": self._timeout_seconds})
             raise NoReply(self._timeout_seconds)
-        if not reply.ok:
-            _ROUNDTRIP["error"].observe(elapsed)
-            raise WorkerFailed(str(reply.body.get("detail", "the worker could not process it")))
-        _ROUNDTRIP["ok"].observe(elapsed)
-        body: dict[str, Any] = reply.body
-        return body
+        return _body(reply, elapsed)
 
-    def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int) -> None:
-        minid = f"{sent_ms - self._timeout_ms - TRIM_MARGIN_MS}-0"
+    def accept(self, city: str, location: str, subject: str, request_id: RequestId,
+               preferences: Preferences) -> dict[str, Any] | Accepted:
+        """A request whose answer may come later (RFC 7240): queued with a record any proxy
+        reads, then its reply if it comes within the wait the caller allows (none with
+        respond-async alone), else Accepted: the caller polls the record."""
+        wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
+        correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
+        sent_ms = contract.now_ms()
+        entry = contract.WeatherRequest(
+            request_id=request_id.value, reply_to="", deadline_ms=sent_ms + self._async_deadline_ms,
+            city=city, location=location, traceparent=current_traceparent(),
+            subject=subject, correlation_id=correlation_id,
+        )
+        kept = KeptResult(subject, self._async_deadline_ms + self._result_ttl_ms, self._result_ttl_ms,
+                          wants_reply=wait > 0)
+        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept)
+        if reply is None:
+            metrics.ACCEPTED.inc()
+            return Accepted(async_id)
+        return _body(reply, elapsed)
+
+    def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
+                    kept: KeptResult | None) -> tuple[contract.Reply | None, float, str]:
+        """The entry queued, then its reply if one comes before ``wait_until_ms`` (none is
+        awaited for an async request nobody waits on)."""
+        waits = kept is None or kept.wants_reply
+        waiter = self._listener.expect(entry.correlation_id) if waits else None
+        started = time.perf_counter()
+        metrics.INFLIGHT.inc()
         try:
-            self._enqueuer.enqueue(entry, minid, self._enqueue_wait)
+            async_id = self._enqueue(entry, sent_ms, kept)
+            remaining = wait_until_ms / 1000 - time.time()
+            reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
+        except gevent.Timeout:
+            reply = None
+        finally:
+            metrics.INFLIGHT.dec()
+            if waiter is not None:
+                self._listener.forget(entry.correlation_id)
+        return reply, time.perf_counter() - started, async_id
+
+    def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None) -> str:
+        minid = f"{sent_ms - self._trim_window_ms}-0"
+        try:
+            return self._enqueuer.enqueue(entry, minid, self._enqueue_wait, kept)[1]
         except CircuitOpen:
             _ENQUEUE_ERRORS.inc()
             raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
@@ -117,3 +158,12 @@ class RoundTrips:
             _ENQUEUE_ERRORS.inc()
             log.warning("enqueue failed", extra={"error": repr(error)})
             raise QueueUnavailable("1", breaker_open=False) from None
+
+
+def _body(reply: contract.Reply, elapsed: float) -> dict[str, Any]:
+    if not reply.ok:
+        _ROUNDTRIP["error"].observe(elapsed)
+        raise WorkerFailed(str(reply.body.get("detail", "the worker could not process it")))
+    _ROUNDTRIP["ok"].observe(elapsed)
+    body: dict[str, Any] = reply.body
+    return body

@@ -27,6 +27,12 @@ class ProxySettings(CommonSettings):
     # /docs and /openapi.json on the API port: the chart turns them off behind an Ingress.
     docs_enabled: bool = True
     request_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # Prefer: respond-async / wait=N: such work may wait this long to be done (0 turns them off:
+    # the preferences are then ignored). The request streams keep every entry this long (their
+    # MINID trimming), so their memory grows with it; every proxy must use the same value.
+    async_deadline_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3600.0
+    # A finished async request's result is kept this long for GET /WeatherForecast/requests/{id}.
+    result_ttl_seconds: Annotated[float, Field(ge=1, le=7 * 86_400)] = 300.0
     # gunicorn worker processes; each owns one reply stream and one listener.
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     # Concurrent connections per gevent worker process.

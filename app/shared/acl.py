@@ -46,6 +46,7 @@ PROXY_COMMANDS = (
     *_CONNECTION,
     "+xadd", "+wait",  # enqueue (MINID trimming is part of XADD), durable with WAIT
     "+xread", "+expire",  # its reply streams, their TTL
+    "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",
@@ -54,6 +55,7 @@ WORKER_COMMANDS = (
     *_CONNECTION,
     "+xreadgroup", "+xautoclaim", "+xpending", "+xack", "+xgroup|create",
     "+xadd", "+expire", "+wait",  # replies, dead letters
+    "+hset", "+pexpire",  # async result records, filled in by a script that checks +exists
     "+xinfo|groups", "+xinfo|stream", "+xinfo|consumers", "+xlen", "+exists",  # metrics, shard sets
     "+evalsha", "+script|load", "+xgroup|delconsumer",  # gone consumers: a script, loaded on first use
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
@@ -95,9 +97,10 @@ def admin_user() -> AclUser:
 
 def service_keys(request_stream: str, read_only: bool = False) -> tuple[str, ...]:
     """The project's keys: the request streams (unsharded, shards, dead letters, the shard
-    set registry) and the reply streams."""
+    set registry), the reply streams and the async result records."""
     mark = "%R~" if read_only else "~"
-    return (f"{mark}{request_stream}", f"{mark}{request_stream}:*", f"{mark}{contract.REPLY_STREAM_PREFIX}*")
+    return (f"{mark}{request_stream}", f"{mark}{request_stream}:*", f"{mark}{contract.REPLY_STREAM_PREFIX}*",
+            f"{mark}{contract.RESULT_KEY_PREFIX}*")
 
 
 def users(request_stream: str) -> list[AclUser]:

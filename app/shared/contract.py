@@ -12,6 +12,7 @@ changes the envelope.
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,9 +62,47 @@ MAX_TEXT_LENGTH = 200
 # headers and stream fields without escaping.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
+# Asynchronous requests (RFC 7240 respond-async / wait): the proxy writes a result record
+# with the entry, in one script on the shard's slot; the worker fills it with the outcome.
+RESULT_KEY_PREFIX = "weather-results:"
+# Entry fields of an async request: its record's key and how long a finished result is kept.
+FIELD_RESULT = "result"
+FIELD_RESULT_TTL_MS = "result_ttl_ms"
+# The record's hash fields.
+RECORD_STATE = "state"
+RECORD_STATUS = "status"
+RECORD_BODY = "body"
+RECORD_SUBJECT = "sub"
+RECORD_ACCEPTED_MS = "accepted_ms"
+RECORD_STARTED_MS = "started_ms"
+STATE_QUEUED = "queued"
+STATE_WORKING = "working"
+STATE_DONE = "done"
+# The error of an async request whose deadline passed before a worker took it.
+ERROR_EXPIRED = "expired"
+# An async request's id: its shard's hash tag (so any proxy finds the record's slot) and
+# 128 random bits (so nobody guesses another caller's id).
+ASYNC_ID_PATTERN = re.compile(r"(?:([a-z0-9-]{1,32})\.)?([0-9a-f]{32})")
+
+
+def new_async_id(request_stream: str) -> str:
+    tag = shard_tag_of(request_stream)
+    token = secrets.token_hex(16)
+    return f"{tag}.{token}" if tag else token
+
+
+def result_key(async_id: str) -> str | None:
+    """The record of an async request id, or None for text that is not one."""
+    match = ASYNC_ID_PATTERN.fullmatch(async_id)
+    if match is None:
+        return None
+    tag, token = match.groups()
+    return f"{RESULT_KEY_PREFIX}{{{tag}}}:{token}" if tag else f"{RESULT_KEY_PREFIX}{token}"
+
 _B = {name: name.encode() for name in (
     FIELD_VERSION, FIELD_REQUEST_ID, FIELD_REPLY_TO, FIELD_DEADLINE_MS,
     FIELD_BODY, FIELD_STATUS, FIELD_TRACEPARENT, FIELD_SUBJECT, FIELD_CORRELATION_ID,
+    FIELD_RESULT, FIELD_RESULT_TTL_MS,
 )}
 
 
@@ -176,6 +215,10 @@ class WeatherRequest:
     # The authenticated caller (JWT `sub`), for the worker's logs; empty without auth.
     subject: str = ""
     correlation_id: str = ""
+    # Async requests only: the record the outcome is kept in, and for how long. Such a
+    # request may have no reply_to (nobody waits on a stream for it).
+    result_key: str = ""
+    result_ttl_ms: int = 0
 
     def expired(self, at_ms: int | None = None) -> bool:
         return (now_ms() if at_ms is None else at_ms) > self.deadline_ms
@@ -194,6 +237,9 @@ class WeatherRequest:
             fields[FIELD_SUBJECT] = self.subject
         if self.correlation_id and self.correlation_id != self.request_id:
             fields[FIELD_CORRELATION_ID] = self.correlation_id
+        if self.result_key:
+            fields[FIELD_RESULT] = self.result_key
+            fields[FIELD_RESULT_TTL_MS] = str(self.result_ttl_ms)
         return fields
 
     @classmethod
@@ -207,9 +253,11 @@ class WeatherRequest:
         correlation_id = fields.get(_B[FIELD_CORRELATION_ID], b"").decode(errors="replace")
         if len(correlation_id) > 64:
             raise PoisonEntry("correlation id is too long")
+        result_key, result_ttl_ms = _result(fields)
         reply_to = _text(fields, FIELD_REPLY_TO)
-        # A worker writes only to reply streams, never to a key an entry happens to name.
-        if not reply_to.startswith(REPLY_STREAM_PREFIX) or len(reply_to) > 256:
+        # A worker writes only to reply streams and result records, never to a key an entry
+        # happens to name.
+        if not (reply_to.startswith(REPLY_STREAM_PREFIX) or (result_key and not reply_to)) or len(reply_to) > 256:
             raise PoisonEntry("reply_to is not a reply stream")
         try:
             deadline_ms = int(_text(fields, FIELD_DEADLINE_MS))
@@ -231,10 +279,62 @@ class WeatherRequest:
             traceparent=traceparent_raw.decode(errors="replace"),
             subject=subject_raw.decode(errors="replace")[:256],
             correlation_id=correlation_id,
+            result_key=result_key,
+            result_ttl_ms=result_ttl_ms,
         )
 
     def reply(self, status: str, body: dict[str, Any]) -> Reply:
         return Reply(self.request_id, status, body, self.correlation_id)
+
+
+def accepted_record(subject: str, accepted_ms: int) -> list[str]:
+    """The record's fields as the proxy writes them with the entry (the entry id is added)."""
+    return [RECORD_STATE, STATE_QUEUED, RECORD_SUBJECT, subject, RECORD_ACCEPTED_MS, str(accepted_ms)]
+
+
+def started_record(started_ms: int) -> list[str]:
+    return [RECORD_STATE, STATE_WORKING, RECORD_STARTED_MS, str(started_ms)]
+
+
+def finished_record(reply: Reply) -> list[str | bytes]:
+    return [RECORD_STATE, STATE_DONE, RECORD_STATUS, reply.status, RECORD_BODY, orjson.dumps(reply.body)]
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """An async request as its record tells it: queued, in work, or done with its reply."""
+
+    state: str
+    subject: str
+    accepted_ms: int
+    reply: Reply | None = None
+
+    @classmethod
+    def from_hash(cls, async_id: str, fields: dict[bytes, bytes]) -> ResultRecord:
+        def text(name: str) -> str:
+            return fields.get(name.encode(), b"").decode(errors="replace")
+
+        state = text(RECORD_STATE)
+        accepted = text(RECORD_ACCEPTED_MS)
+        reply = None
+        if state == STATE_DONE:
+            status = text(RECORD_STATUS)
+            reply = Reply(async_id, status if status in (STATUS_OK, STATUS_ERROR) else STATUS_ERROR,
+                          _json_object(text(RECORD_BODY) or "{}", "result body"))
+        return cls(state, text(RECORD_SUBJECT), int(accepted) if accepted.isdigit() else 0, reply)
+
+
+def _result(fields: dict[bytes, bytes]) -> tuple[str, int]:
+    raw = fields.get(_B[FIELD_RESULT])
+    if raw is None:
+        return "", 0
+    key = raw.decode(errors="replace")
+    if not key.startswith(RESULT_KEY_PREFIX) or len(key) > 128:
+        raise PoisonEntry("result is not a result record")
+    ttl = fields.get(_B[FIELD_RESULT_TTL_MS], b"")
+    if not ttl.isdigit() or not 0 < int(ttl) <= 7 * 86_400_000:
+        raise PoisonEntry("result_ttl_ms is not a duration of at most 7 days")
+    return key, int(ttl)
 
 
 @dataclass(frozen=True, slots=True)

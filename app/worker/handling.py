@@ -71,12 +71,20 @@ class Handler:
     def _process(self, taken: Outcome, request: contract.WeatherRequest, rng: random.Random) -> None:
         """``taken`` names the entry; as it is, it acknowledges without a reply."""
         if request.expired():
-            # The proxy has already answered 504; doing the work now helps nobody.
-            self._outcomes.submit(taken)
+            # The proxy has already answered 504; doing the work now helps nobody. A poller
+            # of an async request learns it from its record (the 504 a call would get).
+            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, None, request.reply(
+                contract.STATUS_ERROR, {"error": contract.ERROR_EXPIRED, "detail": "its deadline passed"}),
+                request.result_key, request.result_ttl_ms) if request.result_key else taken)
             self._count("expired")
             log.info("skipped expired request",
                      extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
             return
+        if request.result_key:
+            try:
+                self.writer.mark_started(request.result_key)
+            except redis.RedisError as error:
+                log.info("could not mark the result record in work", extra={"error": repr(error)})
         if self._delay.high_ms:
             time.sleep(rng.uniform(self._delay.low_ms, self._delay.high_ms) / 1000)
         try:
@@ -87,7 +95,8 @@ class Handler:
             log.exception("processing failed")
             reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
-        self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to, reply))
+        self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to or None, reply,
+                                              request.result_key, request.result_ttl_ms))
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,

@@ -16,6 +16,12 @@ refreshes it too), not with every reply.
 With REDIS_WAIT_REPLICAS above 0 each node's pipeline of replies ends with one WAIT. The XACK
 is not waited for: an acknowledgement lost in a failover makes a duplicate, not a loss.
 
+An async request (it names a result record) has its outcome written into that record in
+the same pipeline as its reply (or instead of one when nobody waits on a stream), before
+the XACK, so it is never acknowledged without its result. The record is on the request's
+shard, like its reply stream: one node, one pipeline. A record that is gone (expired) is
+not created again.
+
 Dead letters are rare and keep the one-script form: append and XACK atomically,
 on keys of one slot (the request stream and its dead-letter stream).
 """
@@ -29,6 +35,14 @@ from typing import Any
 
 from app.shared import contract
 from app.shared.routing import NodeWriter, Routed
+
+# Fill in a record only while it exists: a late write must not bring back an expired one.
+_UPDATE_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
 
 _DEAD_LETTER_AND_ACK = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
@@ -47,6 +61,13 @@ class Outcome:
     # None for an entry acknowledged without a reply (its caller gave up already).
     reply_to: str | None = None
     reply: contract.Reply | None = None
+    # An async request's record, filled with the reply and then kept result_ttl_ms.
+    result_key: str = ""
+    result_ttl_ms: int = 0
+
+    @property
+    def writes(self) -> bool:
+        return self.reply is not None and (self.reply_to is not None or bool(self.result_key))
 
 
 class ReplyTtl:
@@ -90,7 +111,7 @@ class OutcomeWriter:
         outcome: None when replied (if it had a reply) and acknowledged, else its error.
         Each node's share is its own pipeline: a node that is down fails only its own."""
         errors: list[BaseException | None] = [None] * len(outcomes)
-        replying = [index for index, outcome in enumerate(outcomes) if outcome.reply is not None]
+        replying = [index for index, outcome in enumerate(outcomes) if outcome.writes]
         if replying:
             for index, error in zip(replying, self._append_replies([outcomes[i] for i in replying]), strict=True):
                 errors[index] = error
@@ -110,16 +131,25 @@ class OutcomeWriter:
     def _append_replies(self, outcomes: list[Outcome]) -> list[BaseException | None]:
         items, expiring = [], []
         for outcome in outcomes:
-            assert outcome.reply_to is not None and outcome.reply is not None
-            expire = outcome.reply_to not in expiring and self.ttl.due(outcome.reply_to)
-            if expire:
-                expiring.append(outcome.reply_to)
-            items.append(Routed(outcome.reply_to, _reply(outcome.reply_to, outcome.reply.to_fields(), expire)))
+            assert outcome.reply is not None
+            expire = False
+            if outcome.reply_to is not None:
+                expire = outcome.reply_to not in expiring and self.ttl.due(outcome.reply_to)
+                if expire:
+                    expiring.append(outcome.reply_to)
+            items.append(Routed(outcome.reply_to or outcome.result_key, _reply(outcome, expire)))
         results = self._replies.execute(items)
         errors = [result if isinstance(result, BaseException) else None for result in results]
         self.ttl.refreshed([item.key for item, error in zip(items, errors, strict=True)
                             if error is None and item.key in expiring])
         return errors
+
+    def mark_started(self, result_key: str) -> None:
+        """Tells a poller the request is in work; best effort (a poll then says queued)."""
+        result, = self._acks.execute([Routed(result_key, update_record(
+            result_key, contract.started_record(contract.now_ms())))])
+        if isinstance(result, BaseException):
+            raise result
 
     def dead_letter_and_ack(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str
@@ -141,11 +171,25 @@ class OutcomeWriter:
             raise result
 
 
-def _reply(reply_to: str, fields: dict[str, str | bytes], expire: bool) -> Callable[[Any], None]:
+def _reply(outcome: Outcome, expire: bool) -> Callable[[Any], None]:
+    assert outcome.reply is not None
+    reply_to, reply = outcome.reply_to, outcome.reply
+
     def add(pipe: Any) -> None:
-        pipe.xadd(reply_to, fields, maxlen=contract.REPLY_STREAM_MAXLEN, approximate=True)
-        if expire:
-            pipe.expire(reply_to, contract.REPLY_STREAM_TTL_SECONDS)
+        if reply_to is not None:
+            pipe.xadd(reply_to, reply.to_fields(), maxlen=contract.REPLY_STREAM_MAXLEN, approximate=True)
+            if expire:
+                pipe.expire(reply_to, contract.REPLY_STREAM_TTL_SECONDS)
+        if outcome.result_key:
+            pipe.eval(_UPDATE_RECORD, 1, outcome.result_key, outcome.result_ttl_ms,
+                      *contract.finished_record(reply))
+    return add
+
+
+def update_record(result_key: str, fields: Sequence[str | bytes]) -> Callable[[Any], None]:
+    """A record's fields set while it exists, its TTL left as it is."""
+    def add(pipe: Any) -> None:
+        pipe.eval(_UPDATE_RECORD, 1, result_key, "", *fields)
     return add
 
 

@@ -13,6 +13,7 @@ import requests
 from app.shared import contract
 from app.shared.acl import FORBIDDEN, users
 from tests.chaos.test_poison import POISON
+from tests.proxy.test_async import poll, submit
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import fire
 from tests.support.processes import RedisServer, wait_until
@@ -81,6 +82,9 @@ def test_every_flow_works_under_its_own_user_and_redis_refused_nothing(stack):
     dead_letters = f"{STREAM}:{{{contract.shard_tag(0, 2)}}}{contract.DEAD_LETTER_SUFFIX}"
     wait_until(lambda: client.xlen(dead_letters) == len(poison_ids), 15, what="poison dead-lettered")
     statuses = [limited.ask(f"city-{n}", "x").status_code for n in range(5)]
+    accepted = submit(proxy.url, "respond-async")
+    result = poll(proxy.url, accepted.headers["Location"])
+    waited = submit(proxy.url, "wait=10")
     wait_until(lambda: worker.metric("weather_worker_queue_depth_entries") == 0
                and worker.metric("weather_worker_redis_up") == 1, 15,
                what=f"housekeeping under the worker user; Redis refused {refused_commands(client)}")
@@ -89,6 +93,7 @@ def test_every_flow_works_under_its_own_user_and_redis_refused_nothing(stack):
     assert [r.error for r in first] == [r.error for r in first if r.error]  # they gave up waiting: fine
     assert [r.status for r in answered] == [200] * 20
     assert statuses[:3] == [200] * 3 and 429 in statuses[3:], "the rate limiter counts under the proxy user"
+    assert (accepted.status_code, result.status_code, waited.status_code) == (202, 200, 200), result.text
     assert monitor.returncode == 0, monitor.stderr
     assert "Error" not in monitor.stdout and f"{STREAM}:{{" in monitor.stdout
     assert refused_commands(client) == []
@@ -160,10 +165,15 @@ def test_a_cluster_serves_under_the_users(tmp_path, request):
             proxy = stack.proxy(**credentials("proxy")).wait_ready()
             worker = stack.worker("w", PROCESSING_DELAY_MS="0", **credentials("worker")).wait_ready()
             results = fire([proxy.url], count=30, concurrency=5)
+            accepted = [submit(proxy.url, "respond-async") for _ in range(6)]
+            polled = [poll(proxy.url, answer.headers["Location"]).status_code for answer in accepted]
             wait_until(lambda w=worker: w.metric("weather_worker_queue_depth_entries") == 0, 15, what="drained")
             monitor = run_monitor(cluster.url, "--shards", "3", REDIS_CLUSTER="true", **credentials("monitor"))
 
             assert [r.status for r in results] == [200] * 30
+            assert polled == [200] * 6
+            # Each id names its shard: the six records spread over the shards as the entries do.
+            assert len({answer.json()["id"].partition(".")[0] for answer in accepted}) == 3
             assert monitor.returncode == 0 and "Error" not in monitor.stdout, monitor.stdout + monitor.stderr
             assert [line for node in cluster.nodes for line in refused_commands(node.client())] == []
     finally:
@@ -180,9 +190,12 @@ def test_sentinel_mode_serves_under_the_users(tmp_path, request):
             proxy = stack.proxy(**credentials("proxy")).wait_ready()
             worker = stack.worker("w", PROCESSING_DELAY_MS="0", **credentials("worker")).wait_ready()
             results = fire([proxy.url], count=30, concurrency=5)
+            accepted = [submit(proxy.url, "respond-async") for _ in range(6)]
+            polled = [poll(proxy.url, answer.headers["Location"]).status_code for answer in accepted]
             wait_until(lambda w=worker: w.metric("weather_worker_queue_depth_entries") == 0, 15, what="drained")
 
             assert [r.status for r in results] == [200] * 30
+            assert polled == [200] * 6
             assert [line for node in (sentinels.primary, *sentinels.replicas)
                     for line in refused_commands(node.client())] == []
     finally:
