@@ -18,6 +18,7 @@ from app.proxy.edge import install_request_ids, install_tracing
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import register_error_handlers
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
+from app.proxy.horizon import Horizon
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
 from app.proxy.ratelimit import install_rate_limit
 from app.proxy.replies import BLOCK_MS, ReplyListener
@@ -88,7 +89,10 @@ def create_app(settings: ProxySettings) -> Flask:
                              partial(topology.ping_node_of, reply_redis),
                              guard, settings.redis_reconnect_max_seconds)
     listener.start()
-    round_trips = RoundTrips(enqueuer, listener, guard, timeout_seconds=settings.request_timeout_seconds,
+    horizon = Horizon(enqueue_redis, settings.request_stream, timeout_ms=int(settings.request_timeout_seconds * 1000),
+                      async_deadline_ms=int(max(settings.async_deadline_seconds,
+                                                settings.request_timeout_seconds) * 1000)).start()
+    round_trips = RoundTrips(enqueuer, listener, guard, horizon, timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
                              max_inflight=settings.max_inflight_per_process,
                              async_deadline_seconds=settings.async_deadline_seconds,

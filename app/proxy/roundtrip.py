@@ -18,6 +18,7 @@ from app.proxy import metrics
 from app.proxy.edge import RequestId
 from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
 from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, WorkerFailed
+from app.proxy.horizon import Horizon
 from app.proxy.prefer import Preferences
 from app.proxy.replies import ReplyListener
 from app.shared import contract
@@ -26,10 +27,6 @@ from app.shared.tracing import current_traceparent
 
 log = logging.getLogger("app.proxy")
 
-# Requests older than their deadline are useless to a worker. The margin covers clock
-# skew between this host and Redis (entry ids carry Redis's clock), so trimming by
-# MINID never drops an entry that could still be answered.
-TRIM_MARGIN_MS = 60_000
 # An XADD answers in well under a millisecond; a try that takes this long is a stuck
 # connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
 ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
@@ -48,7 +45,7 @@ class Accepted:
 class RoundTrips:
     """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
 
-    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, *,
+    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, horizon: Horizon, *,
                  timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
                  async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0) -> None:
         self._enqueuer = enqueuer
@@ -61,8 +58,7 @@ class RoundTrips:
         self.async_enabled = async_deadline_seconds > 0
         self.async_deadline_seconds = self._async_deadline_ms / 1000
         self._result_ttl_ms = int(result_ttl_seconds * 1000)
-        # Entries are trimmed only once older than the longest deadline this proxy gives.
-        self._trim_window_ms = (self._async_deadline_ms if self.async_enabled else self._timeout_ms) + TRIM_MARGIN_MS
+        self._horizon = horizon
         self._max_inflight = max_inflight
         self._admitted = 0
         # The retry budget plus the longest a try can block, never past the deadline.
@@ -117,6 +113,7 @@ class RoundTrips:
         )
         kept = KeptResult(subject, self._async_deadline_ms + self._result_ttl_ms, self._result_ttl_ms,
                           wants_reply=wait > 0)
+        self._horizon.issued(entry.deadline_ms)
         reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept)
         if reply is None:
             metrics.ACCEPTED.inc()
@@ -144,7 +141,7 @@ class RoundTrips:
         return reply, time.perf_counter() - started, async_id
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None) -> str:
-        minid = f"{sent_ms - self._trim_window_ms}-0"
+        minid = self._horizon.minid(sent_ms)
         try:
             return self._enqueuer.enqueue(entry, minid, self._enqueue_wait, kept)[1]
         except CircuitOpen:

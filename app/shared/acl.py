@@ -47,6 +47,7 @@ PROXY_COMMANDS = (
     "+xadd", "+wait",  # enqueue (MINID trimming is part of XADD), durable with WAIT
     "+xread", "+expire",  # its reply streams, their TTL
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
+    "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",
@@ -54,6 +55,7 @@ PROXY_COMMANDS = (
 WORKER_COMMANDS = (
     *_CONNECTION,
     "+xreadgroup", "+xautoclaim", "+xpending", "+xack", "+xgroup|create",
+    "+xclaim",  # renewing the entries in work (a script, with +xpending: app.worker.leases)
     "+xadd", "+expire", "+wait",  # replies, dead letters
     "+hset", "+pexpire",  # async result records, filled in by a script that checks +exists
     "+xinfo|groups", "+xinfo|stream", "+xinfo|consumers", "+xlen", "+exists",  # metrics, shard sets

@@ -121,6 +121,11 @@ def shard_sets_key(base: str) -> str:
     return base + ":shard-sets"
 
 
+def async_horizon_key(base: str) -> str:
+    """Until when (ms) some proxy's async entries may still be done: no proxy trims them before."""
+    return base + ":async-horizon"
+
+
 def request_streams(base: str, shards: int, tagged: bool) -> list[str]:
     """The request stream keys: ``base`` alone when there is one shard and no cluster,
     else one ``base:{tag}`` per shard, so each shard's stream, dead-letter stream and

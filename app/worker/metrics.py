@@ -57,6 +57,10 @@ CLAIMED = Counter(
     "weather_worker_claimed",
     "Entries taken over from a consumer that left them pending past CLAIM_IDLE_SECONDS (redeliveries).",
 )
+LEASES_RENEWED = Counter(
+    "weather_worker_leases_renewed",
+    "Entries in work whose idle time this worker reset, so no other worker claims them (app.worker.leases).",
+)
 DEAD_LETTERED = Counter(
     "weather_worker_dead_lettered",
     "Entries moved to the dead-letter stream, by reason: poison (undecodable), max_deliveries.",

@@ -50,13 +50,20 @@ class WorkerSettings(CommonSettings):
     # Entries already in this consumer's hands wait at most this long for a free terminal.
     read_block_ms: Annotated[int, Field(ge=10, le=60_000)] = 2000
     dead_letter_maxlen: Annotated[int, Field(ge=100)] = 100_000
-    # Entries pending this long with a consumer are taken over by a live worker. It must
-    # exceed the longest processing time, or slow entries are processed twice.
+    # Entries pending this long with a consumer are taken over by a live worker: how long a
+    # dead worker's entries wait. Work may take longer: its worker renews them (below).
     claim_idle_seconds: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    # How often a worker resets the idle time of the entries it works on (app.worker.leases);
+    # unset: a third of CLAIM_IDLE_SECONDS. At most half of it, so one late round is survived.
+    lease_renew_seconds: Annotated[float, Field(gt=0, le=43_200)] | None = None
     # Deliveries after which an entry is dead-lettered instead of processed again.
     max_deliveries: Annotated[int, Field(ge=1, le=1000)] = 5
     # Consumers idle this long with nothing pending are removed from the group.
     consumer_expiry_seconds: Annotated[float, Field(gt=0, le=30 * 86_400)] = 300.0
+
+    @property
+    def lease_renew_interval(self) -> float:
+        return self.lease_renew_seconds or self.claim_idle_seconds / 3
 
     @field_validator("processing_delay_ms", mode="before")
     @classmethod
@@ -69,8 +76,8 @@ class WorkerSettings(CommonSettings):
     def _consistent_timings(self) -> WorkerSettings:
         if self.read_block_ms / 1000 >= self.shutdown_grace_seconds:
             raise ValueError("READ_BLOCK_MS must be shorter than SHUTDOWN_GRACE_SECONDS")
-        if self.claim_idle_seconds * 1000 <= self.processing_delay_ms.high_ms:
-            raise ValueError("CLAIM_IDLE_SECONDS must exceed the longest PROCESSING_DELAY_MS")
+        if self.lease_renew_seconds is not None and self.lease_renew_seconds * 2 > self.claim_idle_seconds:
+            raise ValueError("LEASE_RENEW_SECONDS must be at most half of CLAIM_IDLE_SECONDS")
         if self.consumer_expiry_seconds <= self.claim_idle_seconds:
             raise ValueError("CONSUMER_EXPIRY_SECONDS must exceed CLAIM_IDLE_SECONDS")
         if self.worker_terminals < self.request_stream_shards:

@@ -46,6 +46,10 @@ class Terminals:
         with self._lock:
             return (stream, entry_id) in self._in_hand
 
+    def in_hand(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self._in_hand)
+
     def next_delivery(self) -> Delivery | None:
         """What a terminal works on next; None tells it to stop."""
         return self._work.get()

@@ -22,6 +22,7 @@ from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
 from app.worker.handling import Handler
 from app.worker.housekeeping import Housekeeping
+from app.worker.leases import LeaseKeeper
 from app.worker.outcomes import OutcomeWriter
 from app.worker.reading import ShardReader
 from app.worker.settings import WorkerSettings
@@ -190,7 +191,10 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
         announce_seconds=settings.shard_set_announce_seconds, read=lambda streams: worker.read(streams),
         stop_reading=lambda streams: worker.stop_reading(streams), stopping=stopping,
     )
-    worker = Worker(terminals, new_reader, settings.request_streams, handler, [housekeeping.run, follower.run],
+    leases = LeaseKeeper(client, guard, terminals, group=settings.consumer_group, consumer=settings.consumer_name,
+                         renew_seconds=settings.lease_renew_interval, stopping=stopping)
+    worker = Worker(terminals, new_reader, settings.request_streams, handler,
+                    [housekeeping.run, follower.run, leases.run],
                     guard, stopping, consumer=settings.consumer_name, group=settings.consumer_group,
                     read_block_ms=settings.read_block_ms, shutdown_grace_seconds=settings.shutdown_grace_seconds)
     return worker

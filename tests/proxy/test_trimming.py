@@ -21,3 +21,23 @@ def test_enqueue_trims_entries_older_than_any_deadline_but_keeps_fresh_ones(stac
     assert len(old_left) <= 100
     assert set(fresh) <= set(remaining)
     assert len(remaining) - len(old_left) == 4  # the three fresh entries and the new request
+
+
+def test_once_a_proxy_accepts_async_work_every_proxy_keeps_entries_until_its_deadline(stack):
+    import time
+
+    from tests.proxy.test_async import submit
+
+    client = stack.redis.client()
+    # Entries two minutes old: past a synchronous proxy's window (1 s timeout + 60 s margin).
+    two_minutes_ago = int(time.time() * 1000) - 120_000
+    old = [client.xadd("weather-requests", {"old": "1"}, id=f"{two_minutes_ago}-{n}") for n in range(1, 301)]
+    asynchronous = stack.proxy(REQUEST_TIMEOUT_SECONDS="1").wait_ready()
+    synchronous = stack.proxy(REQUEST_TIMEOUT_SECONDS="1").wait_ready()
+
+    assert submit(asynchronous.url, "respond-async").status_code == 202
+    time.sleep(6)  # the horizon published and read back by the other proxy (every 5 s)
+    assert synchronous.ask("Oslo", "Norway").status_code == 504  # an XADD with its MINID
+
+    remaining = {entry_id for entry_id, _ in client.xrange("weather-requests")}
+    assert set(old) <= remaining, f"{len(set(old) - remaining)} entries trimmed within the async deadline"

@@ -25,15 +25,14 @@ verdict on both sides.
 {{- end }}
 
 {{- /* Worker timings (WorkerSettings) */}}
-{{- $delayHigh := float64 (last (splitList "-" (toString $worker.processingDelayMs))) -}}
 {{- $shutdownGrace := float64 $worker.shutdownGraceSeconds -}}
 {{- $claimIdle := float64 $worker.claimIdleSeconds -}}
 {{- /* READ_BLOCK_MS is not a value of the chart: the worker's default, 2000 ms. */}}
 {{- if le $shutdownGrace 2.0 }}
 {{- fail "worker.shutdownGraceSeconds must be longer than the worker's 2 s read block (READ_BLOCK_MS), or a stopping worker is killed while it waits for entries" }}
 {{- end }}
-{{- if le (mulf $claimIdle 1000.0) $delayHigh }}
-{{- fail "worker.claimIdleSeconds must exceed the longest worker.processingDelayMs, or entries still in work are claimed and processed twice" }}
+{{- if and $worker.leaseRenewSeconds (gt (mulf (float64 $worker.leaseRenewSeconds) 2.0) $claimIdle) }}
+{{- fail "worker.leaseRenewSeconds must be at most half of worker.claimIdleSeconds, or entries still in work are claimed by another worker and processed twice" }}
 {{- end }}
 {{- if le (float64 $worker.consumerExpirySeconds) $claimIdle }}
 {{- fail "worker.consumerExpirySeconds must exceed worker.claimIdleSeconds, or a consumer is removed before its entries can be claimed" }}
