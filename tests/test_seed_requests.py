@@ -28,7 +28,7 @@ def test_every_request_of_the_file_answers_2xx(stack):
     result = run_http_file(proxy.url, worker.url)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 requests processed (4 succeeded)" in result.stdout
+    assert "6 requests processed (6 succeeded)" in result.stdout
 
 
 def test_the_runner_fails_when_a_service_is_not_there(stack):
