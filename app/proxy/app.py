@@ -20,7 +20,7 @@ from app.proxy.errors import register_error_handlers
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
 from app.proxy.horizon import Horizon
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
-from app.proxy.ratelimit import install_rate_limit
+from app.proxy.ratelimit import install_rate_limit, trust_forwarded_for
 from app.proxy.replies import BLOCK_MS, ReplyListener
 from app.proxy.results import Results
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
@@ -92,11 +92,14 @@ def create_app(settings: ProxySettings) -> Flask:
     horizon = Horizon(enqueue_redis, settings.request_stream, timeout_ms=int(settings.request_timeout_seconds * 1000),
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
                                                 settings.request_timeout_seconds) * 1000)).start()
-    round_trips = RoundTrips(enqueuer, listener, guard, horizon, timeout_seconds=settings.request_timeout_seconds,
+    results = Results(enqueue_redis, guard)
+    round_trips = RoundTrips(enqueuer, listener, guard, horizon, results,
+                             timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
                              max_inflight=settings.max_inflight_per_process,
                              async_deadline_seconds=settings.async_deadline_seconds,
-                             result_ttl_seconds=settings.result_ttl_seconds)
+                             result_ttl_seconds=settings.result_ttl_seconds,
+                             idempotency_ttl_seconds=settings.idempotency_ttl_seconds)
     log.info("proxy process started",
              extra={"reply_streams": sorted(reply_streams.values()), "redis": topology.describe()})
 
@@ -106,11 +109,12 @@ def create_app(settings: ProxySettings) -> Flask:
         if authenticator is not None and is_api_call():
             g.subject = authenticator.subject(request.headers.get("Authorization"))
 
-    install_rate_limit(app, settings.rate_limit, settings.trusted_proxies, topology, is_api_call)
+    trust_forwarded_for(app, settings.trusted_proxies)
+    install_rate_limit(app, settings.rate_limit, topology, is_api_call)
     if settings.docs_enabled:
         app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))
 
-    app.register_blueprint(forecast_routes(round_trips, Results(enqueue_redis, guard)))
+    app.register_blueprint(forecast_routes(round_trips, results, authenticated=authenticator is not None))
 
     return app

@@ -68,6 +68,45 @@ class KeptResult:
     wants_reply: bool
 
 
+# An idempotent request: its key's record, its entry and its result record in one step on
+# the key's shard. A key already there (and not the one being replaced) returns what it
+# names instead: the request it was first sent with.
+_XADD_ONCE = """
+local existing = redis.call('HMGET', KEYS[3], 'id', 'body')
+if existing[1] and existing[1] ~= ARGV[5] then
+  return {0, existing[1], existing[2]}
+end
+local pairs = tonumber(ARGV[7])
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[1], '*', unpack(ARGV, 8 + pairs))
+redis.call('HSET', KEYS[2], 'entry', id, unpack(ARGV, 8, 7 + pairs))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], 'id', ARGV[6], 'body', ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {1, ARGV[6], ARGV[4]}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OnceOnly:
+    """An Idempotency-Key as the enqueuer uses it: which shard (by the key's hash, so every
+    proxy finds it), the key's fingerprint and its body's, how long it is kept, and the id
+    of an earlier try it may replace (one whose deadline passed before any worker took it)."""
+
+    fingerprint: str
+    body_hash: str
+    ttl_ms: int
+    replaces: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    stream: str
+    async_id: str
+    # False: the key was there already; async_id and body_hash are those of the first request.
+    created: bool = True
+    body_hash: str = ""
+
+
 class NoShardAvailable(redis.ConnectionError):
     """Every shard failed its last write and is paused; ``retry_after`` in seconds."""
 
@@ -103,6 +142,60 @@ class Enqueuer:
             raise
         self._guard.record(None)
         return placed
+
+    def enqueue_once(self, request: contract.WeatherRequest, minid: str, wait_seconds: float, kept: KeptResult,
+                     once: OnceOnly) -> Placed:
+        """Like ``enqueue``, on the shard the key maps to and only if the key is new; no other
+        shard is tried (the key would not be found there)."""
+        wait = self._guard.retry_after()
+        if wait > 0:
+            self._probe_if_due()
+            raise CircuitOpen(wait)
+        deadline = time.monotonic() + wait_seconds
+        try:
+            placed = self._enqueue_on_the_keys_shard(request, minid, deadline, kept, once)
+        except redis.RedisError as error:
+            self._guard.record(error)
+            raise
+        self._guard.record(None)
+        return placed
+
+    def _enqueue_on_the_keys_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
+                                   kept: KeptResult, once: OnceOnly) -> Placed:
+        streams = list(self._reply_streams)
+        stream = streams[int(once.fingerprint[:8], 16) % len(streams)]
+        async_id = contract.new_async_id(stream)
+        key = contract.result_key(async_id) or ""
+        request = dataclasses.replace(request, result_key=key, result_ttl_ms=kept.result_ttl_ms,
+                                      reply_to=self._reply_streams[stream] if kept.wants_reply else "")
+        record = contract.accepted_record(kept.subject, contract.now_ms())
+        args: list[Any] = [minid, kept.record_ttl_ms, once.ttl_ms, once.body_hash, once.replaces, async_id,
+                           len(record), *record]
+        for name, value in request.to_fields().items():
+            args += (name, value)
+        keys = [stream, key, contract.idempotency_key(stream, once.fingerprint)]
+
+        def add(pipe: Any) -> None:
+            pipe.eval(_XADD_ONCE, len(keys), *keys, *args)
+
+        policy = self._guard.policy
+        for attempt in range(policy.max_tries):
+            result, = self._writer.execute([Routed(stream, add)])
+            if not isinstance(result, BaseException):
+                created, first_id, body_hash = result[0]
+                # A retry of a write that landed short of replicas finds its own id.
+                return Placed(stream, first_id.decode(), bool(created) or first_id.decode() == async_id,
+                              body_hash.decode())
+            if isinstance(result, ReplicasBehind):
+                # On the primary, short of replicas: the key is there; asked again, it names this try.
+                continue
+            if not isinstance(result, NotSent):
+                raise result
+            step = policy.base_seconds * 2 ** attempt
+            if time.monotonic() + step >= deadline:
+                break
+            time.sleep(step)
+        raise NoShardAvailable(policy.base_seconds)
 
     def _probe_if_due(self) -> None:
         """While the breaker is open, every PROBE_INTERVAL_SECONDS a PING in the background

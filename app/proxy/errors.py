@@ -16,7 +16,15 @@ import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, RoundTripFailure, WorkerFailed
+from app.proxy.failures import (
+    InProgress,
+    KeyReused,
+    NoReply,
+    Overloaded,
+    QueueUnavailable,
+    RoundTripFailure,
+    WorkerFailed,
+)
 
 log = logging.getLogger("app.proxy")
 
@@ -61,6 +69,13 @@ def failure_response(failure: RoundTripFailure) -> Response:
         return problem_response(504, "timeout", f"{failure}; the request was dropped")
     if isinstance(failure, WorkerFailed):
         return problem_response(502, "worker_error", failure.detail)
+    if isinstance(failure, KeyReused):
+        return problem_response(422, "idempotency_key_reused",
+                                "this Idempotency-Key was sent before with another body; use a new key")
+    if isinstance(failure, InProgress):
+        location = f"/WeatherForecast/requests/{failure.async_id}"
+        return problem_response(409, "request_in_progress", f"{failure}; its result will be at {location}",
+                                {"Retry-After": "1", "Location": location})
     raise failure
 
 

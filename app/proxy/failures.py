@@ -36,3 +36,15 @@ class WorkerFailed(RoundTripFailure):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class KeyReused(RoundTripFailure):
+    """An Idempotency-Key sent again with another body."""
+
+
+class InProgress(RoundTripFailure):
+    """An Idempotency-Key sent again, asynchronously, while its first request is not done."""
+
+    def __init__(self, async_id: str) -> None:
+        super().__init__("the request with this Idempotency-Key is still queued or in work")
+        self.async_id = async_id

@@ -10,6 +10,7 @@ import orjson
 from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.proxy import idempotency
 from app.proxy.errors import ApiError, failure_response, json_response
 from app.proxy.failures import NoReply, WorkerFailed
 from app.proxy.prefer import parse_prefer
@@ -69,7 +70,7 @@ def _pending(async_id: str, state: str, age_seconds: float, headers: dict[str, s
     return json_response(202, body, {"Location": location, "Retry-After": str(POLL_AFTER_SECONDS), **(headers or {})})
 
 
-def forecast_routes(round_trips: RoundTrips, results: Results) -> Blueprint:
+def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated: bool) -> Blueprint:
     forecasts = Blueprint("forecasts", __name__)
     rng = random.Random()
 
@@ -80,11 +81,20 @@ def forecast_routes(round_trips: RoundTrips, results: Results) -> Blueprint:
     @forecasts.post("/WeatherForecast/city")
     def city_forecast() -> Response:
         preferences = parse_prefer(request.headers.getlist("Prefer"))
+        key = request.headers.get(idempotency.HEADER)
+        if key is not None and authenticated and not g.subject:
+            raise ApiError(400, "idempotency_needs_subject",
+                           f"{idempotency.HEADER} needs a token with a subject (sub): keys are scoped per caller")
+        fingerprint = None if key is None else idempotency.fingerprint(key, g.subject, request.remote_addr or "")
         with round_trips.admitted():
             city, location = parse_city_query()
-            if not (preferences.pollable and round_trips.async_enabled):
+            if fingerprint is not None:
+                answer = round_trips.once(city, location, g.subject, g.request_id, preferences, fingerprint,
+                                          idempotency.body_hash(city, location))
+            elif not (preferences.pollable and round_trips.async_enabled):
                 return json_response(200, round_trips.ask(city, location, g.subject, g.request_id))
-            answer = round_trips.accept(city, location, g.subject, g.request_id, preferences)
+            else:
+                answer = round_trips.accept(city, location, g.subject, g.request_id, preferences)
         if isinstance(answer, Accepted):
             return _pending(answer.async_id, contract.STATE_QUEUED, 0.0,
                             {"Preference-Applied": "respond-async"})

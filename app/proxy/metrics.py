@@ -55,3 +55,7 @@ RESULTS_READ = Counter(
     "Polls of GET /WeatherForecast/requests/{id}, by what they found: done, pending, missing (unknown or expired).",
     ["found"],
 )
+IDEMPOTENT_REPEATS = Counter(
+    "weather_proxy_idempotent_repeats",
+    "Requests whose Idempotency-Key was seen before: answered with the first request's outcome, or refused.",
+)

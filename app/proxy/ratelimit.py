@@ -23,12 +23,17 @@ def _client_key() -> str:
     return f"sub:{subject}" if subject else f"ip:{get_remote_address()}"
 
 
-def install_rate_limit(app: Flask, limit: str, trusted_proxies: int, topology: Topology,
+def trust_forwarded_for(app: Flask, trusted_proxies: int) -> None:
+    """The client's address through that many proxies in front: the rate limiter's and the
+    Idempotency-Key's caller when there is no subject."""
+    if trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies)  # type: ignore[method-assign]
+
+
+def install_rate_limit(app: Flask, limit: str, topology: Topology,
                        is_limited: Callable[[], bool]) -> Limiter | None:
     if not limit:
         return None
-    if trusted_proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=trusted_proxies)  # type: ignore[method-assign]
     # A count that takes longer than half a second is given up on (swallow_errors lets the request in).
     storage_uri, storage_options = topology.limiter_storage()
     return Limiter(

@@ -16,11 +16,12 @@ import redis
 
 from app.proxy import metrics
 from app.proxy.edge import RequestId
-from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
-from app.proxy.failures import NoReply, Overloaded, QueueUnavailable, WorkerFailed
+from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable, OnceOnly
+from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, WorkerFailed
 from app.proxy.horizon import Horizon
 from app.proxy.prefer import Preferences
 from app.proxy.replies import ReplyListener
+from app.proxy.results import Results
 from app.shared import contract
 from app.shared.resilience import CircuitOpen, RedisGuard
 from app.shared.tracing import current_traceparent
@@ -30,6 +31,9 @@ log = logging.getLogger("app.proxy")
 # An XADD answers in well under a millisecond; a try that takes this long is a stuck
 # connection, and the retry budget (REDIS_RETRY_MAX_SECONDS) is better spent on another.
 ENQUEUE_SOCKET_TIMEOUT_SECONDS = 0.3
+
+# A repeat of an idempotent request polls its first request's record this often.
+REPEAT_POLL_SECONDS = 0.05
 
 _ROUNDTRIP = {result: metrics.ROUNDTRIP_SECONDS.labels(result) for result in ("ok", "error", "timeout")}
 _ENQUEUE_ERRORS = metrics.REDIS_ERRORS.labels("enqueue")
@@ -45,9 +49,10 @@ class Accepted:
 class RoundTrips:
     """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
 
-    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, horizon: Horizon, *,
-                 timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
-                 async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0) -> None:
+    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, horizon: Horizon,
+                 results: Results, *, timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
+                 async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0,
+                 idempotency_ttl_seconds: float = 86_400.0) -> None:
         self._enqueuer = enqueuer
         self._listener = listener
         self._guard = guard
@@ -59,6 +64,8 @@ class RoundTrips:
         self.async_deadline_seconds = self._async_deadline_ms / 1000
         self._result_ttl_ms = int(result_ttl_seconds * 1000)
         self._horizon = horizon
+        self._results = results
+        self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._max_inflight = max_inflight
         self._admitted = 0
         # The retry budget plus the longest a try can block, never past the deadline.
@@ -119,6 +126,93 @@ class RoundTrips:
             metrics.ACCEPTED.inc()
             return Accepted(async_id)
         return _body(reply, elapsed)
+
+    def once(self, city: str, location: str, subject: str, request_id: RequestId, preferences: Preferences,
+             fingerprint: str, body_hash: str) -> dict[str, Any] | Accepted:
+        """A request with an Idempotency-Key: done at most once per key and caller. The first
+        is queued with the key (its result kept as long as the key); a repeat with the same
+        body gets the first one's outcome, waiting for it as a call would (409 if async and
+        not done yet); a repeat with another body is refused."""
+        pollable = preferences.pollable and self.async_enabled
+        wait = self._timeout_seconds
+        if pollable:
+            wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
+        replaces = ""
+        for _ in range(2):  # the second time only to replace a first try that expired unseen
+            correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
+            sent_ms = contract.now_ms()
+            deadline_ms = sent_ms + (self._async_deadline_ms if pollable else self._timeout_ms)
+            entry = contract.WeatherRequest(
+                request_id=request_id.value, reply_to="", deadline_ms=deadline_ms, city=city, location=location,
+                traceparent=current_traceparent(), subject=subject, correlation_id=correlation_id,
+            )
+            ttl_ms = max(self._idempotency_ttl_ms, deadline_ms - sent_ms + self._result_ttl_ms)
+            kept = KeptResult(subject, ttl_ms, self._idempotency_ttl_ms, wants_reply=wait > 0)
+            once = OnceOnly(fingerprint, body_hash, self._idempotency_ttl_ms, replaces)
+            if pollable:
+                self._horizon.issued(deadline_ms)
+            waiter = self._listener.expect(correlation_id) if wait > 0 else None
+            started = time.perf_counter()
+            try:
+                placed = self._enqueue_once(entry, sent_ms, kept, once)
+                if placed.created:
+                    remaining = sent_ms / 1000 + wait - time.time()
+                    reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
+                else:
+                    reply = None
+            except gevent.Timeout:
+                reply = None
+            finally:
+                if waiter is not None:
+                    self._listener.forget(correlation_id)
+            if placed.created:
+                if reply is not None:
+                    return _body(reply, time.perf_counter() - started)
+                if pollable:
+                    metrics.ACCEPTED.inc()
+                    return Accepted(placed.async_id)
+                metrics.TIMEOUTS.inc()
+                raise NoReply(self._timeout_seconds)
+            if placed.body_hash != body_hash:
+                raise KeyReused("this Idempotency-Key came with another body")
+            metrics.IDEMPOTENT_REPEATS.inc()
+            record = self._await_record(placed.async_id, subject, 0.0 if pollable else wait)
+            if record is None or record.reply is None:
+                if pollable:
+                    raise InProgress(placed.async_id)
+                metrics.TIMEOUTS.inc()
+                raise NoReply(self._timeout_seconds)
+            if record.reply.body.get("error") == contract.ERROR_EXPIRED:
+                replaces = placed.async_id  # never done: this repeat does it
+                continue
+            return _body(record.reply, time.perf_counter() - started)
+        raise NoReply(self._timeout_seconds)
+
+    def _await_record(self, async_id: str, subject: str, wait_seconds: float) -> contract.ResultRecord | None:
+        """The first request's record once done, polled until ``wait_seconds`` have passed."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            record = self._results.find(async_id, subject)
+            if record is not None and record.reply is not None:
+                return record
+            if time.monotonic() >= deadline:
+                return record
+            gevent.sleep(REPEAT_POLL_SECONDS)
+
+    def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult, once: OnceOnly) -> Any:
+        try:
+            return self._enqueuer.enqueue_once(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
+        except CircuitOpen:
+            _ENQUEUE_ERRORS.inc()
+            raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
+        except NoShardAvailable as error:
+            _ENQUEUE_ERRORS.inc()
+            log.warning("enqueue failed: the key's shard cannot take it", extra={"error": repr(error)})
+            raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False) from None
+        except redis.RedisError as error:
+            _ENQUEUE_ERRORS.inc()
+            log.warning("enqueue failed", extra={"error": repr(error)})
+            raise QueueUnavailable("1", breaker_open=False) from None
 
     def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
                     kept: KeptResult | None) -> tuple[contract.Reply | None, float, str]:

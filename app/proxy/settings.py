@@ -33,6 +33,9 @@ class ProxySettings(CommonSettings):
     async_deadline_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3600.0
     # A finished async request's result is kept this long for GET /WeatherForecast/requests/{id}.
     result_ttl_seconds: Annotated[float, Field(ge=1, le=7 * 86_400)] = 300.0
+    # A request with an Idempotency-Key is done at most once per key and caller this long;
+    # its result is kept as long as its key.
+    idempotency_ttl_seconds: Annotated[float, Field(ge=1, le=30 * 86_400)] = 86_400.0
     # gunicorn worker processes; each owns one reply stream and one listener.
     web_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     # Concurrent connections per gevent worker process.

@@ -48,6 +48,7 @@ PROXY_COMMANDS = (
     "+xread", "+expire",  # its reply streams, their TTL
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
+    "+hmget",  # Idempotency-Key records (in the enqueue script)
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",
@@ -99,10 +100,11 @@ def admin_user() -> AclUser:
 
 def service_keys(request_stream: str, read_only: bool = False) -> tuple[str, ...]:
     """The project's keys: the request streams (unsharded, shards, dead letters, the shard
-    set registry), the reply streams and the async result records."""
+    set registry, the async horizon), the reply streams, the async result records and the
+    Idempotency-Key records."""
     mark = "%R~" if read_only else "~"
     return (f"{mark}{request_stream}", f"{mark}{request_stream}:*", f"{mark}{contract.REPLY_STREAM_PREFIX}*",
-            f"{mark}{contract.RESULT_KEY_PREFIX}*")
+            f"{mark}{contract.RESULT_KEY_PREFIX}*", f"{mark}{contract.IDEMPOTENCY_KEY_PREFIX}*")
 
 
 def users(request_stream: str) -> list[AclUser]:

@@ -85,6 +85,15 @@ ERROR_EXPIRED = "expired"
 ASYNC_ID_PATTERN = re.compile(r"(?:([a-z0-9-]{1,32})\.)?([0-9a-f]{32})")
 
 
+# Idempotency-Key (IETF httpapi draft): one hash per key and caller, on the key's shard.
+IDEMPOTENCY_KEY_PREFIX = "weather-idempotency:"
+
+
+def idempotency_key(request_stream: str, fingerprint: str) -> str:
+    tag = shard_tag_of(request_stream)
+    return f"{IDEMPOTENCY_KEY_PREFIX}{{{tag}}}:{fingerprint}" if tag else f"{IDEMPOTENCY_KEY_PREFIX}{fingerprint}"
+
+
 def new_async_id(request_stream: str) -> str:
     tag = shard_tag_of(request_stream)
     token = secrets.token_hex(16)

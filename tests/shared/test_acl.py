@@ -14,6 +14,7 @@ from app.shared import contract
 from app.shared.acl import FORBIDDEN, users
 from tests.chaos.test_poison import POISON
 from tests.proxy.test_async import poll, submit
+from tests.proxy.test_idempotency import post
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import fire
 from tests.support.processes import RedisServer, wait_until
@@ -85,6 +86,7 @@ def test_every_flow_works_under_its_own_user_and_redis_refused_nothing(stack):
     accepted = submit(proxy.url, "respond-async")
     result = poll(proxy.url, accepted.headers["Location"])
     waited = submit(proxy.url, "wait=10")
+    once = [post(proxy.url, "acl-key").status_code for _ in range(2)]
     wait_until(lambda: worker.metric("weather_worker_queue_depth_entries") == 0
                and worker.metric("weather_worker_redis_up") == 1, 15,
                what=f"housekeeping under the worker user; Redis refused {refused_commands(client)}")
@@ -94,6 +96,7 @@ def test_every_flow_works_under_its_own_user_and_redis_refused_nothing(stack):
     assert [r.status for r in answered] == [200] * 20
     assert statuses[:3] == [200] * 3 and 429 in statuses[3:], "the rate limiter counts under the proxy user"
     assert (accepted.status_code, result.status_code, waited.status_code) == (202, 200, 200), result.text
+    assert once == [200, 200]
     assert monitor.returncode == 0, monitor.stderr
     assert "Error" not in monitor.stdout and f"{STREAM}:{{" in monitor.stdout
     assert refused_commands(client) == []
