@@ -20,6 +20,10 @@ prints one table, every figure measured in this run. Results go to bench/results
    <= 0.45x standalone and <= 1.15x the primaries' mean; at the same load per server
    (cluster at 900, standalone at 300 req/s) <= 1.0x; closed loop at saturation (50
    clients) cluster req/s >= 0.85x standalone.
+6. async request-reply and Idempotency-Key: zero work, the same proxy and worker, closed loop
+   at the concurrency of 1: plain calls, async submit + poll (every 50 ms), an
+   Idempotency-Key on each call, then plain calls again; req/s, Redis CPU and commands per
+   answered request, as ratios to the plain calls. `--only async` runs this one alone.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -58,13 +63,15 @@ def load(url: str, concurrency: int, seconds: float, warmup: float = 2.0) -> Loa
 
 
 def costed_load(redis: RedisServer, url: str, concurrency: int, seconds: float,
-                processes: dict[str, list[int]]) -> tuple[LoadResult, RedisCost, dict[str, float]]:
-    """Load after a warm-up, with what Redis and each group of processes spent on it."""
-    asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=2.0))
+                processes: dict[str, list[int]], **options: Any) -> tuple[LoadResult, RedisCost, dict[str, float]]:
+    """Load after a warm-up, with what Redis and each group of processes spent on it
+    (``options`` go to run_load: asynchronous, key_prefix)."""
+    warm = {**options, **({"key_prefix": options["key_prefix"] + "-warm"} if options.get("key_prefix") else {})}
+    asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=2.0, **warm))
     client = redis.client()
     before = RedisUsage.read(client)
     cpu_before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in processes.items()}
-    result = asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=seconds))
+    result = asyncio.run(run_load(url, count=None, concurrency=concurrency, timeout=30, duration=seconds, **options))
     cpu_ms = {f"{name}_cpu_ms_per_request": round((sum(map(process_cpu_seconds, pids)) - cpu_before[name])
                                                   * 1000 / max(1, len(result.ok)), 4)
               for name, pids in processes.items()}
@@ -222,6 +229,47 @@ def scenario_cluster(workdir: Path, concurrency: int, seconds: float) -> dict:
     return {"runs": runs, "ratios": ratios}
 
 
+def scenario_async(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
+    """Zero work, the same proxy and worker, closed loop at the same concurrency: plain calls,
+    async submit + poll (every 50 ms) and calls with an Idempotency-Key each, with what
+    Redis and the processes spent per answered request."""
+    runs = {}
+    with zero_work_services(workdir, redis.url, concurrency) as (proxy, worker):
+        processes = {"proxy": child_pids(proxy.pid), "worker": [worker.pid]}
+        for name, options in (("sync", {}), ("async", {"asynchronous": True}),
+                              ("idempotency_key", {"key_prefix": f"bench-{time.time_ns()}"}), ("sync_again", {})):
+            result, cost, cpu = costed_load(redis, proxy.url, concurrency, seconds, processes, **options)
+            runs[name] = {"load": result.summary(), "redis_cost": cost.summary(), "process_cpu": cpu}
+    sync = runs["sync"]
+    return {"runs": runs, "ratios": {
+        name: {"requests_per_second": round(runs[name]["load"]["requests_per_second"]
+                                            / sync["load"]["requests_per_second"], 3),
+               "redis_commands": round(runs[name]["redis_cost"]["commands_per_request"]
+                                       / sync["redis_cost"]["commands_per_request"], 3),
+               "redis_cpu": round(runs[name]["redis_cost"]["cpu_us_per_request"]
+                                  / sync["redis_cost"]["cpu_us_per_request"], 3)}
+        for name in ("async", "idempotency_key", "sync_again")}}
+
+
+def async_rows(table: Table, asynchronous: dict, concurrency: int) -> None:
+    runs, ratios = asynchronous["runs"], asynchronous["ratios"]
+
+    def described(name: str) -> str:
+        run = runs[name]
+        by_name = ", ".join(f"{command} {calls:.2f}" for command, calls
+                            in run["redis_cost"]["commands_per_request_by_name"].items() if calls >= 0.01)
+        return (f"{run['load']['requests_per_second']:.0f} req/s, Redis {run['redis_cost']['cpu_us_per_request']:.1f}"
+                f" us and {run['redis_cost']['commands_per_request']:.2f} commands per request ({by_name})")
+
+    table.add_row(f"6. zero work, {concurrency} clients: plain calls", described("sync"), "-", "-")
+    for name, label in (("async", "async submit + poll (50 ms)"), ("idempotency_key", "Idempotency-Key on each"),
+                        ("sync_again", "plain calls again (same run, after both)")):
+        ratio = ratios[name]
+        table.add_row(f"6. {label} vs plain calls",
+                      described(name) + f" = {ratio['requests_per_second']:.2f}x req/s, "
+                      f"{ratio['redis_commands']:.2f}x commands, {ratio['redis_cpu']:.2f}x Redis CPU", "-", "-")
+
+
 def scenario_wait(workdir: Path, redis: RedisServer, concurrency: int, seconds: float) -> dict:
     replica = RedisServer(workdir / "replica", extra_args=["--replicaof", "127.0.0.1", str(redis.port)])
     try:
@@ -259,29 +307,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64, help="clients for scenarios 1 and 3")
-    parser.add_argument("--only", choices=["sharding"], help="run only this scenario (its row alone)")
+    parser.add_argument("--only", choices=["sharding", "async"], help="run only this scenario (its rows alone)")
     args = parser.parse_args()
     if args.only == "sharding":
         return sharding_only(args)
+    if args.only == "async":
+        return async_only(args)
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis")
         try:
-            console.print("1/5 zero-work overhead ...")
+            console.print("1/6 zero-work overhead ...")
             overhead = scenario_overhead(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("2/5 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
+            console.print("2/6 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
             open_loop = scenario_open_loop(workdir, redis, args.seconds)
             redis.client().flushall()
-            console.print("3/5 Celery peer ...")
+            console.print("3/6 Celery peer ...")
             celery = scenario_celery(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("4/5 WAIT for one replica vs none ...")
+            console.print("4/6 WAIT for one replica vs none ...")
             durability = scenario_wait(workdir, redis, args.concurrency, args.seconds)
+            redis.client().flushall()
+            console.print("6/6 async submit + poll and Idempotency-Key vs plain calls ...")
+            asynchronous = scenario_async(workdir, redis, args.concurrency, args.seconds)
         finally:
             redis.stop()
-        console.print("5/5 standalone vs a Redis Cluster of 3 primaries ...")
+        console.print("5/6 standalone vs a Redis Cluster of 3 primaries ...")
         sharding = scenario_cluster(workdir, args.concurrency, args.seconds)
 
     e2e_rps = overhead["end_to_end"]["requests_per_second"]
@@ -332,13 +385,14 @@ def main() -> int:
                   f"{durability['wait_0']['requests_per_second']:.0f} req/s = {durability['ratio']:.2f}x "
                   f"(p99 {durability['wait_1']['p99_ms']:.1f} vs {durability['wait_0']['p99_ms']:.1f} ms)", "-", "-")
     sharding_rows(table, sharding)
+    async_rows(table, asynchronous, args.concurrency)
     console.print(table)
 
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "seconds_per_run": args.seconds, "concurrency": args.concurrency,
               "overhead": overhead, "open_loop": open_loop, "celery": celery,
               "celery_ratio": celery_ratio, "durability": durability,
-              "sharding": sharding}
+              "sharding": sharding, "async": asynchronous}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
@@ -369,6 +423,28 @@ def sharding_rows(table: Table, sharding: dict) -> None:
                   f"{runs['cluster_saturation']['requests_per_second']:.0f} vs "
                   f"{runs['standalone_saturation']['requests_per_second']:.0f} req/s = {saturation:.2f}x",
                   ">= 0.85x", verdict(saturation >= 0.85))
+
+
+def async_only(args: argparse.Namespace) -> int:
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        redis = RedisServer(Path(tmp) / "redis")
+        try:
+            asynchronous = scenario_async(Path(tmp), redis, args.concurrency, args.seconds)
+        finally:
+            redis.stop()
+    table = Table(title=f"make bench --only async — {os.cpu_count()} cores, {args.seconds:g} s per run, one run")
+    for column in ("comparison", "measured", "target", "verdict"):
+        table.add_column(column)
+    async_rows(table, asynchronous, args.concurrency)
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "seconds_per_run": args.seconds,
+              "concurrency": args.concurrency, "async": asynchronous}
+    (RESULTS / f"{stamp}-async.json").write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"results: bench/results/{stamp}-async.json")
+    return 0
 
 
 def sharding_only(args: argparse.Namespace) -> int:

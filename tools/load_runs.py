@@ -12,8 +12,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from rich.progress import Progress
+from yarl import URL
 
 CITY_PATH = "/WeatherForecast/city"
+# --async: how often a pending result is asked for again (the proxy's Retry-After is a
+# whole second, too coarse to measure the work's latency with).
+POLL_INTERVAL_SECONDS = 0.05
 
 
 @dataclass
@@ -72,23 +76,55 @@ class LoadResult:
 
 
 async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: float, began: float,
-               body: dict | None, scheduled: float | None = None) -> Sample:
+               body: dict | None, scheduled: float | None = None, asynchronous: bool = False,
+               key_prefix: str | None = None) -> Sample:
     payload = body if body is not None else {"city": f"City-{index}", "location": "loadtest"}
+    headers = {} if key_prefix is None else {"Idempotency-Key": f"{key_prefix}-{index}"}
     sent = time.perf_counter()
     started = sent if scheduled is None else scheduled
     try:
-        async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            await response.read()
-            status: int | None = response.status
-            error = None if status == 200 else f"HTTP {status}"
+        if asynchronous:
+            status: int | None = await _submit_and_poll(session, url, payload, started + timeout, headers)
+        else:
+            async with session.post(url, json=payload, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                await response.read()
+                status = response.status
+        error = None if status == 200 else f"HTTP {status}"
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return Sample(started - began, time.perf_counter() - started, status, error, sent - started)
 
 
+async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: dict, give_up_at: float,
+                           headers: dict[str, str]) -> int:
+    """Prefer: respond-async, then GET the Location until it is no longer 202: the status
+    of the result (the latency counts to it)."""
+    def left() -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=max(0.001, give_up_at - time.perf_counter()))
+
+    async with session.post(url, json=payload, headers={"Prefer": "respond-async", **headers},
+                            timeout=left()) as response:
+        await response.read()
+        if response.status != 202:
+            return response.status
+        location = response.headers["Location"]
+    result_url = str(URL(url).join(URL(location)))
+    while True:
+        await asyncio.sleep(POLL_INTERVAL_SECONDS)
+        if time.perf_counter() >= give_up_at:
+            raise TimeoutError("the result was not ready in time")
+        async with session.get(result_url, timeout=left()) as answer:
+            await answer.read()
+            if answer.status != 202:
+                return answer.status
+
+
 async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
-                   path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None) -> LoadResult:
-    """Closed loop: `concurrency` clients each send their next request when the last one answered."""
+                   path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
+                   asynchronous: bool = False, key_prefix: str | None = None) -> LoadResult:
+    """Closed loop: `concurrency` clients each send their next request when the last one answered.
+    ``key_prefix``: each request gets its own Idempotency-Key ``<prefix>-<index>``."""
     target = url.rstrip("/") + path
     result = LoadResult()
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300)
@@ -106,7 +142,8 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
                 return
             index = next_index
             next_index += 1
-            result.samples.append(await _one(session, target, index, timeout, began, body))
+            result.samples.append(await _one(session, target, index, timeout, began, body,
+                                             asynchronous=asynchronous, key_prefix=key_prefix))
             if progress is not None and task is not None:
                 progress.advance(task)
 
@@ -118,7 +155,7 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
 
 async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: float, duration: float | None = None,
                         path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
-                        max_connections: int = 4000) -> LoadResult:
+                        max_connections: int = 4000, asynchronous: bool = False) -> LoadResult:
     """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
     ones answered; its latency counts from that due time (no coordinated omission)."""
     target = url.rstrip("/") + path
@@ -129,7 +166,7 @@ async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: fl
     began = time.perf_counter()
 
     async def fire(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
-        result.samples.append(await _one(session, target, index, timeout, began, body, scheduled))
+        result.samples.append(await _one(session, target, index, timeout, began, body, scheduled, asynchronous))
         if progress is not None and task is not None:
             progress.advance(task)
 

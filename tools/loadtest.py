@@ -13,6 +13,8 @@ Which mode answers which question:
                       answered. "How much can the service do?" It slows down with the service,
                       so its latencies hide queueing; use it for throughput, not latency.
   --mode sequential   one client, one request at a time: the unloaded round trip.
+  --async             each request asks `Prefer: respond-async` and polls its Location
+                      (every 50 ms) until the result: latency counts to the result.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="send for this many seconds instead of --count")
     parser.add_argument("--report", type=Path, help="write a report: .png or .html")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="submit with Prefer: respond-async and poll each result")
     args = parser.parse_args(argv)
     duration_bad = args.duration is not None and args.duration <= 0
     rate_bad = args.rate is not None and args.rate <= 0
@@ -66,14 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         title = f"open loop, {args.rate:g} req/s, {args.url}"
     else:
         title = f"{args.mode}, {concurrency} client(s), {args.url}"
+    if args.asynchronous:
+        title += ", async (submit and poll)"
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=args.no_progress, transient=True) as progress:
         if args.rate:
             result = asyncio.run(run_open_loop(args.url, rate=args.rate, count=args.count, timeout=args.timeout,
-                                               duration=args.duration, progress=progress))
+                                               duration=args.duration, progress=progress,
+                                               asynchronous=args.asynchronous))
         else:
             result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency,
-                                          timeout=args.timeout, duration=args.duration, progress=progress))
+                                          timeout=args.timeout, duration=args.duration, progress=progress,
+                                          asynchronous=args.asynchronous))
     Console().print(summary_table(result, title))
     if args.report:
         write_report(result, args.report, title)

@@ -34,6 +34,21 @@ def test_a_clean_run_exits_zero_with_a_summary_and_reports(stack, tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_async_mode_submits_polls_and_counts_each_result_once(stack):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    worker = stack.worker("w", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="8").wait_ready()
+
+    closed = _loadtest("--url", proxy.url, "--async", "--count", "40", "--concurrency", "8")
+    opened = _loadtest("--url", proxy.url, "--async", "--rate", "20", "--count", "20")
+
+    assert closed.returncode == 0 and opened.returncode == 0, closed.stdout + opened.stdout
+    assert "(submit and poll)" in closed.stdout
+    assert re.search(r"status 200\s+│\s+40\s+│", closed.stdout), closed.stdout
+    assert re.search(r"status 200\s+│\s+20\s+│", opened.stdout), opened.stdout
+    assert worker.metric("weather_worker_processed_total") == 60
+    assert stack.redis.client().xlen("weather-requests") == 60
+
+
 def test_failures_give_exit_one_with_examples(stack):
     proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="0.5").wait_ready()  # no worker: every request times out
 
