@@ -15,6 +15,8 @@ import pytest
 import requests
 import yaml
 
+from tests.proxy.test_async import poll, submit
+from tests.proxy.test_idempotency import post
 from tests.support.load import fire, summary
 from tests.support.processes import ROOT, Managed, base_env, free_port, wait_until
 
@@ -108,6 +110,12 @@ def observed(stack, tmp_path):
     for index in range(3):
         client.xadd("weather-requests", {"garbage": str(index)})
     more = fire([proxy.url], count=100, concurrency=10, start=2000)
+    # Async results stored, read pending and done, one unknown; an Idempotency-Key repeated.
+    for accepted in [submit(proxy.url, "respond-async") for _ in range(3)]:
+        requests.get(proxy.url + accepted.headers["Location"], timeout=5)
+        poll(proxy.url, accepted.headers["Location"])
+    requests.get(proxy.url + "/WeatherForecast/requests/" + "0" * 32, timeout=5)
+    post(proxy.url, "dashboard-key"), post(proxy.url, "dashboard-key")
     if os.environ.get("RENDER_DASHBOARD"):
         more += _paced_load_for_the_picture(proxy, worker, client)
     print(summary("load", ok + timed_out + more))
