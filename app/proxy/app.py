@@ -75,9 +75,10 @@ def create_app(settings: ProxySettings) -> Flask:
     enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
-    Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
+    announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
     enqueuer = Enqueuer(NodeWriter(topology, enqueue_redis, runtime.replica_wait), guard,
-                        ShardHealth(settings.request_streams), reply_streams)
+                        ShardHealth(settings.request_streams), reply_streams,
+                        lambda: [registry.streams(count) for count in announcer.other_counts()])
     authenticator = JwtAuthenticator(
         settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,
         issuer=settings.auth_jwt_issuer, leeway_seconds=settings.auth_jwt_leeway_seconds,

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,11 +117,15 @@ class NoShardAvailable(redis.ConnectionError):
 
 class Enqueuer:
     def __init__(self, writer: NodeWriter, guard: RedisGuard, shards: ShardHealth,
-                 reply_streams: Mapping[str, str]) -> None:
+                 reply_streams: Mapping[str, str],
+                 other_shard_sets: Callable[[], Sequence[list[str]]] = lambda: ()) -> None:
+        """``other_shard_sets``: the request streams of the other shard counts in use (during
+        a change of REQUEST_STREAM_SHARDS), where an Idempotency-Key may have been written."""
         self._writer = writer
         self._guard = guard
         self._shards = shards
         self._reply_streams = reply_streams
+        self._other_shard_sets = other_shard_sets
         self._batcher: Batcher[Entry] = Batcher(self._send, "enqueue")
         self._next_probe = 0.0
 
@@ -162,8 +166,10 @@ class Enqueuer:
 
     def _enqueue_on_the_keys_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
                                    kept: KeptResult, once: OnceOnly) -> Placed:
-        streams = list(self._reply_streams)
-        stream = streams[int(once.fingerprint[:8], 16) % len(streams)]
+        earlier = self._written_under_another_count(once)
+        if earlier is not None:
+            return earlier
+        stream = _keys_shard(list(self._reply_streams), once.fingerprint)
         async_id = contract.new_async_id(stream)
         key = contract.result_key(async_id) or ""
         request = dataclasses.replace(request, result_key=key, result_ttl_ms=kept.result_ttl_ms,
@@ -196,6 +202,22 @@ class Enqueuer:
                 break
             time.sleep(step)
         raise NoShardAvailable(policy.base_seconds)
+
+    def _written_under_another_count(self, once: OnceOnly) -> Placed | None:
+        """The key as proxies of another shard count wrote it, while the count changes: a
+        read before the write, so only two first requests racing across counts can both run."""
+        items = []
+        for streams in self._other_shard_sets():
+            stream = _keys_shard(streams, once.fingerprint)
+            key = contract.idempotency_key(stream, once.fingerprint)
+            items.append(Routed(key, _hmget(key)))
+        for result in self._writer.execute(items) if items else []:
+            if isinstance(result, BaseException):
+                raise result
+            first_id, body_hash = result[0]
+            if first_id is not None and first_id.decode() != once.replaces:
+                return Placed("", first_id.decode(), False, body_hash.decode())
+        return None
 
     def _probe_if_due(self) -> None:
         """While the breaker is open, every PROBE_INTERVAL_SECONDS a PING in the background
@@ -272,4 +294,14 @@ def _xadd_with_record(stream: str, fields: dict[Any, Any], minid: str, record: R
 
     def add(pipe: Any) -> None:
         pipe.eval(_XADD_WITH_RECORD, 2, stream, key, *args)
+    return add
+
+
+def _keys_shard(streams: list[str], fingerprint: str) -> str:
+    return streams[int(fingerprint[:8], 16) % len(streams)]
+
+
+def _hmget(key: str) -> Any:
+    def add(pipe: Any) -> None:
+        pipe.hmget(key, "id", "body")
     return add

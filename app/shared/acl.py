@@ -48,7 +48,7 @@ PROXY_COMMANDS = (
     "+xread", "+expire",  # its reply streams, their TTL
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
-    "+hmget",  # Idempotency-Key records (in the enqueue script)
+    "+hmget",  # Idempotency-Key records (in the enqueue script; read under another shard count)
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",

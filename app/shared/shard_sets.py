@@ -98,6 +98,12 @@ class Announcer:
         self._interval = interval_seconds
         self._stopped = threading.Event()
         self.last_error: BaseException | None = None
+        self._others: tuple[int, ...] = ()
+
+    def other_counts(self) -> tuple[int, ...]:
+        """The shard counts other proxies announced lately (as of the last announcement):
+        where keys written under another count are (an Idempotency-Key during a change)."""
+        return self._others
 
     def announce_once(self) -> bool:
         try:
@@ -112,7 +118,18 @@ class Announcer:
         if self.last_error is not None:
             log.info("announcing the shard set works again")
         self.last_error = None
+        self._read_others()
         return True
+
+    def _read_others(self) -> None:
+        try:
+            announced = self._registry.announced()
+        except redis.RedisError as error:  # the last known counts stay
+            log.info("reading the announced shard sets failed", extra={"error": repr(error)})
+            return
+        window_ms = int(self._interval * RETIRE_AFTER_ANNOUNCEMENTS * 1000)
+        self._others = tuple(count for count in announced.last_ms
+                             if count != self._shards and not announced.stale(count, window_ms))
 
     def start(self) -> Announcer:
         threading.Thread(target=self._run, name="shard-set-announcer", daemon=True).start()

@@ -47,7 +47,7 @@ class Handler:
             return
         if delivery.deliveries > self._max_deliveries:
             self._dead_letter(delivery, f"delivered {delivery.deliveries} times (MAX_DELIVERIES is "
-                              f"{self._max_deliveries})", "max_deliveries")
+                              f"{self._max_deliveries})", "max_deliveries", request)
             return
         token = request_id_var.set(request.request_id)
         try:
@@ -134,7 +134,8 @@ class Handler:
                 log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
                 time.sleep(delay)
 
-    def _dead_letter(self, delivery: Delivery, reason: str, category: str) -> None:
+    def _dead_letter(self, delivery: Delivery, reason: str, category: str,
+                     request: contract.WeatherRequest | None = None) -> None:
         try:
             self._guard.call(self.writer.dead_letter_and_ack, delivery.stream, delivery.entry_id, delivery.fields,
                              reason, delivery.deliveries, self._consumer)
@@ -144,5 +145,12 @@ class Handler:
             return
         self._count("dead_lettered")
         metrics.DEAD_LETTERED.labels(category).inc()
+        if request is not None and request.result_key:
+            # Its poller learns it failed instead of seeing it queued until the record expires.
+            try:
+                self.writer.finish_record(request.result_key, request.result_ttl_ms, request.reply(
+                    contract.STATUS_ERROR, {"error": "dead_lettered", "detail": reason}))
+            except redis.RedisError as error:
+                log.info("could not mark the result record dead-lettered", extra={"error": repr(error)})
         log.warning("entry dead-lettered", extra={"stream": delivery.stream, "entry_id": delivery.entry_id.decode(),
                                                   "reason": reason, "deliveries": delivery.deliveries})

@@ -12,7 +12,7 @@ so its entries are claimed after CLAIM_IDLE_SECONDS as before.
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections import defaultdict
 
 import redis
@@ -40,17 +40,19 @@ return renewed
 
 class LeaseKeeper:
     def __init__(self, client: RedisClient, guard: RedisGuard, terminals: Terminals, *, group: str,
-                 consumer: str, renew_seconds: float, stopping: threading.Event) -> None:
+                 consumer: str, renew_seconds: float) -> None:
         self._script = client.register_script(_RENEW)
         self._guard = guard
         self._terminals = terminals
         self._group = group
         self._consumer = consumer
         self._renew_seconds = renew_seconds
-        self._stopping = stopping
 
     def run(self) -> None:
-        while not self._stopping.wait(self._renew_seconds):
+        # Not stopped with the readers: a stopping worker still finishes what it holds
+        # (SHUTDOWN_GRACE_SECONDS) and keeps it its own until the process ends.
+        while True:
+            time.sleep(self._renew_seconds)
             self.renew()
 
     def renew(self) -> int:

@@ -151,6 +151,12 @@ class OutcomeWriter:
         if isinstance(result, BaseException):
             raise result
 
+    def finish_record(self, result_key: str, ttl_ms: int, reply: contract.Reply) -> None:
+        """A record's outcome written on its own (not with a reply): a dead-lettered request's."""
+        result, = self._replies.execute([Routed(result_key, _finished(result_key, ttl_ms, reply))])
+        if isinstance(result, BaseException):
+            raise result
+
     def dead_letter_and_ack(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str
     ) -> None:
@@ -181,8 +187,13 @@ def _reply(outcome: Outcome, expire: bool) -> Callable[[Any], None]:
             if expire:
                 pipe.expire(reply_to, contract.REPLY_STREAM_TTL_SECONDS)
         if outcome.result_key:
-            pipe.eval(_UPDATE_RECORD, 1, outcome.result_key, outcome.result_ttl_ms,
-                      *contract.finished_record(reply))
+            _finished(outcome.result_key, outcome.result_ttl_ms, reply)(pipe)
+    return add
+
+
+def _finished(result_key: str, ttl_ms: int, reply: contract.Reply) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.eval(_UPDATE_RECORD, 1, result_key, ttl_ms, *contract.finished_record(reply))
     return add
 
 

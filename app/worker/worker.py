@@ -192,7 +192,7 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
         stop_reading=lambda streams: worker.stop_reading(streams), stopping=stopping,
     )
     leases = LeaseKeeper(client, guard, terminals, group=settings.consumer_group, consumer=settings.consumer_name,
-                         renew_seconds=settings.lease_renew_interval, stopping=stopping)
+                         renew_seconds=settings.lease_renew_interval)
     worker = Worker(terminals, new_reader, settings.request_streams, handler,
                     [housekeeping.run, follower.run, leases.run],
                     guard, stopping, consumer=settings.consumer_name, group=settings.consumer_group,

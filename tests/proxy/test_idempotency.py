@@ -93,3 +93,22 @@ def test_an_async_repeat_while_queued_is_409_then_gets_the_result(stack):
     assert result.status_code == 200
     assert done_repeat.status_code == 200 and done_repeat.content == result.content
     assert _entries(stack) == 1
+
+
+def test_a_key_stays_findable_while_the_shard_count_changes(stack):
+    """A proxy on the new count finds a key written by a proxy on the old one (README:
+    Changing the shard count); its repeat gets the first answer and runs nothing."""
+    fast = {"SHARD_SET_ANNOUNCE_SECONDS": "0.5"}
+    old = stack.proxy(REQUEST_STREAM_SHARDS="2", **fast).wait_ready()
+    new = stack.proxy(REQUEST_STREAM_SHARDS="3", **fast).wait_ready()
+    workers = [stack.worker("old", REQUEST_STREAM_SHARDS="2", PROCESSING_DELAY_MS="0", **fast).wait_ready(),
+               stack.worker("new", REQUEST_STREAM_SHARDS="3", PROCESSING_DELAY_MS="0", **fast).wait_ready()]
+    time.sleep(1.5)  # each proxy has read the other's announcement
+
+    keys = [f"change-{n}" for n in range(6)]
+    first = [post(old.url, key, {"city": key, "location": "x"}) for key in keys]
+    repeats = [post(new.url, key, {"city": key, "location": "x"}) for key in keys]
+
+    assert [answer.status_code for answer in first + repeats] == [200] * 12
+    assert [answer.content for answer in repeats] == [answer.content for answer in first]
+    assert sum(worker.metric("weather_worker_processed_total") for worker in workers) == 6

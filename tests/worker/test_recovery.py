@@ -41,6 +41,28 @@ def test_entry_delivered_too_often_is_dead_lettered_not_processed(stack):
 
 
 @pytest.mark.system
+def test_a_dead_lettered_async_request_tells_its_poller(stack):
+    client = stack.redis.client()
+    client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    key = contract.result_key(contract.new_async_id(STREAM))
+    client.hset(key, mapping=dict(zip(*[iter(contract.accepted_record("", contract.now_ms()))] * 2, strict=True)))
+    fields = contract.WeatherRequest("tired-async", "", contract.now_ms() + 60_000, "Oslo", "Norway",
+                                     result_key=key, result_ttl_ms=60_000).to_fields()
+    entry_id = client.xadd(STREAM, fields)
+    client.xreadgroup(GROUP, "ghost", {STREAM: ">"})
+    for _ in range(5):
+        client.xclaim(STREAM, GROUP, "ghost", 0, [entry_id])
+
+    stack.worker("w", CLAIM_IDLE_SECONDS="1", PROCESSING_DELAY_MS="0", MAX_DELIVERIES="5").wait_ready()
+    wait_until(lambda: client.hget(key, "state") == b"done", 10, what="the record filled in")
+
+    record = contract.ResultRecord.from_hash("x", client.hgetall(key))
+    assert record.reply is not None and not record.reply.ok
+    assert record.reply.body["error"] == "dead_lettered" and "MAX_DELIVERIES" in record.reply.body["detail"]
+    assert 0 < client.pttl(key) <= 60_000
+
+
+@pytest.mark.system
 def test_orphans_are_processed_and_gone_consumers_removed(stack):
     client = stack.redis.client()
     client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
