@@ -19,6 +19,7 @@ from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import register_error_handlers
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
 from app.proxy.horizon import Horizon
+from app.proxy.once import OnceEnqueuer
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
 from app.proxy.ratelimit import install_rate_limit, trust_forwarded_for
 from app.proxy.replies import BLOCK_MS, ReplyListener
@@ -76,9 +77,9 @@ def create_app(settings: ProxySettings) -> Flask:
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
     announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
-    enqueuer = Enqueuer(NodeWriter(topology, enqueue_redis, runtime.replica_wait), guard,
-                        ShardHealth(settings.request_streams), reply_streams,
-                        lambda: [registry.streams(count) for count in announcer.other_counts()])
+    writer = NodeWriter(topology, enqueue_redis, runtime.replica_wait)
+    enqueuer = Enqueuer(writer, guard, ShardHealth(settings.request_streams), reply_streams)
+    once = OnceEnqueuer(enqueuer, writer, lambda: [registry.streams(count) for count in announcer.other_counts()])
     authenticator = JwtAuthenticator(
         settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,
         issuer=settings.auth_jwt_issuer, leeway_seconds=settings.auth_jwt_leeway_seconds,
@@ -94,7 +95,7 @@ def create_app(settings: ProxySettings) -> Flask:
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
                                                 settings.request_timeout_seconds) * 1000)).start()
     results = Results(enqueue_redis, guard)
-    round_trips = RoundTrips(enqueuer, listener, guard, horizon, results,
+    round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results,
                              timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
                              max_inflight=settings.max_inflight_per_process,

@@ -16,9 +16,10 @@ import redis
 
 from app.proxy import metrics
 from app.proxy.edge import RequestId
-from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable, OnceOnly
+from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
 from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, WorkerFailed
 from app.proxy.horizon import Horizon
+from app.proxy.once import OnceEnqueuer, OnceOnly, Placed
 from app.proxy.prefer import Preferences
 from app.proxy.replies import ReplyListener
 from app.proxy.results import Results
@@ -49,11 +50,13 @@ class Accepted:
 class RoundTrips:
     """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
 
-    def __init__(self, enqueuer: Enqueuer, listener: ReplyListener, guard: RedisGuard, horizon: Horizon,
+    def __init__(self, enqueuer: Enqueuer, once: OnceEnqueuer, listener: ReplyListener, guard: RedisGuard,
+                 horizon: Horizon,
                  results: Results, *, timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
                  async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0,
                  idempotency_ttl_seconds: float = 86_400.0) -> None:
         self._enqueuer = enqueuer
+        self._once = once
         self._listener = listener
         self._guard = guard
         self._timeout_seconds = timeout_seconds
@@ -199,9 +202,10 @@ class RoundTrips:
                 return record
             gevent.sleep(REPEAT_POLL_SECONDS)
 
-    def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult, once: OnceOnly) -> Any:
+    def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult,
+                      once: OnceOnly) -> Placed:
         try:
-            return self._enqueuer.enqueue_once(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
+            return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
         except CircuitOpen:
             _ENQUEUE_ERRORS.inc()
             raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
