@@ -38,12 +38,20 @@ def processes_with(variable: str, value: str) -> list[int]:
     return found
 
 
+def _ctrl_c_as_a_terminal_sends_it() -> None:
+    """A shell started in the background without job control (a CI runner's `cmd &`) ignores
+    SIGINT, children inherit that, and bash cannot trap a signal ignored at its start: the
+    script gets SIGINT as a terminal's Ctrl-C would deliver it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_script(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     ports = {"PORT": str(free_port()), "METRICS_PORT": str(free_port()), "PROXY_METRICS_PORT": str(free_port()),
              "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "REDIS_DATA_DIR": str(tmp_path / "redis")}
     ports.update(env)
     script = subprocess.Popen(["scripts/run-local.sh"], cwd=ROOT, env={**os.environ, **ports}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                              preexec_fn=_ctrl_c_as_a_terminal_sends_it)
     return script, ports
 
 
