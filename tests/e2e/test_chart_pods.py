@@ -155,5 +155,10 @@ def test_queued_requests_survive_the_redis_pod_being_replaced(deployment):
           f"{back_after:.1f} s; queued before 50, after {queued_after}; "
           + summary("answers to the queued requests", results) + "; " + latency_line(results))
 
+    if [r.status for r in results] != [200] * 50:
+        # Seen twice on a fresh clone (answers 60 s late once, none within 120 s once), never
+        # reproduced on demand: the pods' own account of those minutes is what would explain it.
+        for pod in deployment.pods:
+            print(f"----- {pod} -----\n{deployment.logs(pod)[-20_000:]}")
     assert queued_after == 50
     assert [r.status for r in results] == [200] * 50, Counter(r.status for r in results)
