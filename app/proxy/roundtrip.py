@@ -204,19 +204,8 @@ class RoundTrips:
 
     def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult,
                       once: OnceOnly) -> Placed:
-        try:
+        with self._queue_failures("the key's shard cannot take it"):
             return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
-        except CircuitOpen:
-            _ENQUEUE_ERRORS.inc()
-            raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
-        except NoShardAvailable as error:
-            _ENQUEUE_ERRORS.inc()
-            log.warning("enqueue failed: the key's shard cannot take it", extra={"error": repr(error)})
-            raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False) from None
-        except redis.RedisError as error:
-            _ENQUEUE_ERRORS.inc()
-            log.warning("enqueue failed", extra={"error": repr(error)})
-            raise QueueUnavailable("1", breaker_open=False) from None
 
     def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
                     kept: KeptResult | None) -> tuple[contract.Reply | None, float, str]:
@@ -239,21 +228,25 @@ class RoundTrips:
         return reply, time.perf_counter() - started, async_id
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None) -> str:
-        minid = self._horizon.minid(sent_ms)
+        with self._queue_failures("no shard available"):
+            return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept)[1]
+
+    @contextmanager
+    def _queue_failures(self, no_shard: str) -> Iterator[None]:
+        """An enqueue's Redis failure as the 503 it is answered with, counted and logged."""
         try:
-            return self._enqueuer.enqueue(entry, minid, self._enqueue_wait, kept)[1]
+            yield
         except CircuitOpen:
             _ENQUEUE_ERRORS.inc()
             raise QueueUnavailable(self._guard.retry_after_header(), breaker_open=True) from None
         except NoShardAvailable as error:
             _ENQUEUE_ERRORS.inc()
-            log.warning("enqueue failed: no shard available", extra={"error": repr(error)})
+            log.warning(f"enqueue failed: {no_shard}", extra={"error": repr(error)})
             raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False) from None
         except redis.RedisError as error:
             _ENQUEUE_ERRORS.inc()
             log.warning("enqueue failed", extra={"error": repr(error)})
             raise QueueUnavailable("1", breaker_open=False) from None
-
 
 def _body(reply: contract.Reply, elapsed: float) -> dict[str, Any]:
     if not reply.ok:
