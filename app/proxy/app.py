@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, g, request
 
 from app.proxy import metrics
+from app.proxy.admission import Admission, AdmissionPolicy, AdmitEverything
 from app.proxy.auth import JwtAuthenticator
 from app.proxy.docs import docs
 from app.proxy.edge import install_request_ids, install_tracing
@@ -29,6 +30,7 @@ from app.proxy.settings import ProxySettings
 from app.proxy.shards import ShardHealth
 from app.shared import contract
 from app.shared.logs import configure_logging
+from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
 from app.shared.runtime import redis_runtime
 from app.shared.shard_sets import Announcer, ShardSetRegistry
@@ -95,7 +97,13 @@ def create_app(settings: ProxySettings) -> Flask:
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
                                                 settings.request_timeout_seconds) * 1000)).start()
     results = Results(enqueue_redis, guard)
-    round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results,
+    admission = Admission(
+        NodeWriter(topology, enqueue_redis, ReplicaWait(0, 0)), settings.request_streams,
+        contract.drain_key(settings.request_stream), settings.consumer_group,
+        AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_wait_seconds,
+                        settings.admission_cold_backlog),
+    ).start() if settings.admission_enabled else AdmitEverything()
+    round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results, admission,
                              timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
                              max_inflight=settings.max_inflight_per_process,

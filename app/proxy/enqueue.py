@@ -88,11 +88,13 @@ class Enqueuer:
         self._next_probe = 0.0
 
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float,
-                kept: KeptResult | None = None) -> tuple[str, str]:
+                kept: KeptResult | None = None, deep: frozenset[str] = frozenset()) -> tuple[str, str]:
         """Returns the shard and, with ``kept``, the async id naming the record (its shard's
         tag in it) once the entry is in Redis; raises a Redis error (CircuitOpen,
-        NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise."""
-        return self.guarded(lambda deadline: self._enqueue_on_a_shard(request, minid, deadline, kept), wait_seconds)
+        NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise.
+        ``deep`` shards (over admission's limit) are skipped while another can take it."""
+        return self.guarded(lambda deadline: self._enqueue_on_a_shard(request, minid, deadline, kept, deep),
+                            wait_seconds)
 
     def guarded(self, write: Callable[[float], T], wait_seconds: float) -> T:
         """``write(deadline)`` inside the process's breaker: refused at once while it is open,
@@ -120,7 +122,7 @@ class Enqueuer:
             threading.Thread(target=self.guard.probe, name="enqueue-probe", daemon=True).start()
 
     def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
-                            kept: KeptResult | None) -> tuple[str, str]:
+                            kept: KeptResult | None, deep: frozenset[str]) -> tuple[str, str]:
         # A failed write sends the entry to the next shard at once; when every shard is
         # paused (one Redis, or a whole cluster refusing), the request waits a backoff step
         # (REDIS_RETRY_BASE_SECONDS, doubling) and tries the shard whose pause ends first:
@@ -128,7 +130,7 @@ class Enqueuer:
         policy = self.guard.policy
         failures = 0
         while True:
-            stream = self._shards.pick()
+            stream = (self._shards.pick(deep) if deep else None) or self._shards.pick()
             if stream is None:
                 step = policy.base_seconds * 2 ** max(0, failures - 1)
                 if failures >= policy.max_tries or time.monotonic() + step >= deadline:

@@ -23,6 +23,7 @@ from app.proxy.failures import (
     Overloaded,
     QueueUnavailable,
     RoundTripFailure,
+    Shed,
     WorkerFailed,
 )
 
@@ -59,6 +60,11 @@ def failure_response(failure: RoundTripFailure) -> Response:
     if isinstance(failure, Overloaded):
         return problem_response(503, "overloaded", "this proxy holds as many requests as it may; try again",
                                 {"Retry-After": "1"})
+    if isinstance(failure, Shed):
+        detail = f"{failure}; try again later"
+        if failure.async_would_fit:
+            detail += " or send it asynchronously (Prefer: respond-async), which would be accepted now"
+        return problem_response(503, "over_capacity", detail, {"Retry-After": str(failure.retry_after)})
     if isinstance(failure, QueueUnavailable) and failure.breaker_open:
         return problem_response(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
                                 {"Retry-After": failure.retry_after})

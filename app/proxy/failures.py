@@ -12,6 +12,18 @@ class Overloaded(RoundTripFailure):
     """This process already holds MAX_INFLIGHT_PER_PROCESS requests."""
 
 
+class Shed(RoundTripFailure):
+    """Refused by admission: the queue holds more than this request could wait through.
+    ``retry_after`` in seconds; ``async_would_fit``: Prefer: respond-async would be accepted."""
+
+    def __init__(self, expected_wait: float, retry_after: int, cold: bool, async_would_fit: bool) -> None:
+        super().__init__("no worker has drained the queue yet and it holds as much as may wait for one" if cold
+                         else f"the queue holds about {expected_wait:.1f} s of work, more than this request "
+                         "may wait")
+        self.retry_after = retry_after
+        self.async_would_fit = async_would_fit
+
+
 class QueueUnavailable(RoundTripFailure):
     """The request could not be queued: Redis failed the tries, or the breaker refuses
     them until Redis recovers (``breaker_open``). ``retry_after`` is in seconds."""

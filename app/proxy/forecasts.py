@@ -14,6 +14,7 @@ from app.proxy import idempotency
 from app.proxy.errors import ApiError, failure_response, json_response
 from app.proxy.failures import NoReply, WorkerFailed
 from app.proxy.prefer import parse_prefer
+from app.proxy.priority import parse_urgency
 from app.proxy.results import Results
 from app.proxy.roundtrip import Accepted, RoundTrips
 from app.shared import contract
@@ -81,6 +82,7 @@ def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated:
     @forecasts.post("/WeatherForecast/city")
     def city_forecast() -> Response:
         preferences = parse_prefer(request.headers.getlist("Prefer"))
+        urgency = parse_urgency(request.headers.getlist("Priority"))
         key = request.headers.get(idempotency.HEADER)
         if key is not None and authenticated and not g.subject:
             raise ApiError(400, "idempotency_needs_subject",
@@ -90,11 +92,11 @@ def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated:
             city, location = parse_city_query()
             if fingerprint is not None:
                 answer = round_trips.once(city, location, g.subject, g.request_id, preferences, fingerprint,
-                                          idempotency.body_hash(city, location))
+                                          idempotency.body_hash(city, location), urgency)
             elif not (preferences.pollable and round_trips.async_enabled):
-                return json_response(200, round_trips.ask(city, location, g.subject, g.request_id))
+                return json_response(200, round_trips.ask(city, location, g.subject, g.request_id, urgency))
             else:
-                answer = round_trips.accept(city, location, g.subject, g.request_id, preferences)
+                answer = round_trips.accept(city, location, g.subject, g.request_id, preferences, urgency)
         if isinstance(answer, Accepted):
             return _pending(answer.async_id, contract.STATE_QUEUED, 0.0,
                             {"Preference-Applied": "respond-async"})

@@ -59,3 +59,28 @@ IDEMPOTENT_REPEATS = Counter(
     "weather_proxy_idempotent_repeats",
     "Requests whose Idempotency-Key was seen before: answered with the first request's outcome, or refused.",
 )
+ADMISSION_ADMITTED = Counter(
+    "weather_proxy_admitted",
+    "Requests admission let into the queue, by urgency (RFC 9218 u=0..7; 3 when not given).",
+    ["urgency"],
+)
+SHED = Counter(
+    "weather_proxy_shed",
+    "Requests refused with 503 over_capacity before they were queued, by reason (wait: the queue holds more "
+    "than they may wait; cold: no worker drain known and the backlog at ADMISSION_COLD_BACKLOG) and urgency.",
+    ["reason", "urgency"],
+)
+EXPECTED_WAIT_SECONDS = Gauge(
+    "weather_proxy_expected_wait_seconds",
+    "Expected wait of a new request on the shallowest request stream shard (worst process).",
+    multiprocess_mode="livemax",
+)
+DRAIN_PER_SECOND = Gauge(
+    "weather_proxy_drain_per_second",
+    "Entries a second the live workers drain together when busy, as their published figures say "
+    "(0: none known; admission then allows ADMISSION_COLD_BACKLOG per shard).",
+    multiprocess_mode="livemax",
+)
+# Created up front, so every series is exported from the start, and looked up here rather
+# than through labels() on every request.
+ADMITTED = {urgency: ADMISSION_ADMITTED.labels(str(urgency)) for urgency in range(8)}

@@ -71,6 +71,10 @@ class OnceEnqueuer:
         self._other_shard_sets = other_shard_sets
         self._policy = enqueuer.guard.policy
 
+    def shard_of(self, fingerprint: str) -> str:
+        """The request stream shard a key's request goes to (and is judged by)."""
+        return _keys_shard(list(self._reply_streams), fingerprint)
+
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float, kept: KeptResult,
                 once: OnceOnly) -> Placed:
         """Like Enqueuer.enqueue, on the shard the key maps to and only if the key is new."""
@@ -82,7 +86,7 @@ class OnceEnqueuer:
         earlier = self._written_under_another_count(once)
         if earlier is not None:
             return earlier
-        stream = _keys_shard(list(self._reply_streams), once.fingerprint)
+        stream = self.shard_of(once.fingerprint)
         async_id = contract.new_async_id(stream)
         key = contract.result_key(async_id) or ""
         request = dataclasses.replace(request, result_key=key, result_ttl_ms=kept.result_ttl_ms,

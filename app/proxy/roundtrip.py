@@ -15,12 +15,14 @@ import gevent
 import redis
 
 from app.proxy import metrics
+from app.proxy.admission import Admission, AdmitEverything
 from app.proxy.edge import RequestId
 from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
-from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, WorkerFailed
+from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, Shed, WorkerFailed
 from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer, OnceOnly, Placed
 from app.proxy.prefer import Preferences
+from app.proxy.priority import DEFAULT_URGENCY
 from app.proxy.replies import ReplyListener
 from app.proxy.results import Results
 from app.shared import contract
@@ -51,8 +53,8 @@ class RoundTrips:
     """A request's way through the queue: a reply body, or a RoundTripFailure saying why not."""
 
     def __init__(self, enqueuer: Enqueuer, once: OnceEnqueuer, listener: ReplyListener, guard: RedisGuard,
-                 horizon: Horizon,
-                 results: Results, *, timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
+                 horizon: Horizon, results: Results, admission: Admission | AdmitEverything, *,
+                 timeout_seconds: float, retry_max_seconds: float, max_inflight: int,
                  async_deadline_seconds: float = 0.0, result_ttl_seconds: float = 300.0,
                  idempotency_ttl_seconds: float = 86_400.0) -> None:
         self._enqueuer = enqueuer
@@ -68,6 +70,7 @@ class RoundTrips:
         self._result_ttl_ms = int(result_ttl_seconds * 1000)
         self._horizon = horizon
         self._results = results
+        self._admission = admission
         self._idempotency_ttl_ms = int(idempotency_ttl_seconds * 1000)
         self._max_inflight = max_inflight
         self._admitted = 0
@@ -89,7 +92,21 @@ class RoundTrips:
         finally:
             self._admitted -= 1
 
-    def ask(self, city: str, location: str, subject: str, request_id: RequestId) -> dict[str, Any]:
+    def _admit(self, deadline_seconds: float, urgency: int, *, patient: bool, only: str | None = None
+               ) -> frozenset[str]:
+        """The shards too deep for this request; Shed when every one it may use is."""
+        verdict = self._admission.judge(deadline_seconds, urgency, patient=patient, only=only)
+        if not verdict.refused:
+            metrics.ADMITTED[urgency].inc()
+            return verdict.deep
+        metrics.SHED.labels(verdict.reason, str(urgency)).inc()
+        async_would_fit = not patient and self.async_enabled and not self._admission.judge(
+            self.async_deadline_seconds, urgency, patient=True, only=only).refused
+        raise Shed(verdict.expected_wait, verdict.retry_after, verdict.reason == "cold", async_would_fit)
+
+    def ask(self, city: str, location: str, subject: str, request_id: RequestId,
+            urgency: int = DEFAULT_URGENCY) -> dict[str, Any]:
+        deep = self._admit(self._timeout_seconds, urgency, patient=False)
         # Replies are routed by a correlation id; a generated request id is unique already
         # and serves as one (the entry then carries no separate cid).
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
@@ -100,19 +117,20 @@ class RoundTrips:
             city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
-        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None)
+        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None, deep)
         if reply is None:
             metrics.TIMEOUTS.inc()
             _ROUNDTRIP["timeout"].observe(elapsed)
             log.info("request timed out", extra={"timeout_seconds": self._timeout_seconds})
             raise NoReply(self._timeout_seconds)
-        return _body(reply, elapsed)
+        return self._body(reply, elapsed)
 
     def accept(self, city: str, location: str, subject: str, request_id: RequestId,
-               preferences: Preferences) -> dict[str, Any] | Accepted:
+               preferences: Preferences, urgency: int = DEFAULT_URGENCY) -> dict[str, Any] | Accepted:
         """A request whose answer may come later (RFC 7240): queued with a record any proxy
         reads, then its reply if it comes within the wait the caller allows (none with
         respond-async alone), else Accepted: the caller polls the record."""
+        deep = self._admit(self.async_deadline_seconds, urgency, patient=True)
         wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
         sent_ms = contract.now_ms()
@@ -124,19 +142,21 @@ class RoundTrips:
         kept = KeptResult(subject, self._async_deadline_ms + self._result_ttl_ms, self._result_ttl_ms,
                           wants_reply=wait > 0)
         self._horizon.issued(entry.deadline_ms)
-        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept)
+        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept, deep)
         if reply is None:
             metrics.ACCEPTED.inc()
             return Accepted(async_id)
-        return _body(reply, elapsed)
+        return self._body(reply, elapsed)
 
     def once(self, city: str, location: str, subject: str, request_id: RequestId, preferences: Preferences,
-             fingerprint: str, body_hash: str) -> dict[str, Any] | Accepted:
+             fingerprint: str, body_hash: str, urgency: int = DEFAULT_URGENCY) -> dict[str, Any] | Accepted:
         """A request with an Idempotency-Key: done at most once per key and caller. The first
         is queued with the key (its result kept as long as the key); a repeat with the same
         body gets the first one's outcome, waiting for it as a call would (409 if async and
         not done yet); a repeat with another body is refused."""
         pollable = preferences.pollable and self.async_enabled
+        self._admit(self.async_deadline_seconds if pollable else self._timeout_seconds, urgency, patient=pollable,
+                    only=self._once.shard_of(fingerprint))
         wait = self._timeout_seconds
         if pollable:
             wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
@@ -169,8 +189,9 @@ class RoundTrips:
                 if waiter is not None:
                     self._listener.forget(correlation_id)
             if placed.created:
+                self._admission.queued(placed.stream)
                 if reply is not None:
-                    return _body(reply, time.perf_counter() - started)
+                    return self._body(reply, time.perf_counter() - started)
                 if pollable:
                     metrics.ACCEPTED.inc()
                     return Accepted(placed.async_id)
@@ -188,7 +209,7 @@ class RoundTrips:
             if record.reply.body.get("error") == contract.ERROR_EXPIRED:
                 replaces = placed.async_id  # never done: this repeat does it
                 continue
-            return _body(record.reply, time.perf_counter() - started)
+            return self._body(record.reply, time.perf_counter() - started)
         raise NoReply(self._timeout_seconds)
 
     def _await_record(self, async_id: str, subject: str, wait_seconds: float) -> contract.ResultRecord | None:
@@ -208,7 +229,7 @@ class RoundTrips:
             return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
 
     def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
-                    kept: KeptResult | None) -> tuple[contract.Reply | None, float, str]:
+                    kept: KeptResult | None, deep: frozenset[str]) -> tuple[contract.Reply | None, float, str]:
         """The entry queued, then its reply if one comes before ``wait_until_ms`` (none is
         awaited for an async request nobody waits on)."""
         waits = kept is None or kept.wants_reply
@@ -216,7 +237,7 @@ class RoundTrips:
         started = time.perf_counter()
         metrics.INFLIGHT.inc()
         try:
-            async_id = self._enqueue(entry, sent_ms, kept)
+            async_id = self._enqueue(entry, sent_ms, kept, deep)
             remaining = wait_until_ms / 1000 - time.time()
             reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
         except gevent.Timeout:
@@ -227,9 +248,13 @@ class RoundTrips:
                 self._listener.forget(entry.correlation_id)
         return reply, time.perf_counter() - started, async_id
 
-    def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None) -> str:
+    def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None,
+                 deep: frozenset[str]) -> str:
         with self._queue_failures("no shard available"):
-            return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept)[1]
+            stream, async_id = self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept,
+                                                      deep)
+        self._admission.queued(stream)
+        return async_id
 
     @contextmanager
     def _queue_failures(self, no_shard: str) -> Iterator[None]:
@@ -248,10 +273,15 @@ class RoundTrips:
             log.warning("enqueue failed", extra={"error": repr(error)})
             raise QueueUnavailable("1", breaker_open=False) from None
 
-def _body(reply: contract.Reply, elapsed: float) -> dict[str, Any]:
-    if not reply.ok:
-        _ROUNDTRIP["error"].observe(elapsed)
-        raise WorkerFailed(str(reply.body.get("detail", "the worker could not process it")))
-    _ROUNDTRIP["ok"].observe(elapsed)
-    body: dict[str, Any] = reply.body
-    return body
+    def _body(self, reply: contract.Reply, elapsed: float) -> dict[str, Any]:
+        if not reply.ok:
+            if reply.body.get("error") == contract.ERROR_EXPIRED:
+                # A worker saw it could not be done in time and said so at once.
+                metrics.TIMEOUTS.inc()
+                _ROUNDTRIP["timeout"].observe(elapsed)
+                raise NoReply(self._timeout_seconds)
+            _ROUNDTRIP["error"].observe(elapsed)
+            raise WorkerFailed(str(reply.body.get("detail", "the worker could not process it")))
+        _ROUNDTRIP["ok"].observe(elapsed)
+        body: dict[str, Any] = reply.body
+        return body

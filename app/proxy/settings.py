@@ -50,6 +50,19 @@ class ProxySettings(CommonSettings):
     # Requests one proxy process may hold waiting for replies; past it, 503 at once, so a
     # flood cannot exhaust greenlets, memory or Redis connections.
     max_inflight_per_process: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Admission by expected wait (app.proxy.admission): a request is queued only when the
+    # backlog ahead of it, at the rate the workers drain it, plus its work fits within this
+    # share of its deadline (REQUEST_TIMEOUT_SECONDS, or ASYNC_DEADLINE_SECONDS for async);
+    # else 503 over_capacity with Retry-After at once. false: only MAX_INFLIGHT_PER_PROCESS limits.
+    admission_enabled: bool = True
+    admission_wait_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # Once a shard's queue has not been empty for a second (overload, not a burst), a
+    # synchronous request of default or lower urgency may wait only this long (never longer
+    # than the share above allows).
+    admission_standing_wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # Entries per shard admitted while no worker has published a drain rate (none running
+    # yet, scale from zero): enough to wake an autoscaler, no more.
+    admission_cold_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 100
 
     # Flask-Limiter limits, e.g. "100/minute;10/second"; empty turns rate limiting off.
     rate_limit: str = ""

@@ -11,7 +11,7 @@ longer. Only when no shard can take a request is it refused.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from app.proxy import metrics
 
@@ -30,7 +30,7 @@ class ShardHealth:
         self._next = 0
         metrics.SHARDS_PAUSED.set(0)
 
-    def pick(self, avoid: Sequence[str] = ()) -> str | None:
+    def pick(self, avoid: Collection[str] = ()) -> str | None:
         """The next shard in turn that may be written now, or None when every one is paused."""
         now = self._clock()
         count = len(self.streams)

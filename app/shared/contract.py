@@ -130,6 +130,38 @@ def shard_sets_key(base: str) -> str:
     return base + ":shard-sets"
 
 
+def drain_key(base: str) -> str:
+    """How fast the workers drain the request streams: a hash, one field per worker (its
+    consumer name), each a ``Drain`` that worker publishes every second. Proxies admit
+    requests by the wait it predicts (app.proxy.admission)."""
+    return base + ":drain"
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """One worker's figures as it publishes them: when (ms, its clock), how many entries a
+    second its terminals finish when busy (0 until it has finished some), how long one
+    entry's work takes (the median of its recent ones), and how many terminals it runs."""
+
+    at_ms: int
+    per_second: float
+    work_seconds: float
+    terminals: int
+
+    def encode(self) -> str:
+        return f"{self.at_ms} {self.per_second:.3f} {self.work_seconds:.4f} {self.terminals}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Drain | None:
+        """None for a value this version cannot read (a newer worker's, or garbage)."""
+        text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        try:
+            at_ms, per_second, work_seconds, terminals = text.split()
+            return cls(int(at_ms), float(per_second), float(work_seconds), int(terminals))
+        except ValueError:
+            return None
+
+
 def async_horizon_key(base: str) -> str:
     """Until when (ms) some proxy's async entries may still be done: no proxy trims them before."""
     return base + ":async-horizon"

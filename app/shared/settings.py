@@ -96,6 +96,8 @@ class CommonSettings(BaseSettings):
     redis_wait_replicas: Annotated[int, Field(ge=0, le=16)] = 0
     redis_wait_timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 100
     request_stream: StreamKey = contract.DEFAULT_REQUEST_STREAM
+    # The workers' consumer group: its lag is the backlog proxies admit requests by.
+    consumer_group: StreamKey = contract.DEFAULT_CONSUMER_GROUP
     # Above 1 (or in cluster mode) the requests go to N streams REQUEST_STREAM:{tag},
     # each in a slot of its own, spread over the cluster's primaries.
     request_stream_shards: Annotated[int, Field(ge=1, le=64)] = 1

@@ -1,5 +1,6 @@
 """What a terminal does with one delivery: decode it, dead-letter poison and entries
-delivered too often, skip the expired, do the work, and reply until the deadline."""
+delivered too often, skip the expired and those too late to be done in time, do the
+work, and reply until the deadline."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outag
 from app.shared.tracing import consumer_span
 from app.worker import metrics
 from app.worker.delivery import Delivery
+from app.worker.drain import DrainMeter
 from app.worker.forecast import build_forecast
 from app.worker.outcomes import Outcome, OutcomeWriter
 from app.worker.settings import DelayRange
@@ -25,9 +27,10 @@ log = logging.getLogger("app.worker")
 
 
 class Handler:
-    def __init__(self, writer: OutcomeWriter, guard: RedisGuard, *, consumer: str, max_deliveries: int,
-                 processing_delay: DelayRange, reconnect_max_seconds: float) -> None:
+    def __init__(self, writer: OutcomeWriter, guard: RedisGuard, meter: DrainMeter, *, consumer: str,
+                 max_deliveries: int, processing_delay: DelayRange, reconnect_max_seconds: float) -> None:
         self.writer = writer
+        self._meter = meter
         self._guard = guard
         self._consumer = consumer
         self._max_deliveries = max_deliveries
@@ -54,7 +57,9 @@ class Handler:
             with consumer_span("process weather request", request.traceparent) as span:
                 span.set_attribute("messaging.message.id", delivery.entry_id.decode())
                 span.set_attribute("messaging.message.delivery_count", delivery.deliveries)
-                self._process(Outcome(delivery.stream, delivery.entry_id), request, rng)
+                worked = self._process(Outcome(delivery.stream, delivery.entry_id), request, rng)
+            if worked is not None:
+                self._meter.finished(worked, time.perf_counter() - started)
         except redis.RedisError as error:
             # Not acknowledged: the entry stays pending and is delivered again later.
             log.warning("could not reply or acknowledge; entry stays pending",
@@ -68,23 +73,37 @@ class Handler:
         with self._processed_lock:
             self.processed += 1
 
-    def _process(self, taken: Outcome, request: contract.WeatherRequest, rng: random.Random) -> None:
-        """``taken`` names the entry; as it is, it acknowledges without a reply."""
-        if request.expired():
+    def _process(self, taken: Outcome, request: contract.WeatherRequest, rng: random.Random) -> float | None:
+        """``taken`` names the entry; as it is, it acknowledges without a reply. Returns the
+        seconds the work took, or None when it was not done."""
+        now_ms = contract.now_ms()
+        if request.expired(now_ms):
             # The proxy has already answered 504; doing the work now helps nobody. A poller
             # of an async request learns it from its record (the 504 a call would get).
-            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, None, request.reply(
-                contract.STATUS_ERROR, {"error": contract.ERROR_EXPIRED, "detail": "its deadline passed"}),
-                request.result_key, request.result_ttl_ms) if request.result_key else taken)
+            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, None, _expired(request),
+                                          request.result_key, request.result_ttl_ms) if request.result_key else taken)
             self._count("expired")
             log.info("skipped expired request",
                      extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
-            return
+            return None
+        expected = self._meter.expected_work_seconds()
+        if expected is not None and (request.deadline_ms - now_ms) / 1000 < expected:
+            # Its caller would be gone before the reply: answered now (the proxy answers 504
+            # at once instead of at the deadline) and the terminal is free for an entry
+            # that can still be served in time.
+            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, request.reply_to or None, _expired(request),
+                                          request.result_key, request.result_ttl_ms))
+            self._count("late")
+            log.debug("skipped a request too late to be done in time",
+                     extra={"entry_id": taken.entry_id.decode(), "left_ms": request.deadline_ms - now_ms,
+                            "expected_work_ms": round(expected * 1000)})
+            return None
         if request.result_key:
             try:
                 self.writer.mark_started(request.result_key)
             except redis.RedisError as error:
                 log.info("could not mark the result record in work", extra={"error": repr(error)})
+        work_started = time.perf_counter()
         if self._delay.high_ms:
             time.sleep(rng.uniform(self._delay.low_ms, self._delay.high_ms) / 1000)
         try:
@@ -95,12 +114,14 @@ class Handler:
             log.exception("processing failed")
             reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
+        worked = time.perf_counter() - work_started
         self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to or None, reply,
                                               request.result_key, request.result_ttl_ms))
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,
                                         "subject": request.subject})
+        return worked
 
     def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
         # One try per batch inside the breaker; the terminals pace their own retries, and
@@ -154,3 +175,7 @@ class Handler:
                 log.info("could not mark the result record dead-lettered", extra={"error": repr(error)})
         log.warning("entry dead-lettered", extra={"stream": delivery.stream, "entry_id": delivery.entry_id.decode(),
                                                   "reason": reason, "deliveries": delivery.deliveries})
+
+
+def _expired(request: contract.WeatherRequest) -> contract.Reply:
+    return request.reply(contract.STATUS_ERROR, {"error": contract.ERROR_EXPIRED, "detail": "its deadline passed"})

@@ -12,8 +12,8 @@ TERMINALS_ACTIVE = Gauge(
 )
 PROCESSED = Counter(
     "weather_worker_processed",
-    "Request entries finished, by outcome: ok, expired (deadline passed, skipped), "
-    "error (reply sent with an error), dead_lettered.",
+    "Request entries finished, by outcome: ok, expired (deadline passed, skipped), late (less time left "
+    "than the work takes: answered as expired without the work), error (reply sent with an error), dead_lettered.",
     ["outcome"],
 )
 PROCESSING_SECONDS = Histogram(
@@ -53,6 +53,16 @@ SHARD_SETS_RETIRED = Counter(
     "weather_worker_shard_sets_retired", "Shard sets this worker stopped reading: unannounced and drained."
 )
 
+DRAIN_PER_SECOND = Gauge(
+    "weather_worker_drain_per_second",
+    "Entries a second this worker finishes when every terminal is busy (terminals / mean time an entry holds "
+    "one), published for the proxies' admission; 0 until it has finished a few.",
+)
+EXPECTED_WORK_SECONDS = Gauge(
+    "weather_worker_expected_work_seconds",
+    "Median work time of this worker's recent entries: an entry with less time left is not started.",
+)
+
 CLAIMED = Counter(
     "weather_worker_claimed",
     "Entries taken over from a consumer that left them pending past CLAIM_IDLE_SECONDS (redeliveries).",
@@ -80,4 +90,5 @@ for _reason in ("poison", "max_deliveries"):
     DEAD_LETTERED.labels(_reason)
 # Created up front, so every outcome is exported from the start, and looked up here
 # rather than through labels() on every entry.
-PROCESSED_BY_OUTCOME = {outcome: PROCESSED.labels(outcome) for outcome in ("ok", "expired", "error", "dead_lettered")}
+PROCESSED_BY_OUTCOME = {outcome: PROCESSED.labels(outcome)
+                        for outcome in ("ok", "expired", "late", "error", "dead_lettered")}

@@ -10,8 +10,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from app.shared import contract
-from app.shared.settings import CommonSettings, Port, StreamKey
+from app.shared.settings import CommonSettings, Port
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +38,6 @@ def default_consumer_name() -> str:
 
 
 class WorkerSettings(CommonSettings):
-    consumer_group: StreamKey = contract.DEFAULT_CONSUMER_GROUP
     consumer_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s]+$")] = Field(
         default_factory=default_consumer_name
     )

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from app.shared import contract
 from app.shared.connections import RedisClient
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard
@@ -20,6 +21,7 @@ from app.shared.runtime import RedisRuntime
 from app.shared.shard_sets import ShardSetRegistry
 from app.worker import metrics
 from app.worker.consumers import ConsumerJanitor
+from app.worker.drain import DrainMeter, DrainPublisher
 from app.worker.handling import Handler
 from app.worker.housekeeping import Housekeeping
 from app.worker.leases import LeaseKeeper
@@ -169,7 +171,8 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     unconfirmed = NodeWriter(topology, client, ReplicaWait(0, 0))
     writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed,
                            settings.consumer_group, settings.dead_letter_maxlen)
-    handler = Handler(writer, guard, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
+    meter = DrainMeter(settings.worker_terminals)
+    handler = Handler(writer, guard, meter, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
                       processing_delay=settings.processing_delay_ms,
                       reconnect_max_seconds=settings.redis_reconnect_max_seconds)
     def new_reader(stream: str) -> ShardReader:
@@ -193,8 +196,10 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     )
     leases = LeaseKeeper(client, guard, terminals, group=settings.consumer_group, consumer=settings.consumer_name,
                          renew_seconds=settings.lease_renew_interval)
+    drain = DrainPublisher(client, meter, contract.drain_key(settings.request_stream), settings.consumer_name,
+                           stopping)
     worker = Worker(terminals, new_reader, settings.request_streams, handler,
-                    [housekeeping.run, follower.run, leases.run],
+                    [housekeeping.run, follower.run, leases.run, drain.run],
                     guard, stopping, consumer=settings.consumer_name, group=settings.consumer_group,
                     read_block_ms=settings.read_block_ms, shutdown_grace_seconds=settings.shutdown_grace_seconds)
     return worker

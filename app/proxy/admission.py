@@ -1,0 +1,221 @@
+"""Admission by expected wait: a request is queued only when it can be answered in time.
+
+Every proxy judges from what every proxy sees alike: each request stream shard's backlog
+(its consumer group's lag) and how fast the workers drain it (what each worker publishes
+under contract.drain_key). A background loop reads both every REFRESH_SECONDS in one
+pipeline per node; a request is judged from that copy plus what this process queued since
+(never a Redis round trip on the request path).
+
+A shard's expected wait is its backlog over its share of the drain rate. A request is
+admitted on a shard when that wait plus the work fits its limit:
+
+- a share (ADMISSION_WAIT_SHARE) of the request's own deadline: room for a burst;
+- but once a shard's queue has not been empty for STANDING_INTERVAL_SECONDS (a standing
+  queue, CoDel's signal of overload rather than of a burst), only
+  ADMISSION_STANDING_WAIT_SECONDS: the queue then stays just long enough to keep every
+  terminal busy, and what cannot be served soon is refused at once instead of waiting
+  for its deadline. Async requests (their own, longer deadline) are not held to it:
+  queueing is what they asked for;
+- urgency (RFC 9218 u=0..7) moves the limit: u<=2 keep the burst limit when the queue
+  stands, u>=4 get a smaller share of it, so the least urgent are refused first.
+
+A plain request skips shards over their limit for one under it; one whose shard is fixed
+(Idempotency-Key) is judged by that shard alone. With no drain published yet (no worker,
+or one that just started; scale from zero) a shard admits up to ADMISSION_COLD_BACKLOG
+entries: enough to wake an autoscaler, bounded so that a system without workers does not
+pile up work nobody will do in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.proxy import metrics
+from app.proxy.priority import DEFAULT_URGENCY
+from app.shared import contract
+from app.shared.routing import NodeWriter, Routed
+
+log = logging.getLogger("app.proxy")
+
+REFRESH_SECONDS = 0.2
+# A queue not empty for this long is standing: overload, not a burst.
+STANDING_INTERVAL_SECONDS = 1.0
+# A worker's figures older than this are of a worker that stopped or froze.
+DRAIN_STALE_MS = 10_000
+# Retry-After when nothing says how long the backlog will take (no drain known).
+COLD_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Where a request may go: ``deep`` shards are over its limit; ``refused`` when every
+    shard it may use is. ``expected_wait`` is the shallowest usable shard's, in seconds."""
+
+    refused: bool
+    deep: frozenset[str] = frozenset()
+    expected_wait: float = 0.0
+    retry_after: int = 1
+    reason: str = ""
+
+
+ADMIT = Verdict(refused=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    wait_share: float
+    standing_wait_seconds: float
+    cold_backlog: int
+
+
+class Admission:
+    def __init__(self, reads: NodeWriter, streams: Sequence[str], drain_key: str, group: str,
+                 policy: AdmissionPolicy, clock: Callable[[], float] = time.monotonic,
+                 clock_ms: Callable[[], int] = contract.now_ms) -> None:
+        self._reads = reads
+        self.streams = list(streams)
+        self._drain_key = drain_key
+        self._group = group.encode()
+        self._policy = policy
+        self._clock = clock
+        self._clock_ms = clock_ms
+        self._lag = dict.fromkeys(self.streams, 0)
+        # Queued by this process since its last read of the lag.
+        self._since_read = dict.fromkeys(self.streams, 0)
+        # When each shard's queue was last seen empty.
+        self._empty_at = dict.fromkeys(self.streams, clock())
+        self._per_second = 0.0  # every live worker's drain, summed
+        self._work_seconds = 0.0
+        self._drain_read_at = -math.inf
+        self._stopped = threading.Event()
+
+    def start(self) -> Admission:
+        threading.Thread(target=self._run, name="admission", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(REFRESH_SECONDS):
+            try:
+                self.refresh()
+            except Exception:  # the loop must outlive any one bad answer
+                log.exception("admission figures not refreshed")
+
+    def refresh(self) -> None:
+        items = [Routed(stream, _lag_of(stream)) for stream in self.streams]
+        items.append(Routed(self._drain_key, _drain_of(self._drain_key)))
+        results = self._reads.execute(items)
+        now = self._clock()
+        for stream, result in zip(self.streams, results, strict=False):
+            if isinstance(result, BaseException):
+                continue  # its node is down: the last figure plus what was queued since
+            lag = self._lag_from(result[0])
+            if lag is None:
+                continue
+            self._lag[stream] = lag
+            self._since_read[stream] = 0
+            if lag == 0:
+                self._empty_at[stream] = now
+        drain = results[-1]
+        if not isinstance(drain, BaseException):
+            self._read_drain(drain[0])
+        metrics.DRAIN_PER_SECOND.set(self._per_second)
+        metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream) for stream in self.streams))
+
+    def _lag_from(self, groups: Any) -> int | None:
+        info = next((item for item in groups if item.get("name") == self._group), None) \
+            if isinstance(groups, list) else None
+        if info is None:
+            return 0  # no group yet: nothing was read, but nothing waits behind a reader either
+        # Redis reports no lag when entries were deleted in the undelivered range: unknown.
+        return None if info.get("lag") is None else int(info["lag"])
+
+    def _read_drain(self, fields: Any) -> None:
+        now_ms = self._clock_ms()
+        live = [drain for raw in (fields or {}).values()
+                if (drain := contract.Drain.decode(raw)) is not None and now_ms - drain.at_ms <= DRAIN_STALE_MS
+                and drain.per_second > 0]
+        self._per_second = sum(drain.per_second for drain in live)
+        # The work of an average entry, weighted by how many each worker does.
+        self._work_seconds = (sum(d.work_seconds * d.per_second for d in live) / self._per_second) if live else 0.0
+        self._drain_read_at = self._clock()
+
+    def queued(self, stream: str) -> None:
+        """This process put an entry on ``stream``: counted until the next read shows it."""
+        if stream in self._since_read:
+            self._since_read[stream] += 1
+
+    def _backlog(self, stream: str) -> int:
+        return self._lag[stream] + self._since_read[stream]
+
+    def _wait_of(self, stream: str) -> float:
+        if self._per_second <= 0:
+            return 0.0
+        return self._backlog(stream) * len(self.streams) / self._per_second
+
+    def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
+              only: str | None = None) -> Verdict:
+        """Whether a request with this deadline may be queued now, and where not.
+        ``patient``: an async request, not held to the standing queue's limit.
+        ``only``: the one shard it may go to (Idempotency-Key)."""
+        candidates = [only] if only is not None else self.streams
+        if self._per_second <= 0:
+            deep = frozenset(s for s in candidates if self._backlog(s) >= self._policy.cold_backlog)
+            if len(deep) < len(candidates):
+                return Verdict(refused=False, deep=deep)
+            return Verdict(refused=True, deep=deep, retry_after=COLD_RETRY_AFTER_SECONDS, reason="cold")
+        now = self._clock()
+        burst = self._policy.wait_share * deadline_seconds
+        scale = 1.0 if urgency <= DEFAULT_URGENCY else (8 - urgency) / (8 - DEFAULT_URGENCY)
+        deep_set = set()
+        best_wait, best_excess = math.inf, math.inf
+        for stream in candidates:
+            standing = now - self._empty_at[stream] > STANDING_INTERVAL_SECONDS
+            limit = burst
+            if standing and not patient and urgency >= DEFAULT_URGENCY:
+                limit = min(burst, self._policy.standing_wait_seconds)
+            limit *= scale
+            wait = self._wait_of(stream)
+            excess = wait + self._work_seconds - limit
+            if excess > 0:
+                deep_set.add(stream)
+                best_excess = min(best_excess, excess)
+            else:
+                best_wait = min(best_wait, wait)
+        deep = frozenset(deep_set)
+        if len(deep) < len(candidates):
+            return Verdict(refused=False, deep=deep, expected_wait=best_wait)
+        wait = min(self._wait_of(stream) for stream in candidates)
+        return Verdict(refused=True, deep=deep, expected_wait=wait,
+                       retry_after=max(1, math.ceil(best_excess)), reason="wait")
+
+
+class AdmitEverything:
+    """ADMISSION_ENABLED=false: only MAX_INFLIGHT_PER_PROCESS limits what is queued."""
+
+    def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
+              only: str | None = None) -> Verdict:
+        return ADMIT
+
+    def queued(self, stream: str) -> None:
+        pass
+
+
+def _lag_of(stream: str) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.xinfo_groups(stream)
+    return add
+
+
+def _drain_of(key: str) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.hgetall(key)
+    return add
