@@ -24,6 +24,10 @@ prints one table, every figure measured in this run. Results go to bench/results
    at the concurrency of 1: plain calls, async submit + poll (every 50 ms), an
    Idempotency-Key on each call, then plain calls again; req/s, Redis CPU and commands per
    answered request, as ratios to the plain calls. `--only async` runs this one alone.
+7. overload (bench/overload.py): one worker at about 16.7 req/s offered 0.7x, a burst, 2.4x and
+   5x, urgent requests within an overload, recovery, and admission's CPU cost. `--only overload`
+   runs it alone; `--only overload --sweep [--before REV]` draws goodput against offered load
+   (docs/overload.png), for REV's code too.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import overload as overload_bench
 from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.cluster import RedisClusterSet
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
@@ -307,8 +312,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64, help="clients for scenarios 1 and 3")
-    parser.add_argument("--only", choices=["sharding", "async"], help="run only this scenario (its rows alone)")
+    parser.add_argument("--only", choices=["sharding", "async", "overload"],
+                        help="run only this scenario (its rows alone)")
+    parser.add_argument("--sweep", action="store_true", help="with --only overload: goodput from 0.5x to 5x")
+    parser.add_argument("--before", help="with --sweep: also sweep this git revision's code, on one plot")
     args = parser.parse_args()
+    if args.only == "overload":
+        return overload_only(args)
     if args.only == "sharding":
         return sharding_only(args)
     if args.only == "async":
@@ -318,23 +328,26 @@ def main() -> int:
         workdir = Path(tmp)
         redis = RedisServer(workdir / "redis")
         try:
-            console.print("1/6 zero-work overhead ...")
+            console.print("1/7 zero-work overhead ...")
             overhead = scenario_overhead(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("2/6 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
+            console.print("2/7 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
             open_loop = scenario_open_loop(workdir, redis, args.seconds)
             redis.client().flushall()
-            console.print("3/6 Celery peer ...")
+            console.print("3/7 Celery peer ...")
             celery = scenario_celery(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("4/6 WAIT for one replica vs none ...")
+            console.print("4/7 WAIT for one replica vs none ...")
             durability = scenario_wait(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
-            console.print("6/6 async submit + poll and Idempotency-Key vs plain calls ...")
+            console.print("6/7 async submit + poll and Idempotency-Key vs plain calls ...")
             asynchronous = scenario_async(workdir, redis, args.concurrency, args.seconds)
+            redis.client().flushall()
+            console.print("7/7 overload: 2.4x and 5x of one worker, urgency, recovery, admission's cost ...")
+            overload = overload_bench.scenario_overload(workdir, redis, args.seconds)
         finally:
             redis.stop()
-        console.print("5/6 standalone vs a Redis Cluster of 3 primaries ...")
+        console.print("5/7 standalone vs a Redis Cluster of 3 primaries ...")
         sharding = scenario_cluster(workdir, args.concurrency, args.seconds)
 
     e2e_rps = overhead["end_to_end"]["requests_per_second"]
@@ -386,13 +399,14 @@ def main() -> int:
                   f"(p99 {durability['wait_1']['p99_ms']:.1f} vs {durability['wait_0']['p99_ms']:.1f} ms)", "-", "-")
     sharding_rows(table, sharding)
     async_rows(table, asynchronous, args.concurrency)
+    overload_bench.overload_rows(table, overload, verdict)
     console.print(table)
 
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "seconds_per_run": args.seconds, "concurrency": args.concurrency,
               "overhead": overhead, "open_loop": open_loop, "celery": celery,
               "celery_ratio": celery_ratio, "durability": durability,
-              "sharding": sharding, "async": asynchronous}
+              "sharding": sharding, "async": asynchronous, "overload": overload}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
@@ -444,6 +458,43 @@ def async_only(args: argparse.Namespace) -> int:
               "concurrency": args.concurrency, "async": asynchronous}
     (RESULTS / f"{stamp}-async.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"results: bench/results/{stamp}-async.json")
+    return 0
+
+
+def overload_only(args: argparse.Namespace) -> int:
+    os.chdir(ROOT)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        redis = RedisServer(workdir / "redis")
+        try:
+            if args.sweep:
+                curves = {"admission (this code)": overload_bench.sweep(workdir, redis, ROOT, args.seconds)}
+                if args.before:
+                    redis.client().flushall()
+                    with overload_bench.checkout(args.before) as code:
+                        curves[f"before ({args.before})"] = overload_bench.sweep(workdir, redis, code, args.seconds)
+                record = {"date": datetime.now(UTC).isoformat(), "seconds_per_point": args.seconds, "sweeps": curves}
+                (RESULTS / f"{stamp}-overload-sweep.json").write_text(json.dumps(record, indent=2) + "\n")
+                overload_bench.plot(curves, ROOT / "docs" / "overload.png")
+                for label, points in curves.items():
+                    console.print(label + ": " + ", ".join(f"{p['offered_share']:g}x -> {p['goodput_share']:.2f}x "
+                                                           f"({p['timed_out_504']} x 504, {p['refused_503']} x 503)"
+                                                           for p in points))
+                console.print(f"results: bench/results/{stamp}-overload-sweep.json, plot: docs/overload.png")
+                return 0
+            overload = overload_bench.scenario_overload(workdir, redis, args.seconds)
+        finally:
+            redis.stop()
+    table = Table(title=f"make bench --only overload — {os.cpu_count()} cores, one run")
+    for column in ("comparison", "measured", "target", "verdict"):
+        table.add_column(column)
+    overload_bench.overload_rows(table, overload, verdict)
+    console.print(table)
+    record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "overload": overload}
+    (RESULTS / f"{stamp}-overload.json").write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"results: bench/results/{stamp}-overload.json")
     return 0
 
 

@@ -20,6 +20,11 @@ def summary_table(result: LoadResult, title: str) -> Table:
     for status, number in sorted(Counter(str(s.status or "no answer") for s in result.samples).items()):
         table.add_row(f"status {status}", str(number))
     figures = result.summary()
+    if result.refused:
+        table.add_row("refused (503 with Retry-After; not failures)", str(figures["refused"]))
+        table.add_row("refused p99 latency (ms)", f"{figures['refused_p99_ms']:.1f}")
+        table.add_row("Retry-After median / max (s)",
+                      f"{figures['retry_after_median_s']:g} / {figures['retry_after_max_s']:g}")
     table.add_row("requests/s", f"{figures['requests_per_second']:.1f}")
     table.add_row("200 answers/s", f"{figures['ok_per_second']:.1f}")
     for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
@@ -47,9 +52,12 @@ def write_report(result: LoadResult, path: Path, title: str) -> None:
     latency.set_ylabel("requests")
     per_second = Counter(int(s.started + s.seconds) for s in result.samples)
     failed_per_second = Counter(int(s.started + s.seconds) for s in result.failed)
+    refused_per_second = Counter(int(s.started + s.seconds) for s in result.refused)
     seconds = list(range(max(per_second, default=0) + 1))
     throughput.plot(seconds, [per_second.get(t, 0) for t in seconds], label="answered")
     throughput.plot(seconds, [failed_per_second.get(t, 0) for t in seconds], label="failed")
+    if refused_per_second:
+        throughput.plot(seconds, [refused_per_second.get(t, 0) for t in seconds], label="refused (503)")
     throughput.set_title("Throughput")
     throughput.set_xlabel("second of the run")
     throughput.set_ylabel("requests/s")

@@ -8,7 +8,9 @@ import asyncio
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from rich.progress import Progress
@@ -18,6 +20,9 @@ CITY_PATH = "/WeatherForecast/city"
 # --async: how often a pending result is asked for again (the proxy's Retry-After is a
 # whole second, too coarse to measure the work's latency with).
 POLL_INTERVAL_SECONDS = 0.05
+# The problems by which a service refuses work it cannot do in time (503 with Retry-After):
+# the intended answer to overload, reported apart from failures.
+REFUSALS = ("over_capacity", "overloaded")
 
 
 @dataclass
@@ -29,6 +34,14 @@ class Sample:
     # Open loop: how late this tool actually sent it. Large values mean the tool, not
     # the service, could not keep the schedule.
     send_lag: float = 0.0
+    # A refusal's problem code and Retry-After (seconds), when the answer was one.
+    refusal: str | None = None
+    retry_after: float | None = None
+    urgency: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
 
 
 def _quantile(values: list[float], fraction: float) -> float:
@@ -48,7 +61,12 @@ class LoadResult:
 
     @property
     def failed(self) -> list[Sample]:
-        return [s for s in self.samples if s.status != 200]
+        """Neither answered nor refused (a refusal with Retry-After is the answer to overload)."""
+        return [s for s in self.samples if s.status != 200 and not s.refused]
+
+    @property
+    def refused(self) -> list[Sample]:
+        return [s for s in self.samples if s.refused]
 
     @property
     def requests_per_second(self) -> float:
@@ -63,8 +81,12 @@ class LoadResult:
 
     def summary(self) -> dict[str, float | int]:
         latencies = [s.seconds for s in self.ok]
+        refused = sorted(s.seconds for s in self.refused)
+        retry_after = sorted(s.retry_after for s in self.refused if s.retry_after is not None)
         return {
-            "sent": len(self.samples), "ok": len(self.ok), "failed": len(self.failed),
+            "sent": len(self.samples), "ok": len(self.ok), "failed": len(self.failed), "refused": len(refused),
+            "refused_p99_ms": round(_quantile(refused, 0.99) * 1000, 2),
+            "retry_after_median_s": _quantile(retry_after, 0.5), "retry_after_max_s": _quantile(retry_after, 1.0),
             "seconds": round(self.wall_seconds, 3), "requests_per_second": round(self.requests_per_second, 1),
             "ok_per_second": round(self.ok_per_second, 1),
             "send_lag_p99_ms": round(_quantile(sorted(s.send_lag for s in self.samples), 0.99) * 1000, 2),
@@ -75,29 +97,52 @@ class LoadResult:
         }
 
 
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    refusal: str | None = None
+    retry_after: float | None = None
+
+
+async def _answer(response: aiohttp.ClientResponse) -> Answer:
+    body = await response.read()
+    if response.status != 503 or "Retry-After" not in response.headers:
+        return Answer(response.status)
+    try:
+        code = (await response.json(content_type=None)).get("error") if body else None
+        retry_after = float(response.headers["Retry-After"])
+    except (ValueError, AttributeError):
+        return Answer(response.status)
+    return Answer(response.status, code if code in REFUSALS else None, retry_after)
+
+
 async def _one(session: aiohttp.ClientSession, url: str, index: int, timeout: float, began: float,
-               body: dict | None, scheduled: float | None = None, asynchronous: bool = False,
-               key_prefix: str | None = None) -> Sample:
+               body: dict[str, Any] | None, scheduled: float | None = None, asynchronous: bool = False,
+               key_prefix: str | None = None, urgency: int | None = None) -> Sample:
     payload = body if body is not None else {"city": f"City-{index}", "location": "loadtest"}
     headers = {} if key_prefix is None else {"Idempotency-Key": f"{key_prefix}-{index}"}
+    if urgency is not None:
+        headers["Priority"] = f"u={urgency}"
     sent = time.perf_counter()
     started = sent if scheduled is None else scheduled
+    answer = Answer(0)
     try:
         if asynchronous:
-            status: int | None = await _submit_and_poll(session, url, payload, started + timeout, headers)
+            answer = await _submit_and_poll(session, url, payload, started + timeout, headers)
         else:
             async with session.post(url, json=payload, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-                await response.read()
-                status = response.status
-        error = None if status == 200 else f"HTTP {status}"
+                answer = await _answer(response)
+        status: int | None = answer.status
+        error = None if status == 200 else f"HTTP {status}" + (f" {answer.refusal}" if answer.refusal else "")
     except (TimeoutError, aiohttp.ClientError) as exc:
         status, error = None, type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return Sample(started - began, time.perf_counter() - started, status, error, sent - started)
+    return Sample(started - began, time.perf_counter() - started, status, error, sent - started,
+                  answer.refusal, answer.retry_after, urgency)
 
 
-async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: dict, give_up_at: float,
-                           headers: dict[str, str]) -> int:
+async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: dict[str, Any], give_up_at: float,
+                           headers: dict[str, str]) -> Answer:
     """Prefer: respond-async, then GET the Location until it is no longer 202: the status
     of the result (the latency counts to it)."""
     def left() -> aiohttp.ClientTimeout:
@@ -105,9 +150,9 @@ async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: di
 
     async with session.post(url, json=payload, headers={"Prefer": "respond-async", **headers},
                             timeout=left()) as response:
-        await response.read()
-        if response.status != 202:
-            return response.status
+        submitted = await _answer(response)
+        if submitted.status != 202:
+            return submitted
         location = response.headers["Location"]
     result_url = str(URL(url).join(URL(location)))
     while True:
@@ -117,11 +162,11 @@ async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: di
         async with session.get(result_url, timeout=left()) as answer:
             await answer.read()
             if answer.status != 202:
-                return answer.status
+                return Answer(answer.status)
 
 
 async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
-                   path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
+                   path: str = CITY_PATH, body: dict[str, Any] | None = None, progress: Progress | None = None,
                    asynchronous: bool = False, key_prefix: str | None = None) -> LoadResult:
     """Closed loop: `concurrency` clients each send their next request when the last one answered.
     ``key_prefix``: each request gets its own Idempotency-Key ``<prefix>-<index>``."""
@@ -153,12 +198,15 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
     return result
 
 
-async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: float, duration: float | None = None,
-                        path: str = CITY_PATH, body: dict | None = None, progress: Progress | None = None,
-                        max_connections: int = 4000, asynchronous: bool = False) -> LoadResult:
+async def run_open_loop(url: str | Sequence[str], *, rate: float, count: int | None, timeout: float,
+                        duration: float | None = None, path: str = CITY_PATH, body: dict[str, Any] | None = None,
+                        progress: Progress | None = None, max_connections: int = 4000, asynchronous: bool = False,
+                        urgency: Callable[[int], int | None] = lambda index: None) -> LoadResult:
     """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
-    ones answered; its latency counts from that due time (no coordinated omission)."""
-    target = url.rstrip("/") + path
+    ones answered; its latency counts from that due time (no coordinated omission).
+    Several URLs (proxies) take the requests in turn; ``urgency(i)`` sets request i's
+    Priority (None: no header)."""
+    targets = [base.rstrip("/") + path for base in ([url] if isinstance(url, str) else url)]
     result = LoadResult()
     total = count if duration is None else math.ceil(duration * rate)
     connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
@@ -166,7 +214,8 @@ async def run_open_loop(url: str, *, rate: float, count: int | None, timeout: fl
     began = time.perf_counter()
 
     async def fire(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
-        result.samples.append(await _one(session, target, index, timeout, began, body, scheduled, asynchronous))
+        result.samples.append(await _one(session, targets[index % len(targets)], index, timeout, began, body,
+                                         scheduled, asynchronous, urgency=urgency(index)))
         if progress is not None and task is not None:
             progress.advance(task)
 

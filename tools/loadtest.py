@@ -13,6 +13,9 @@ Which mode answers which question:
                       answered. "How much can the service do?" It slows down with the service,
                       so its latencies hide queueing; use it for throughput, not latency.
   --mode sequential   one client, one request at a time: the unloaded round trip.
+  --urgency N         Priority: u=N on each request (open loop); under overload the least
+                      urgent are refused first. Refusals (503 with Retry-After) are counted
+                      apart from failures: they are the service's answer to overload.
   --async             each request asks `Prefer: respond-async` and polls its Location
                       (every 50 ms) until the result: latency counts to the result.
 """
@@ -47,6 +50,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     parser.add_argument("--async", dest="asynchronous", action="store_true",
                         help="submit with Prefer: respond-async and poll each result")
+    parser.add_argument("--urgency", type=int, choices=range(8), metavar="0-7",
+                        help="open loop: send Priority: u=N (RFC 9218) with every request")
     args = parser.parse_args(argv)
     duration_bad = args.duration is not None and args.duration <= 0
     rate_bad = args.rate is not None and args.rate <= 0
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate:
             result = asyncio.run(run_open_loop(args.url, rate=args.rate, count=args.count, timeout=args.timeout,
                                                duration=args.duration, progress=progress,
-                                               asynchronous=args.asynchronous))
+                                               asynchronous=args.asynchronous,
+                                               urgency=lambda index: args.urgency))
         else:
             result = asyncio.run(run_load(args.url, count=args.count, concurrency=concurrency,
                                           timeout=args.timeout, duration=args.duration, progress=progress,

@@ -84,3 +84,4 @@ DRAIN_PER_SECOND = Gauge(
 # Created up front, so every series is exported from the start, and looked up here rather
 # than through labels() on every request.
 ADMITTED = {urgency: ADMISSION_ADMITTED.labels(str(urgency)) for urgency in range(8)}
+SHED_BY = {(reason, urgency): SHED.labels(reason, str(urgency)) for reason in ("wait", "cold") for urgency in range(8)}

@@ -99,7 +99,7 @@ class RoundTrips:
         if not verdict.refused:
             metrics.ADMITTED[urgency].inc()
             return verdict.deep
-        metrics.SHED.labels(verdict.reason, str(urgency)).inc()
+        metrics.SHED_BY[verdict.reason, urgency].inc()
         async_would_fit = not patient and self.async_enabled and not self._admission.judge(
             self.async_deadline_seconds, urgency, patient=True, only=only).refused
         raise Shed(verdict.expected_wait, verdict.retry_after, verdict.reason == "cold", async_would_fit)

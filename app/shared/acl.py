@@ -49,6 +49,7 @@ PROXY_COMMANDS = (
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
     "+hmget",  # Idempotency-Key records (in the enqueue script; read under another shard count)
+    "+xinfo|groups",  # admission: each shard's lag (the workers' drain rate is an +hgetall)
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",
@@ -59,6 +60,7 @@ WORKER_COMMANDS = (
     "+xclaim",  # renewing the entries in work (a script, with +xpending: app.worker.leases)
     "+xadd", "+expire", "+wait",  # replies, dead letters
     "+hset", "+pexpire",  # async result records, filled in by a script that checks +exists
+    "+hgetall", "+hdel",  # the drain rate published for admission; quiet workers' fields removed
     "+xinfo|groups", "+xinfo|stream", "+xinfo|consumers", "+xlen", "+exists",  # metrics, shard sets
     "+evalsha", "+script|load", "+xgroup|delconsumer",  # gone consumers: a script, loaded on first use
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,

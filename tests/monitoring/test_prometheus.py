@@ -44,12 +44,17 @@ def alert_queries() -> list[tuple[str, str]]:
 
 
 class Prometheus(Managed):
-    def __init__(self, workdir, targets: list[str]) -> None:
+    def __init__(self, workdir, targets: list[str], jobs: dict[str, list[str]] | None = None,
+                 labels: dict[str, str] | None = None) -> None:
+        """``jobs``: job name to targets, as a Prometheus Operator names them after the
+        Service (instead of one job of ``targets``); ``labels`` added to every series."""
         self.port = free_port()
+        jobs = jobs or {"redis-stream-demo": targets}
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ROOT / "alerts" / "redis-stream-demo.rules.yml")],
-            "scrape_configs": [{"job_name": "redis-stream-demo", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": hosts, "labels": labels or {}}]}
+                               for job, hosts in jobs.items()],
         }
         config_path = workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))

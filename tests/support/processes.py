@@ -56,14 +56,15 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0
 class Managed:
     """A child process with a log file, stopped by PID."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT) -> None:
+        """``cwd``: the checkout whose code runs (the bench runs an earlier commit's too)."""
         self.name = name
         self.argv = argv
         self.env = env
         self.log_path = log_path
         self._log_file = open(log_path, "ab")
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
 
@@ -131,7 +132,7 @@ class RedisServer(Managed):
 
 
 class Proxy(Managed):
-    def __init__(self, workdir: Path, redis_url: str, **env: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, code: Path = ROOT, **env: str) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         metrics_dir = workdir / f"proxy-metrics-{self.port}"
@@ -142,7 +143,7 @@ class Proxy(Managed):
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env,
         })
         argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"]
-        super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log")
+        super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log", code)
         self.url = f"http://127.0.0.1:{self.port}"
         # /metrics of every worker process, served by gunicorn's master.
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
@@ -158,13 +159,13 @@ class Proxy(Managed):
 
 
 class Worker(Managed):
-    def __init__(self, workdir: Path, redis_url: str, name: str, **env: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, name: str, code: Path = ROOT, **env: str) -> None:
         self.metrics_port = free_port()
         environment = base_env(**{
             "REDIS_URL": redis_url, "METRICS_PORT": str(self.metrics_port), "CONSUMER_NAME": name, **env,
         })
         argv = [sys.executable, "-m", "app.worker"]
-        super().__init__(f"worker:{name}", argv, environment, workdir / f"worker-{name}.log")
+        super().__init__(f"worker:{name}", argv, environment, workdir / f"worker-{name}.log", code)
         self.consumer = name
         self.url = f"http://127.0.0.1:{self.metrics_port}"
         self.metrics_url = self.url

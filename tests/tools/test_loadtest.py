@@ -110,3 +110,17 @@ def test_make_load_is_what_make_runs_worker_serves(stack):
     assert re.search(r"status 200\s+│\s+8\d\s+│", result.stdout), result.stdout
     p99 = float(re.search(r"p99 latency \(ms, 200s\)\s+│\s+([\d.]+)", result.stdout).group(1))
     assert p99 < 2000, f"p99 {p99} ms: the default rate queues behind make run's worker"
+
+
+def test_refusals_are_reported_apart_from_failures_with_their_retry_after(stack):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="4").wait_ready()
+    stack.worker("w", PROCESSING_DELAY_MS="100", WORKER_TERMINALS="1").wait_ready()  # 10 a second
+    warm = _loadtest("--url", proxy.url, "--mode", "sequential", "--count", "12")  # its drain is learned
+    assert warm.returncode == 0, warm.stdout
+
+    result = _loadtest("--url", proxy.url, "--rate", "40", "--duration", "3", "--urgency", "5")
+
+    assert result.returncode == 0, result.stdout + result.stderr  # refused is not failed
+    assert re.search(r"refused \(503 with Retry-After; not failures\)\s+│\s+\d+\s+│", result.stdout), result.stdout
+    assert "Retry-After median / max (s)" in result.stdout
+    assert "status 503" in result.stdout and "status 504" not in result.stdout

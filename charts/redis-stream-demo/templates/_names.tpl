@@ -60,3 +60,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "rsd.redis.fullname" -}}
 {{- printf "%s-redis" (include "rsd.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+The offered request rate in units of one worker's drain rate (README: Overload): what the
+proxies were asked (admitted plus shed) over the mean of the live workers' published drain.
+*/}}
+{{- define "rsd.keda.demandQuery" -}}
+{{- $fullname := include "rsd.fullname" . -}}
+{{- $window := .Values.worker.keda.demand.window -}}
+{{- $proxies := printf "namespace=%q,job=%q" .Release.Namespace (printf "%s-proxy" $fullname) -}}
+{{- $workers := printf "namespace=%q,job=%q" .Release.Namespace (printf "%s-worker" $fullname) -}}
+(sum(rate(weather_proxy_admitted_total{{ "{" }}{{ $proxies }}{{ "}" }}[{{ $window }}])) + (sum(rate(weather_proxy_shed_total{{ "{" }}{{ $proxies }}{{ "}" }}[{{ $window }}])) or vector(0))) / avg(weather_worker_drain_per_second{{ "{" }}{{ $workers }}{{ "}" }} > 0)
+{{- end }}

@@ -1,0 +1,200 @@
+"""Admission by expected wait: judged from a real Redis's lag and the workers' published drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app.proxy.admission import STANDING_INTERVAL_SECONDS, Admission, AdmissionPolicy
+from app.shared import contract
+from app.shared.replication import ReplicaWait
+from app.shared.routing import NodeWriter
+from app.shared.topology import build_topology
+from tests.support.processes import metric_value, wait_until
+from tools.load_runs import run_open_loop
+
+pytestmark = pytest.mark.system
+
+GROUP = "weather-workers"
+POLICY = AdmissionPolicy(wait_share=0.5, standing_wait_seconds=1.0, cold_backlog=20)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _admission(redis_server, streams: list[str], clock: Clock) -> Admission:
+    from app.shared.settings import CommonSettings
+
+    topology = build_topology(CommonSettings(redis_url=redis_server.url))
+    client = topology.client(client_name="test-admission")
+    return Admission(NodeWriter(topology, client, ReplicaWait(0, 0)), streams, contract.drain_key("weather-requests"),
+                     GROUP, POLICY, clock=clock)
+
+
+def _backlog(client, stream: str, entries: int) -> None:
+    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    for index in range(entries):
+        client.xadd(stream, {"n": index})
+
+
+def _publish(client, per_second: float, work_seconds: float, name: str = "w1") -> None:
+    drain = contract.Drain(contract.now_ms(), per_second, work_seconds, 5)
+    client.hset(contract.drain_key("weather-requests"), name, drain.encode())
+
+
+def test_a_burst_may_wait_its_share_of_the_deadline_a_standing_queue_only_the_standing_wait(redis_server):
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 40)  # 40 entries at 20 a second: 2 s of wait
+    _publish(client, per_second=20, work_seconds=0.3)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+
+    # The queue was empty a moment ago: a burst, which a 10 s deadline may wait through.
+    assert not admission.judge(10).refused
+    assert admission.judge(10).expected_wait == pytest.approx(2.0)
+    # A 4 s deadline may wait 2 s in all: 2 s of wait plus 0.3 s of work is too much.
+    refused = admission.judge(4)
+    assert refused.refused and refused.reason == "wait" and refused.retry_after == 1
+
+    clock.now += STANDING_INTERVAL_SECONDS + 0.1  # not empty since: a standing queue
+    assert admission.judge(10).refused
+    # The urgent keep the burst limit; an async request is not held to the standing wait.
+    assert not admission.judge(10, urgency=1).refused
+    assert not admission.judge(3600, patient=True).refused
+
+    client.xreadgroup(GROUP, "c", {"weather-requests": ">"}, count=40)
+    admission.refresh()  # drained: empty again
+    assert not admission.judge(10).refused
+
+
+def test_the_least_urgent_are_refused_first(redis_server):
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 30)  # 1.5 s of wait at 20 a second
+    _publish(client, per_second=20, work_seconds=0.2)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+
+    # Limit 5 s at u=3; u=7 gets a fifth of it (1 s), u=5 three fifths (3 s).
+    assert [admission.judge(10, urgency=u).refused for u in (0, 3, 5, 7)] == [False, False, False, True]
+
+
+def test_entries_this_process_queued_count_until_the_next_read(redis_server):
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 0)
+    _publish(client, per_second=10, work_seconds=0.1)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+    admitted = 0
+    while not admission.judge(4).refused:  # 2 s: at most 19 entries of 0.1 s each
+        admission.queued("weather-requests")
+        admitted += 1
+    assert admitted == 19
+
+
+def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own(redis_server):
+    client, clock = redis_server.client(), Clock()
+    streams = contract.request_streams("weather-requests", 2, tagged=False)
+    _backlog(client, streams[0], 200)
+    _backlog(client, streams[1], 0)
+    _publish(client, per_second=40, work_seconds=0.1)  # 20 a second per shard
+    admission = _admission(redis_server, streams, clock)
+    admission.refresh()
+
+    verdict = admission.judge(10)
+    assert not verdict.refused and verdict.deep == {streams[0]}
+    assert admission.judge(10, only=streams[0]).refused
+    assert not admission.judge(10, only=streams[1]).refused
+
+
+def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 19)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+    assert not admission.judge(10).refused
+    admission.queued("weather-requests")  # the 20th: ADMISSION_COLD_BACKLOG
+    cold = admission.judge(10)
+    assert cold.refused and cold.reason == "cold" and cold.retry_after >= 1
+
+    # A worker that stopped publishing long ago counts as none.
+    stale = contract.Drain(contract.now_ms() - 60_000, 50.0, 0.1, 5)
+    client.hset(contract.drain_key("weather-requests"), "gone", stale.encode())
+    admission.refresh()
+    assert admission.judge(10).reason == "cold"
+
+
+def test_overload_is_refused_at_once_and_what_is_admitted_is_served_in_time(stack):
+    """One worker of 5 terminals at 100-500 ms (about 16.7 a second) offered 40 a second."""
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    stack.worker("w", WORKER_TERMINALS="5", PROCESSING_DELAY_MS="100-500").wait_ready()
+    asyncio.run(run_open_loop(proxy.url, rate=5, count=None, timeout=15, duration=2))  # the drain is learned
+
+    result = asyncio.run(run_open_loop(proxy.url, rate=40, count=None, timeout=15, duration=15))
+
+    statuses = [sample.status for sample in result.samples]
+    ok = [s.seconds for s in result.samples if s.status == 200]
+    refused = [s.seconds for s in result.samples if s.status == 503]
+    assert statuses.count(504) <= 0.02 * len(statuses), statuses.count(504)
+    assert len(ok) + len(refused) + statuses.count(504) == len(statuses)
+    assert len(refused) > len(statuses) / 3  # 2.4x: more than half cannot be served
+    assert max(ok) <= 5.0  # within the burst limit: half the deadline
+    assert sorted(refused)[int(0.99 * (len(refused) - 1))] < 1.0  # refused at once, not at the deadline
+
+
+def _post(proxy, timeout: float = 10, **headers: str) -> requests.Response:
+    return requests.post(proxy.url + "/WeatherForecast/city", json={"city": "Oslo", "location": "NO"},
+                         headers=headers, timeout=timeout)
+
+
+def test_a_refusal_is_a_problem_with_retry_after_that_says_async_would_be_accepted(stack):
+    # One terminal at 200 ms (5 a second), a 1 s deadline: a burst may wait 0.5 s in all.
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="1").wait_ready()
+    worker = stack.worker("w", WORKER_TERMINALS="1", PROCESSING_DELAY_MS="200").wait_ready()
+    for _ in range(10):  # the worker learns its drain from these
+        assert _post(proxy).status_code == 200
+    wait_until(lambda: worker.metric("weather_worker_drain_per_second") > 0, 5, what="drain published")
+    time.sleep(0.5)  # the proxies read it
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: _post(proxy, Priority="u=4, garbage=("), range(20)))
+
+    refused = [answer for answer in answers if answer.status_code == 503]
+    assert refused and all(a.status_code in (200, 503) for a in answers), [a.status_code for a in answers]
+    problem = refused[0]
+    assert problem.headers["Content-Type"] == "application/problem+json"
+    assert int(problem.headers["Retry-After"]) >= 1
+    assert problem.json()["error"] == "over_capacity"
+    assert "Prefer: respond-async" in problem.json()["detail"]
+    assert max(a.elapsed.total_seconds() for a in refused) < 0.5
+    metrics = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
+    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "wait", "urgency": "4"}) == len(refused)
+
+
+def test_with_no_worker_a_bounded_backlog_is_admitted_and_served_once_one_comes(stack):
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="30", ADMISSION_COLD_BACKLOG="3").wait_ready()
+
+    first = [_post(proxy, Prefer="respond-async") for _ in range(3)]
+    assert [answer.status_code for answer in first] == [202, 202, 202]
+    # Each proxy process sees the other's entries within a refresh.
+    refused = wait_until(lambda: (answer := _post(proxy, Prefer="respond-async")).status_code == 503 and answer,
+                         5, what="the cold backlog full")
+    assert refused.json()["error"] == "over_capacity"
+    assert "no worker" in refused.json()["detail"]
+    metrics = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
+    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "cold", "urgency": "3"}) >= 1
+
+    stack.worker("w", PROCESSING_DELAY_MS="0").wait_ready()  # scale from zero
+    for answer in first:
+        location = proxy.url + answer.headers["Location"]
+        wait_until(lambda location=location: requests.get(location, timeout=5).status_code == 200, 15,
+                   what="an admitted request served")
+    assert _post(proxy).status_code == 200
