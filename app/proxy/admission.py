@@ -3,7 +3,7 @@
 Every proxy judges from what every proxy sees alike: each request stream shard's backlog
 (its consumer group's lag) and how fast the workers drain it (what each worker publishes
 under contract.drain_key). A background loop reads both every REFRESH_SECONDS in one
-pipeline per node; a request is judged from that copy plus what this process queued since
+pipeline per node; a request is judged from that copy plus what this process admitted since
 (never a Redis round trip on the request path).
 
 A shard's expected wait is its backlog over its share of the drain rate. A request is
@@ -11,10 +11,10 @@ admitted on a shard when that wait plus the work fits its limit:
 
 - a share (ADMISSION_WAIT_SHARE) of the request's own deadline: room for a burst;
 - but once a shard's queue has not been empty for STANDING_INTERVAL_SECONDS (a standing
-  queue, CoDel's signal of overload rather than of a burst), only
-  ADMISSION_STANDING_WAIT_SECONDS: the queue then stays just long enough to keep every
-  terminal busy, and what cannot be served soon is refused at once instead of waiting
-  for its deadline. Async requests (their own, longer deadline) are not held to it:
+  queue, CoDel's signal of overload rather than of a burst), only a smaller share
+  (ADMISSION_STANDING_SHARE): the queue then stays short but long enough to keep every
+  terminal busy, what cannot be served soon is refused at once instead of waiting for its
+  deadline, and latency is back soon after the overload. Async requests (their own, longer deadline) are not held to it:
   queueing is what they asked for;
 - urgency (RFC 9218 u=0..7) moves the limit: u<=2 keep the burst limit when the queue
   stands, u>=4 get a smaller share of it, so the least urgent are refused first.
@@ -70,7 +70,7 @@ ADMIT = Verdict(refused=False)
 @dataclass(frozen=True, slots=True)
 class AdmissionPolicy:
     wait_share: float
-    standing_wait_seconds: float
+    standing_share: float
     cold_backlog: int
 
 
@@ -86,7 +86,7 @@ class Admission:
         self._clock = clock
         self._clock_ms = clock_ms
         self._lag = dict.fromkeys(self.streams, 0)
-        # Queued by this process since its last read of the lag.
+        # Admitted by this process since its last read of the lag.
         self._since_read = dict.fromkeys(self.streams, 0)
         # When each shard's queue was last seen empty.
         self._empty_at = dict.fromkeys(self.streams, clock())
@@ -117,7 +117,7 @@ class Admission:
         for stream, result in zip(self.streams, results, strict=False):
             if isinstance(result, BaseException):
                 continue  # its node is down: the last figure plus what was queued since
-            lag = self._lag_from(result[0])
+            lag = self._lag_from(*result)
             if lag is None:
                 continue
             self._lag[stream] = lag
@@ -130,11 +130,11 @@ class Admission:
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream) for stream in self.streams))
 
-    def _lag_from(self, groups: Any) -> int | None:
+    def _lag_from(self, groups: Any, length: Any) -> int | None:
         info = next((item for item in groups if item.get("name") == self._group), None) \
             if isinstance(groups, list) else None
         if info is None:
-            return 0  # no group yet: nothing was read, but nothing waits behind a reader either
+            return int(length or 0)  # no worker has ever read it: every entry waits
         # Redis reports no lag when entries were deleted in the undelivered range: unknown.
         return None if info.get("lag") is None else int(info["lag"])
 
@@ -148,10 +148,15 @@ class Admission:
         self._work_seconds = (sum(d.work_seconds * d.per_second for d in live) / self._per_second) if live else 0.0
         self._drain_read_at = self._clock()
 
-    def queued(self, stream: str) -> None:
-        """This process put an entry on ``stream``: counted until the next read shows it."""
-        if stream in self._since_read:
-            self._since_read[stream] += 1
+    def admit(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
+              only: str | None = None) -> Verdict:
+        """``judge``, and an admitted request counted on its shard at once: requests judged
+        together (greenlets of one process) must see each other, not only what Redis showed."""
+        verdict = self.judge(deadline_seconds, urgency, patient=patient, only=only)
+        if not verdict.refused:
+            usable = [s for s in ([only] if only is not None else self.streams) if s not in verdict.deep]
+            self._since_read[min(usable, key=self._backlog)] += 1
+        return verdict
 
     def _backlog(self, stream: str) -> int:
         return self._lag[stream] + self._since_read[stream]
@@ -181,7 +186,7 @@ class Admission:
             standing = now - self._empty_at[stream] > STANDING_INTERVAL_SECONDS
             limit = burst
             if standing and not patient and urgency >= DEFAULT_URGENCY:
-                limit = min(burst, self._policy.standing_wait_seconds)
+                limit = min(burst, self._policy.standing_share * deadline_seconds)
             limit *= scale
             wait = self._wait_of(stream)
             excess = wait + self._work_seconds - limit
@@ -205,13 +210,13 @@ class AdmitEverything:
               only: str | None = None) -> Verdict:
         return ADMIT
 
-    def queued(self, stream: str) -> None:
-        pass
+    admit = judge
 
 
 def _lag_of(stream: str) -> Callable[[Any], None]:
     def add(pipe: Any) -> None:
         pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
     return add
 
 

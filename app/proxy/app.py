@@ -100,7 +100,7 @@ def create_app(settings: ProxySettings) -> Flask:
     admission = Admission(
         NodeWriter(topology, enqueue_redis, ReplicaWait(0, 0)), settings.request_streams,
         contract.drain_key(settings.request_stream), settings.consumer_group,
-        AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_wait_seconds,
+        AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_share,
                         settings.admission_cold_backlog),
     ).start() if settings.admission_enabled else AdmitEverything()
     round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results, admission,

@@ -95,7 +95,7 @@ class RoundTrips:
     def _admit(self, deadline_seconds: float, urgency: int, *, patient: bool, only: str | None = None
                ) -> frozenset[str]:
         """The shards too deep for this request; Shed when every one it may use is."""
-        verdict = self._admission.judge(deadline_seconds, urgency, patient=patient, only=only)
+        verdict = self._admission.admit(deadline_seconds, urgency, patient=patient, only=only)
         if not verdict.refused:
             metrics.ADMITTED[urgency].inc()
             return verdict.deep
@@ -189,7 +189,6 @@ class RoundTrips:
                 if waiter is not None:
                     self._listener.forget(correlation_id)
             if placed.created:
-                self._admission.queued(placed.stream)
                 if reply is not None:
                     return self._body(reply, time.perf_counter() - started)
                 if pollable:
@@ -251,10 +250,7 @@ class RoundTrips:
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None,
                  deep: frozenset[str]) -> str:
         with self._queue_failures("no shard available"):
-            stream, async_id = self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept,
-                                                      deep)
-        self._admission.queued(stream)
-        return async_id
+            return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, deep)[1]
 
     @contextmanager
     def _queue_failures(self, no_shard: str) -> Iterator[None]:

@@ -57,9 +57,9 @@ class ProxySettings(CommonSettings):
     admission_enabled: bool = True
     admission_wait_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     # Once a shard's queue has not been empty for a second (overload, not a burst), a
-    # synchronous request of default or lower urgency may wait only this long (never longer
-    # than the share above allows).
-    admission_standing_wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # synchronous request of default or lower urgency may take only this share of its
+    # deadline: the queue stays short, and latency recovers soon after the overload.
+    admission_standing_share: Annotated[float, Field(gt=0, le=1)] = 0.1
     # Entries per shard admitted while no worker has published a drain rate (none running
     # yet, scale from zero): enough to wake an autoscaler, no more.
     admission_cold_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 100

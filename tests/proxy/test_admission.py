@@ -13,14 +13,14 @@ from app.proxy.admission import STANDING_INTERVAL_SECONDS, Admission, AdmissionP
 from app.shared import contract
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
-from app.shared.topology import build_topology
+from app.shared.settings import CommonSettings
 from tests.support.processes import metric_value, wait_until
 from tools.load_runs import run_open_loop
 
 pytestmark = pytest.mark.system
 
 GROUP = "weather-workers"
-POLICY = AdmissionPolicy(wait_share=0.5, standing_wait_seconds=1.0, cold_backlog=20)
+POLICY = AdmissionPolicy(wait_share=0.5, standing_share=0.1, cold_backlog=20)
 
 
 class Clock:
@@ -32,9 +32,7 @@ class Clock:
 
 
 def _admission(redis_server, streams: list[str], clock: Clock) -> Admission:
-    from app.shared.settings import CommonSettings
-
-    topology = build_topology(CommonSettings(redis_url=redis_server.url))
+    topology = CommonSettings(redis_url=redis_server.url).topology
     client = topology.client(client_name="test-admission")
     return Admission(NodeWriter(topology, client, ReplicaWait(0, 0)), streams, contract.drain_key("weather-requests"),
                      GROUP, POLICY, clock=clock)
@@ -51,7 +49,7 @@ def _publish(client, per_second: float, work_seconds: float, name: str = "w1") -
     client.hset(contract.drain_key("weather-requests"), name, drain.encode())
 
 
-def test_a_burst_may_wait_its_share_of_the_deadline_a_standing_queue_only_the_standing_wait(redis_server):
+def test_a_burst_may_wait_half_its_deadline_a_standing_queue_a_tenth(redis_server):
     client, clock = redis_server.client(), Clock()
     _backlog(client, "weather-requests", 40)  # 40 entries at 20 a second: 2 s of wait
     _publish(client, per_second=20, work_seconds=0.3)
@@ -87,17 +85,16 @@ def test_the_least_urgent_are_refused_first(redis_server):
     assert [admission.judge(10, urgency=u).refused for u in (0, 3, 5, 7)] == [False, False, False, True]
 
 
-def test_entries_this_process_queued_count_until_the_next_read(redis_server):
+def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
     client, clock = redis_server.client(), Clock()
     _backlog(client, "weather-requests", 0)
     _publish(client, per_second=10, work_seconds=0.1)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
     admitted = 0
-    while not admission.judge(4).refused:  # 2 s: at most 19 entries of 0.1 s each
-        admission.queued("weather-requests")
+    while not admission.admit(4).refused:  # 2 s in all: 19 ahead (1.9 s) and its own 0.1 s fit
         admitted += 1
-    assert admitted == 19
+    assert admitted == 20
 
 
 def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own(redis_server):
@@ -120,12 +117,12 @@ def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
     _backlog(client, "weather-requests", 19)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
-    assert not admission.judge(10).refused
-    admission.queued("weather-requests")  # the 20th: ADMISSION_COLD_BACKLOG
+    assert not admission.admit(10).refused  # the 20th: ADMISSION_COLD_BACKLOG
     cold = admission.judge(10)
     assert cold.refused and cold.reason == "cold" and cold.retry_after >= 1
 
     # A worker that stopped publishing long ago counts as none.
+    client.xadd("weather-requests", {"n": "the 20th, now in Redis"})
     stale = contract.Drain(contract.now_ms() - 60_000, 50.0, 0.1, 5)
     client.hset(contract.drain_key("weather-requests"), "gone", stale.encode())
     admission.refresh()
@@ -164,6 +161,7 @@ def test_a_refusal_is_a_problem_with_retry_after_that_says_async_would_be_accept
     wait_until(lambda: worker.metric("weather_worker_drain_per_second") > 0, 5, what="drain published")
     time.sleep(0.5)  # the proxies read it
 
+    # An unparsable Priority is the default urgency (3), never a 400.
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda _: _post(proxy, Priority="u=4, garbage=("), range(20)))
 
@@ -176,7 +174,7 @@ def test_a_refusal_is_a_problem_with_retry_after_that_says_async_would_be_accept
     assert "Prefer: respond-async" in problem.json()["detail"]
     assert max(a.elapsed.total_seconds() for a in refused) < 0.5
     metrics = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
-    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "wait", "urgency": "4"}) == len(refused)
+    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "wait", "urgency": "3"}) == len(refused)
 
 
 def test_with_no_worker_a_bounded_backlog_is_admitted_and_served_once_one_comes(stack):
@@ -185,8 +183,11 @@ def test_with_no_worker_a_bounded_backlog_is_admitted_and_served_once_one_comes(
     first = [_post(proxy, Prefer="respond-async") for _ in range(3)]
     assert [answer.status_code for answer in first] == [202, 202, 202]
     # Each proxy process sees the other's entries within a refresh.
-    refused = wait_until(lambda: (answer := _post(proxy, Prefer="respond-async")).status_code == 503 and answer,
-                         5, what="the cold backlog full")
+    def refusal() -> list[requests.Response]:  # a list: a 503 Response is falsy
+        answer = _post(proxy, Prefer="respond-async")
+        return [answer] if answer.status_code == 503 else []
+
+    [refused] = wait_until(refusal, 5, what="the cold backlog full")
     assert refused.json()["error"] == "over_capacity"
     assert "no worker" in refused.json()["detail"]
     metrics = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
