@@ -170,3 +170,26 @@ def test_stream_reads_find_their_slot_without_asking_the_server(redis_cluster):
     calls = [node.client().info("commandstats") for node in redis_cluster.nodes]
     assert not any("cmdstat_command|getkeys" in stats for stats in calls)
     assert sum(stats.get("cmdstat_xreadgroup", {}).get("calls", 0) for stats in calls) == 1
+
+
+def test_admission_on_a_cluster_reads_every_shard_and_refuses_an_overload_at_once(cluster_stack, redis_cluster):
+    """Two proxies judge from the lag of 6 shards on 3 primaries and the drain one worker
+    publishes: below capacity nothing is refused, at 3x the surplus is refused at once."""
+    env = {"REQUEST_STREAM_SHARDS": str(SHARDS)}
+    proxies, [worker] = cluster_stack.started(2, ["w"], {**env, "REQUEST_TIMEOUT_SECONDS": "4"},
+                                              {**env, "PROCESSING_DELAY_MS": "200", "WORKER_TERMINALS": "6"})
+    urls = [proxy.url for proxy in proxies]
+    calm = fire(urls, count=30, concurrency=3)  # 30 a second can be served; 15 at most are asked
+    assert [r.status for r in calm] == [200] * 30
+    wait_until(lambda: worker.metric("weather_worker_drain_per_second") > 0, 5, what="drain published")
+    time.sleep(0.5)
+
+    flood = fire(urls, count=400, concurrency=100)  # 100 waiting at once against 30 a second
+
+    statuses = collections.Counter(r.status for r in flood)
+    assert statuses[503] > 0 and statuses[200] > 0 and set(statuses) <= {200, 503, 504}, statuses
+    assert statuses[504] <= 0.02 * len(flood), statuses
+    exposition = requests.get(proxies[0].metrics_url + "/metrics", timeout=5).text
+    assert "weather_proxy_drain_per_second" in exposition
+    drain = [line for line in exposition.splitlines() if line.startswith("weather_proxy_drain_per_second")]
+    assert drain and float(drain[0].split()[-1]) > 0, drain
