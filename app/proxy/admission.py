@@ -17,7 +17,9 @@ admitted on a shard when that wait plus the work fits its limit:
   deadline, and latency is back soon after the overload. Async requests (their own, longer deadline) are not held to it:
   queueing is what they asked for;
 - urgency (RFC 9218 u=0..7) moves the limit: u<=2 keep the burst limit when the queue
-  stands, u>=4 get a smaller share of it, so the least urgent are refused first.
+  stands, u>=4 get a smaller share of it, so the least urgent are refused first. The
+  urgent (u<=2) go to the shard's urgent lane, which workers read first: their wait is
+  the lane's backlog alone; everyone else waits behind both.
 
 A plain request skips shards over their limit for one under it; one whose shard is fixed
 (Idempotency-Key) is judged by that shard alone. With no drain published yet (no worker,
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.proxy import metrics
-from app.proxy.priority import DEFAULT_URGENCY
+from app.proxy.priority import DEFAULT_URGENCY, is_urgent
 from app.shared import contract
 from app.shared.routing import NodeWriter, Routed
 
@@ -85,9 +87,12 @@ class Admission:
         self._policy = policy
         self._clock = clock
         self._clock_ms = clock_ms
-        self._lag = dict.fromkeys(self.streams, 0)
+        # Each shard's urgent lane is a queue of its own, ahead of the shard.
+        self._lanes = {stream: contract.urgent_lane(stream) for stream in self.streams}
+        queues = [*self.streams, *self._lanes.values()]
+        self._lag = dict.fromkeys(queues, 0)
         # Admitted by this process since its last read of the lag.
-        self._since_read = dict.fromkeys(self.streams, 0)
+        self._since_read = dict.fromkeys(queues, 0)
         # When each shard's queue was last seen empty.
         self._empty_at = dict.fromkeys(self.streams, clock())
         self._per_second = 0.0  # every live worker's drain, summed
@@ -110,19 +115,23 @@ class Admission:
                 log.exception("admission figures not refreshed")
 
     def refresh(self) -> None:
-        items = [Routed(stream, _lag_of(stream)) for stream in self.streams]
+        queues = list(self._lag)
+        items = [Routed(queue, _lag_of(queue)) for queue in queues]
         items.append(Routed(self._drain_key, _drain_of(self._drain_key)))
         results = self._reads.execute(items)
         now = self._clock()
-        for stream, result in zip(self.streams, results, strict=False):
+        for queue, result in zip(queues, results, strict=False):
             if isinstance(result, BaseException):
-                continue  # its node is down: the last figure plus what was queued since
+                # A stream not created yet (ERR no such key), or its node is down: the
+                # last figure plus what was admitted since.
+                continue
             lag = self._lag_from(*result)
             if lag is None:
                 continue
-            self._lag[stream] = lag
-            self._since_read[stream] = 0
-            if lag == 0:
+            self._lag[queue] = lag
+            self._since_read[queue] = 0
+        for stream in self.streams:
+            if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
         drain = results[-1]
         if not isinstance(drain, BaseException):
@@ -154,17 +163,22 @@ class Admission:
         together (greenlets of one process) must see each other, not only what Redis showed."""
         verdict = self.judge(deadline_seconds, urgency, patient=patient, only=only)
         if not verdict.refused:
+            urgent = is_urgent(urgency)
             usable = [s for s in ([only] if only is not None else self.streams) if s not in verdict.deep]
-            self._since_read[min(usable, key=self._backlog)] += 1
+            stream = min(usable, key=lambda s: self._backlog(s, urgent))
+            self._since_read[self._lanes[stream] if urgent else stream] += 1
         return verdict
 
-    def _backlog(self, stream: str) -> int:
-        return self._lag[stream] + self._since_read[stream]
+    def _backlog(self, stream: str, urgent: bool = False) -> int:
+        """Entries ahead of a new one: the urgent lane's, and unless urgent the shard's too."""
+        lane = self._lanes[stream]
+        ahead = self._lag[lane] + self._since_read[lane]
+        return ahead if urgent else ahead + self._lag[stream] + self._since_read[stream]
 
-    def _wait_of(self, stream: str) -> float:
+    def _wait_of(self, stream: str, urgent: bool = False) -> float:
         if self._per_second <= 0:
             return 0.0
-        return self._backlog(stream) * len(self.streams) / self._per_second
+        return self._backlog(stream, urgent) * len(self.streams) / self._per_second
 
     def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
               only: str | None = None) -> Verdict:
@@ -172,6 +186,7 @@ class Admission:
         ``patient``: an async request, not held to the standing queue's limit.
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
+        urgent = is_urgent(urgency)
         if self._per_second <= 0:
             deep = frozenset(s for s in candidates if self._backlog(s) >= self._policy.cold_backlog)
             if len(deep) < len(candidates):
@@ -188,7 +203,7 @@ class Admission:
             if standing and not patient and urgency >= DEFAULT_URGENCY:
                 limit = min(burst, self._policy.standing_share * deadline_seconds)
             limit *= scale
-            wait = self._wait_of(stream)
+            wait = self._wait_of(stream, urgent)
             excess = wait + self._work_seconds - limit
             if excess > 0:
                 deep_set.add(stream)
@@ -198,7 +213,7 @@ class Admission:
         deep = frozenset(deep_set)
         if len(deep) < len(candidates):
             return Verdict(refused=False, deep=deep, expected_wait=best_wait)
-        wait = min(self._wait_of(stream) for stream in candidates)
+        wait = min(self._wait_of(stream, urgent) for stream in candidates)
         return Verdict(refused=True, deep=deep, expected_wait=wait,
                        retry_after=max(1, math.ceil(best_excess)), reason="wait")
 

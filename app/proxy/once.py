@@ -76,13 +76,14 @@ class OnceEnqueuer:
         return _keys_shard(list(self._reply_streams), fingerprint)
 
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float, kept: KeptResult,
-                once: OnceOnly) -> Placed:
+                once: OnceOnly, urgent: bool = False) -> Placed:
         """Like Enqueuer.enqueue, on the shard the key maps to and only if the key is new."""
         return self._enqueuer.guarded(
-            lambda deadline: self._enqueue_on_the_keys_shard(request, minid, deadline, kept, once), wait_seconds)
+            lambda deadline: self._enqueue_on_the_keys_shard(request, minid, deadline, kept, once, urgent),
+            wait_seconds)
 
     def _enqueue_on_the_keys_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
-                                   kept: KeptResult, once: OnceOnly) -> Placed:
+                                   kept: KeptResult, once: OnceOnly, urgent: bool) -> Placed:
         earlier = self._written_under_another_count(once)
         if earlier is not None:
             return earlier
@@ -96,7 +97,8 @@ class OnceEnqueuer:
                            len(record), *record]
         for name, value in request.to_fields().items():
             args += (name, value)
-        keys = [stream, key, contract.idempotency_key(stream, once.fingerprint)]
+        keys = [contract.urgent_lane(stream) if urgent else stream, key,
+                contract.idempotency_key(stream, once.fingerprint)]
 
         def add(pipe: Any) -> None:
             pipe.eval(_XADD_ONCE, len(keys), *keys, *args)

@@ -8,6 +8,12 @@ import http_sf
 
 DEFAULT_URGENCY = 3
 MOST_URGENT, LEAST_URGENT = 0, 7
+# These go to their shard's urgent lane, which workers read first.
+MOST_URGENT_LANE = 2
+
+
+def is_urgent(urgency: int) -> bool:
+    return urgency <= MOST_URGENT_LANE
 
 
 def parse_urgency(headers: list[str]) -> int:

@@ -22,7 +22,7 @@ from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, Queue
 from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer, OnceOnly, Placed
 from app.proxy.prefer import Preferences
-from app.proxy.priority import DEFAULT_URGENCY
+from app.proxy.priority import DEFAULT_URGENCY, is_urgent
 from app.proxy.replies import ReplyListener
 from app.proxy.results import Results
 from app.shared import contract
@@ -117,7 +117,7 @@ class RoundTrips:
             city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
-        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None, deep)
+        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None, deep, is_urgent(urgency))
         if reply is None:
             metrics.TIMEOUTS.inc()
             _ROUNDTRIP["timeout"].observe(elapsed)
@@ -142,7 +142,8 @@ class RoundTrips:
         kept = KeptResult(subject, self._async_deadline_ms + self._result_ttl_ms, self._result_ttl_ms,
                           wants_reply=wait > 0)
         self._horizon.issued(entry.deadline_ms)
-        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept, deep)
+        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept, deep,
+                                                    is_urgent(urgency))
         if reply is None:
             metrics.ACCEPTED.inc()
             return Accepted(async_id)
@@ -177,7 +178,7 @@ class RoundTrips:
             waiter = self._listener.expect(correlation_id) if wait > 0 else None
             started = time.perf_counter()
             try:
-                placed = self._enqueue_once(entry, sent_ms, kept, once)
+                placed = self._enqueue_once(entry, sent_ms, kept, once, is_urgent(urgency))
                 if placed.created:
                     remaining = sent_ms / 1000 + wait - time.time()
                     reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
@@ -223,12 +224,13 @@ class RoundTrips:
             gevent.sleep(REPEAT_POLL_SECONDS)
 
     def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult,
-                      once: OnceOnly) -> Placed:
+                      once: OnceOnly, urgent: bool) -> Placed:
         with self._queue_failures("the key's shard cannot take it"):
-            return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once)
+            return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once, urgent)
 
     def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
-                    kept: KeptResult | None, deep: frozenset[str]) -> tuple[contract.Reply | None, float, str]:
+                    kept: KeptResult | None, deep: frozenset[str], urgent: bool
+                    ) -> tuple[contract.Reply | None, float, str]:
         """The entry queued, then its reply if one comes before ``wait_until_ms`` (none is
         awaited for an async request nobody waits on)."""
         waits = kept is None or kept.wants_reply
@@ -236,7 +238,7 @@ class RoundTrips:
         started = time.perf_counter()
         metrics.INFLIGHT.inc()
         try:
-            async_id = self._enqueue(entry, sent_ms, kept, deep)
+            async_id = self._enqueue(entry, sent_ms, kept, deep, urgent)
             remaining = wait_until_ms / 1000 - time.time()
             reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
         except gevent.Timeout:
@@ -248,9 +250,10 @@ class RoundTrips:
         return reply, time.perf_counter() - started, async_id
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None,
-                 deep: frozenset[str]) -> str:
+                 deep: frozenset[str], urgent: bool) -> str:
         with self._queue_failures("no shard available"):
-            return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, deep)[1]
+            return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, deep,
+                                          urgent)[1]
 
     @contextmanager
     def _queue_failures(self, no_shard: str) -> Iterator[None]:

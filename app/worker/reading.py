@@ -1,6 +1,12 @@
 """Reading one request stream shard: XREADGROUP for as many entries as there are idle
 terminals, taking over orphans of dead consumers, recreating a group Redis lost.
 
+A shard has an urgent lane (contract.urgent_lane: RFC 9218 u<=2): one XREADGROUP reads the
+lane and the shard together, lane first, so an urgent entry waits only behind urgent ones
+and wakes a blocked read as any entry does. Redis may then return up to COUNT of each: the
+shard's entries beyond the terminals taken wait here for a terminal (at most one read's
+worth, held pending by this consumer) instead of being read again.
+
 A reader asks Redis only for as many entries as there are idle terminals, so an entry
 never waits in this process while a terminal of another worker is free, and one
 XREADGROUP serves several terminals at once under load. With several shards the
@@ -19,6 +25,7 @@ from typing import Any
 
 import redis
 
+from app.shared import contract
 from app.shared.connections import RedisClient
 from app.shared.resilience import LoopBackoff, RedisGuard
 from app.worker import metrics
@@ -51,6 +58,7 @@ class ShardReader:
                  reconnect_max_seconds: float, shares_terminals: bool, stopping: threading.Event,
                  on_group_lost: Callable[[], None]) -> None:
         self.stream = stream
+        self.lane = contract.urgent_lane(stream)
         self._redis = client
         self._guard = guard
         self._terminals = terminals
@@ -69,19 +77,25 @@ class ShardReader:
         self._on_group_lost = on_group_lost
         self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
         self.group_ready = False
-        self._claim_cursor = b"0-0"
+        self._claim_cursors = {self.lane: b"0-0", stream: b"0-0"}
         self._next_claim = 0.0
         self.last_loop = time.monotonic()
 
+    @property
+    def streams(self) -> tuple[str, str]:
+        """What this reader reads: the urgent lane, then the shard."""
+        return self.lane, self.stream
+
     def ensure_group(self) -> None:
-        """Creates the consumer group of this shard unless it exists."""
-        try:
-            # Id 0, not $: requests queued before any worker ever started are work too.
-            self._redis.xgroup_create(self.stream, self._group, id="0", mkstream=True)
-            log.info("consumer group created", extra={"group": self._group, "stream": self.stream})
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        """Creates the consumer group of this shard and of its lane unless they exist."""
+        for stream in self.streams:
+            try:
+                # Id 0, not $: requests queued before any worker ever started are work too.
+                self._redis.xgroup_create(stream, self._group, id="0", mkstream=True)
+                log.info("consumer group created", extra={"group": self._group, "stream": stream})
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
         self.group_ready = True
 
     def run(self) -> None:
@@ -115,12 +129,22 @@ class ShardReader:
                     self._maybe_more = len(deliveries) == taken and not (
                         taken == 1 and _arrived_while_blocked(deliveries[0].entry_id, blocked_at_ms))
                 else:
-                    self._maybe_more = len(deliveries) == taken
+                    self._maybe_more = len(deliveries) >= taken
                 self._backoff.reset()
             except redis.RedisError as error:
                 self._on_error(error)
-            terminals.hand_over(deliveries)
+            terminals.hand_over(deliveries[:taken])
             terminals.give_back(taken - len(deliveries))
+            self._hand_over_the_rest(deliveries[taken:])
+
+    def _hand_over_the_rest(self, deliveries: list[Delivery]) -> None:
+        """Entries beyond the terminals taken (a read of the lane and the shard together)
+        each wait for a terminal; a stopping worker leaves them pending for another."""
+        for delivery in deliveries:
+            while not self._terminals.take_one(timeout=0.5):
+                if self._stopping.is_set():
+                    return
+            self._terminals.hand_over([delivery])
 
     def next_deliveries(self, count: int, block: bool) -> list[Delivery]:
         if not self.group_ready:
@@ -130,36 +154,50 @@ class ShardReader:
             if claimed:
                 return claimed
         response: Any = self._redis.xreadgroup(
-            self._group, self._consumer, {self.stream: ">"}, count=count,
+            self._group, self._consumer, {self.lane: ">", self.stream: ">"}, count=count,
             block=self._read_block_ms if block else None,
         )
         if not response:
             return []
-        return [Delivery(self.stream, entry_id, fields, 1) for entry_id, fields in response[0][1] if fields is not None]
+        by_stream = {(name.decode() if isinstance(name, bytes) else name): entries for name, entries in response}
+        return [Delivery(stream, entry_id, fields, 1) for stream in self.streams
+                for entry_id, fields in by_stream.get(stream, ()) if fields is not None]
 
     def claim_orphans(self, count: int) -> list[Delivery]:
-        """Take over entries another consumer left pending past CLAIM_IDLE_SECONDS."""
-        response: Any = self._redis.xautoclaim(
-            self.stream, self._group, self._consumer, min_idle_time=self._claim_idle_ms,
-            start_id=self._claim_cursor, count=count,
-        )
-        self._claim_cursor = response[0]
-        if self._claim_cursor == b"0-0":
-            # A full pass over the pending list is done; the next one waits an interval.
+        """Take over entries another consumer left pending past CLAIM_IDLE_SECONDS: the
+        lane's first, then the shard's."""
+        claimed: list[Delivery] = []
+        passes_done = 0
+        for stream in self.streams:
+            if len(claimed) >= count:
+                break
+            found = self._claim_from(stream, count - len(claimed))
+            passes_done += self._claim_cursors[stream] == b"0-0"
+            claimed += found
+        if passes_done == len(self.streams):
+            # A full pass over both pending lists is done; the next one waits an interval.
             self._next_claim = time.monotonic() + self._claim_interval
+        return claimed
+
+    def _claim_from(self, stream: str, count: int) -> list[Delivery]:
+        response: Any = self._redis.xautoclaim(
+            stream, self._group, self._consumer, min_idle_time=self._claim_idle_ms,
+            start_id=self._claim_cursors[stream], count=count,
+        )
+        self._claim_cursors[stream] = response[0]
         claimed = [(entry_id, fields) for entry_id, fields in response[1]
-                   if fields is not None and not self._terminals.holds(self.stream, entry_id)]
+                   if fields is not None and not self._terminals.holds(stream, entry_id)]
         if not claimed:
             return []
         ids = sorted((entry_id for entry_id, _ in claimed), key=_id_key)
         details = self._redis.xpending_range(
-            self.stream, self._group, min=ids[0], max=ids[-1],
+            stream, self._group, min=ids[0], max=ids[-1],
             count=len(ids) + self._terminals.count + 16, consumername=self._consumer,
         )
         deliveries = {item["message_id"]: int(item["times_delivered"]) for item in details}
         metrics.CLAIMED.inc(len(claimed))
-        log.info("claimed orphaned entries", extra={"count": len(claimed), "stream": self.stream})
-        return [Delivery(self.stream, entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
+        log.info("claimed orphaned entries", extra={"count": len(claimed), "stream": stream})
+        return [Delivery(stream, entry_id, fields, deliveries.get(entry_id, 2)) for entry_id, fields in claimed]
 
     def _on_error(self, error: redis.RedisError) -> None:
         if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import redis
 
+from app.shared import contract
 from app.shared.connections import RedisClient
 from app.shared.shard_sets import RETIRE_AFTER_ANNOUNCEMENTS, ShardSetRegistry
 from app.worker import metrics
@@ -61,7 +62,8 @@ class ShardSetFollower:
             if not announced.stale(shards, self.retire_after_ms):
                 continue
             streams = self._only_in(shards)
-            if self._drained(streams, newest_before_ms=announced.now_ms - self.retire_after_ms):
+            lanes = [contract.urgent_lane(stream) for stream in streams]
+            if self._drained([*streams, *lanes], newest_before_ms=announced.now_ms - self.retire_after_ms):
                 self._retire(shards, streams, announced.now_ms - self.retire_after_ms)
 
     def _only_in(self, shards: int) -> list[str]:

@@ -72,6 +72,11 @@ class Worker:
         return [reader.stream for reader in self.readers]
 
     @property
+    def queues(self) -> list[str]:
+        """Every stream read: each shard's urgent lane and the shard."""
+        return [stream for reader in self.readers for stream in reader.streams]
+
+    @property
     def groups_ready(self) -> bool:
         return all(reader.group_ready for reader in self.readers)
 
@@ -184,7 +189,7 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
 
     housekeeping = Housekeeping(
         client, unconfirmed, guard, ConsumerJanitor(client, settings.consumer_group, settings.consumer_name),
-        lambda: worker.streams, group=settings.consumer_group,
+        lambda: worker.queues, group=settings.consumer_group,
         consumer_expiry_seconds=settings.consumer_expiry_seconds, groups_ready=lambda: worker.groups_ready,
         stopping=stopping,
     )

@@ -210,7 +210,8 @@ def test_keda_scales_to_zero_when_the_first_request_can_wait_for_it():
                     "worker.keda.minReplicaCount=0", "--set", "worker.keda.pollingInterval=30", check=False)
 
     assert scaled["minReplicaCount"] == 0
-    assert all(trigger["metadata"]["activationLagCount"] == "0" for trigger in scaled["triggers"])
+    assert all(trigger["metadata"]["activationLagCount"] == "0" for trigger in scaled["triggers"]
+               if trigger["type"] != "prometheus")
     assert too_slow.returncode != 0 and "worker.keda.pollingInterval must be shorter" in too_slow.stderr
 
 
@@ -434,12 +435,23 @@ def test_sentinel_mode_wires_sentinels_their_password_and_durable_writes(monkeyp
         assert {"port": 6379, "protocol": "TCP"} in egress[1]["ports"]
 
 
+def lag_triggers(docs: list[dict]) -> list[dict]:
+    """The ScaledObject's Redis triggers (the demand trigger is Prometheus's)."""
+    return [t for t in one(docs, "ScaledObject", "-worker")["spec"]["triggers"] if t["type"] != "prometheus"]
+
+
+def with_lanes(streams: list[str]) -> list[str]:
+    """Each shard followed by its urgent lane, as the workers read them."""
+    return [queue for stream in streams for queue in (stream, contract.urgent_lane(stream))]
+
+
 def test_keda_uses_the_sentinel_streams_scaler_with_both_passwords():
     docs = render("external-sentinel")
-    [trigger] = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+    trigger, lane = lag_triggers(docs)
     auth = one(docs, "TriggerAuthentication", "-worker")
 
-    assert trigger["type"] == "redis-sentinel-streams"
+    assert trigger["type"] == lane["type"] == "redis-sentinel-streams"
+    assert lane["metadata"]["stream"] == contract.urgent_lane(trigger["metadata"]["stream"])
     assert trigger["metadata"]["addresses"] == ",".join(f"redis-node-{n}.redis-headless:26379" for n in range(3))
     assert trigger["metadata"]["sentinelMaster"] == "mymaster"
     assert "address" not in trigger["metadata"]
@@ -453,10 +465,10 @@ def test_cluster_mode_names_the_shards_as_the_services_do_with_a_keda_trigger_ea
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     settings = WorkerSettings()
-    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+    triggers = lag_triggers(docs)
 
     assert settings.redis_cluster and settings.request_stream_shards == 6
-    assert [t["metadata"]["stream"] for t in triggers] == settings.request_streams
+    assert [t["metadata"]["stream"] for t in triggers] == with_lanes(settings.request_streams)
     assert {t["type"] for t in triggers} == {"redis-cluster-streams"}
     # The autoscaler follows the busiest trigger: each shard's target is a sixth of the lag target.
     assert {t["metadata"]["lagCount"] for t in triggers} == {"9"}
@@ -468,22 +480,39 @@ def test_cluster_mode_names_the_shards_as_the_services_do_with_a_keda_trigger_ea
 
 def test_standalone_shards_get_a_redis_streams_trigger_each():
     docs = render("keda", "config.requestStreamShards=3")
-    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+    triggers = lag_triggers(docs)
 
-    assert [t["metadata"]["stream"] for t in triggers] == contract.request_streams("weather-requests", 3, False)
+    assert [t["metadata"]["stream"] for t in triggers] == with_lanes(
+        contract.request_streams("weather-requests", 3, False))
     assert {t["type"] for t in triggers} == {"redis-streams"}
     assert one(docs, "ConfigMap", "-proxy")["data"]["REQUEST_STREAM_SHARDS"] == "3"
+
+
+def test_keda_scales_on_demand_from_prometheus_unless_told_to_scale_on_lag_alone():
+    demand = one(render("keda"), "ScaledObject", "-worker")["spec"]["triggers"]
+    lag = one(render("keda", "worker.keda.scaleOn=lag"), "ScaledObject", "-worker")["spec"]["triggers"]
+    refused = helm("template", "demo", str(CHART), "-f", str(PROFILES["keda"][0]), "--set",
+                   "worker.keda.scaleOn=cpu", check=False)
+
+    [prometheus] = [t for t in demand if t["type"] == "prometheus"]
+    query = prometheus["metadata"]["query"]
+    assert "weather_proxy_admitted_total" in query and "weather_proxy_shed_total" in query
+    assert "weather_worker_drain_per_second" in query and 'job="demo-redis-stream-demo-proxy"' in query
+    assert prometheus["metadata"]["threshold"] == "0.8"
+    assert prometheus["metadata"]["serverAddress"].startswith("http")
+    assert len(demand) == len(lag) + 1 and all(t["type"] != "prometheus" for t in lag)
+    assert refused.returncode != 0 and "scaleOn" in refused.stderr
 
 
 def test_while_the_shard_count_changes_keda_watches_both_sets():
     docs = render("keda", "config.requestStreamShards=6", "worker.terminals=6",
                   "worker.keda.previousRequestStreamShards=1")
-    triggers = one(docs, "ScaledObject", "-worker")["spec"]["triggers"]
+    triggers = lag_triggers(docs)
 
     new, old = contract.request_streams("weather-requests", 6, False), ["weather-requests"]
-    assert [t["metadata"]["stream"] for t in triggers] == new + old
+    assert [t["metadata"]["stream"] for t in triggers] == with_lanes(new + old)
     # Each set's shards share its lag target: the unsharded stream keeps the whole target.
-    assert [t["metadata"]["lagCount"] for t in triggers] == ["9"] * 6 + ["50"]
+    assert [t["metadata"]["lagCount"] for t in triggers] == ["9"] * 12 + ["50"] * 2
 
 
 def test_shard_tags_file_matches_the_services():

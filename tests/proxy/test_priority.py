@@ -23,3 +23,23 @@ from app.proxy.priority import DEFAULT_URGENCY, parse_urgency
 ])
 def test_urgency(headers, urgency):
     assert parse_urgency(headers) == urgency
+
+
+@pytest.mark.system
+def test_an_urgent_request_is_served_ahead_of_the_backlog(stack):
+    import requests
+
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="30").wait_ready()
+    stack.worker("w", WORKER_TERMINALS="1", PROCESSING_DELAY_MS="200").wait_ready()
+    url = proxy.url + "/WeatherForecast/city"
+    queued = [requests.post(url, json={"city": f"Later-{i}", "location": "X"}, headers={"Prefer": "respond-async"},
+                            timeout=10) for i in range(15)]  # 3 s of work for one terminal
+    assert {answer.status_code for answer in queued} == {202}
+
+    urgent = requests.post(url, json={"city": "Now", "location": "X"}, headers={"Priority": "u=1"}, timeout=10)
+    normal = requests.post(url, json={"city": "Behind", "location": "X"}, headers={"Priority": "u=3"}, timeout=10)
+
+    assert urgent.status_code == 200 and urgent.json()["city"] == "Now"
+    # One entry in work ahead of it at most, then its own: not the 3 s of the backlog.
+    assert urgent.elapsed.total_seconds() < 1.0, urgent.elapsed
+    assert normal.status_code == 200 and normal.elapsed.total_seconds() > 1.5, normal.elapsed

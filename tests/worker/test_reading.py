@@ -86,3 +86,52 @@ def test_a_reader_sharing_terminals_spends_one_read_per_entry_on_a_quiet_shard(r
     terminals.close()
 
     assert reads <= 22, f"{reads} XREADGROUPs for 20 entries arriving one at a time"
+
+
+def test_the_urgent_lane_is_read_before_the_shard_and_its_orphans_claimed_first(redis_server):
+    from app.shared import contract
+
+    client = redis_server.client()
+    terminals = Terminals(2)
+    reader = reader_of(client, terminals)
+    reader.ensure_group()
+    lane = contract.urgent_lane(STREAM)
+    normal = [client.xadd(STREAM, _request(f"n{i}")) for i in range(3)]
+    urgent = client.xadd(lane, _request("urgent"))
+
+    read = reader.next_deliveries(2, block=False)
+
+    # The lane's entry first; Redis hands up to COUNT of each stream (the reader waits
+    # for a terminal for the surplus rather than read it again).
+    assert [(d.stream, d.entry_id) for d in read] == [(lane, urgent), (STREAM, normal[0]), (STREAM, normal[1])]
+    time.sleep(0.2)
+    other = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM, group=GROUP,
+                        consumer="other", read_block_ms=100, claim_idle_seconds=0.1, reconnect_max_seconds=1,
+                        shares_terminals=False, stopping=threading.Event(), on_group_lost=lambda: None)
+    claimed = other.claim_orphans(1)
+    assert [(d.stream, d.entry_id) for d in claimed] == [(lane, urgent)]
+
+
+def test_a_read_beyond_the_terminals_taken_waits_for_a_terminal_for_the_rest(redis_server):
+    from app.shared import contract
+
+    client = redis_server.client()
+    terminals = Terminals(1)
+    reader = reader_of(client, terminals)
+    reader.ensure_group()
+    client.xadd(contract.urgent_lane(STREAM), _request("urgent"))
+    client.xadd(STREAM, _request("normal"))
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    try:
+        first = terminals.next_delivery()
+        assert first is not None and first.stream == contract.urgent_lane(STREAM)
+        time.sleep(0.3)
+        assert terminals.in_hand() == [first.key]  # the shard's entry waits: no terminal is free
+        terminals.finished(first)
+        second = terminals.next_delivery()
+        assert second is not None and second.stream == STREAM
+        terminals.finished(second)
+    finally:
+        reader.retired.set()
+        thread.join(timeout=5)
