@@ -620,8 +620,9 @@ def test_scaled_object_scales_the_worker_on_the_group_lag():
     docs = render("keda")
     scaled = one(docs, "ScaledObject", "-worker")
     auth = one(docs, "TriggerAuthentication", "-worker")
-    [trigger] = scaled["spec"]["triggers"]
+    trigger, lane = lag_triggers(docs)
 
+    assert lane["metadata"]["stream"] == "weather-requests:urgent"
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment", "-worker")["metadata"]["name"]
     assert trigger["type"] == "redis-streams"

@@ -25,7 +25,7 @@ def test_rules_are_valid(promtool):
                             capture_output=True, text=True)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_each_alert_fires_and_stays_quiet(promtool):
