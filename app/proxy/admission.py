@@ -21,6 +21,11 @@ admitted on a shard when that wait plus the work fits its limit:
   urgent (u<=2) go to the shard's urgent lane, which workers read first: their wait is
   the lane's backlog alone; everyone else waits behind both.
 
+A backlog that has not moved for a second is a figure nobody reads: a primary Sentinel has
+replaced but not yet demoted still answers, and a process shedding on its frozen lag writes
+nothing that would find that out. Its connections are then dropped, so the next read asks
+where the primary is now.
+
 A plain request skips shards over their limit for one under it; one whose shard is fixed
 (Idempotency-Key) is judged by that shard alone. With no drain published yet (no worker,
 or one that just started; scale from zero) a shard admits up to ADMISSION_COLD_BACKLOG
@@ -46,8 +51,12 @@ from app.shared.routing import NodeWriter, Routed
 log = logging.getLogger("app.proxy")
 
 REFRESH_SECONDS = 0.2
+# A field no worker writes (consumer names have no spaces).
+_PRIMARY_PROBE_FIELD = "primary probe"
 # A queue not empty for this long is standing: overload, not a burst.
 STANDING_INTERVAL_SECONDS = 1.0
+# A non-empty backlog unchanged this long is read from a node nobody else uses any more.
+FROZEN_SECONDS = 1.0
 # A worker's figures older than this are of a worker that stopped or froze.
 DRAIN_STALE_MS = 10_000
 # Retry-After when nothing says how long the backlog will take (no drain known).
@@ -95,6 +104,9 @@ class Admission:
         self._since_read = dict.fromkeys(queues, 0)
         # When each shard's queue was last seen empty.
         self._empty_at = dict.fromkeys(self.streams, clock())
+        self._reconnected_at = -math.inf
+        # When each queue's lag last changed: a backlog workers drain never stays put.
+        self._moved_at = dict.fromkeys(queues, clock())
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
@@ -126,16 +138,25 @@ class Admission:
                 # last figure plus what was admitted since.
                 continue
             lag = self._lag_from(*result)
-            if lag is None:
-                continue
-            self._lag[queue] = lag
+            # Redis gives no lag when entries were deleted in the undelivered range (or the
+            # group's read counter was reset): unknown counts as none, so admission fails
+            # open rather than refuse everything; MAX_INFLIGHT_PER_PROCESS still bounds it.
+            if not lag or lag != self._lag[queue]:  # empty, or not stuck
+                self._moved_at[queue] = now
+            self._lag[queue] = lag or 0
             self._since_read[queue] = 0
         for stream in self.streams:
             if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
+            frozen = any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
+                         for queue in (stream, self._lanes[stream]))
+            if frozen and now - self._reconnected_at >= FROZEN_SECONDS:
+                self._reconnected_at = now
+                log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})
+                self._reads.reconnect(stream)
         drain = results[-1]
         if not isinstance(drain, BaseException):
-            self._read_drain(drain[0])
+            self._read_drain(drain[-1])
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream) for stream in self.streams))
 
@@ -144,7 +165,6 @@ class Admission:
             if isinstance(groups, list) else None
         if info is None:
             return int(length or 0)  # no worker has ever read it: every entry waits
-        # Redis reports no lag when entries were deleted in the undelivered range: unknown.
         return None if info.get("lag") is None else int(info["lag"])
 
     def _read_drain(self, fields: Any) -> None:
@@ -237,5 +257,10 @@ def _lag_of(stream: str) -> Callable[[Any], None]:
 
 def _drain_of(key: str) -> Callable[[Any], None]:
     def add(pipe: Any) -> None:
+        # A write that changes nothing (no such field): a demoted primary refuses it with
+        # READONLY, which sends the next round to the new primary. Reads alone would go on
+        # reading a demoted primary's frozen figures, and a process shedding on them writes
+        # nothing that could find out.
+        pipe.hdel(key, _PRIMARY_PROBE_FIELD)
         pipe.hgetall(key)
     return add

@@ -50,6 +50,7 @@ PROXY_COMMANDS = (
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
     "+hmget",  # Idempotency-Key records (in the enqueue script; read under another shard count)
     "+xinfo|groups", "+xlen",  # admission: each shard's lag (the workers' drain rate is an +hgetall)
+    "+hdel",  # admission's proof that it reads a primary: a delete of a field that does not exist
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",

@@ -95,6 +95,11 @@ class NodeWriter:
             self._topology.refresh_routes(self._client)
         return results
 
+    def reconnect(self, key: str) -> None:
+        """Drops the idle connections to the node of ``key``: their next use asks the
+        topology (Sentinel, the slot map) where that node is now."""
+        self._topology.forget_idle_connections(self._topology.node_client(self._client, key))
+
     def _execute_on(self, node: redis.Redis, items: list[Routed]) -> list[Any]:
         try:
             # Taken before anything is written, so a failure here proves nothing was sent.

@@ -6,10 +6,11 @@ Two figures come from the same window of recent entries:
 - the work an entry takes (the median): a terminal does not start an entry with less
   time left than that (its caller would be gone before the reply);
 - the entries a second the terminals finish when every one is busy: terminals divided
-  by how long an entry holds a terminal. Under CPU contention that hold time grows, so
-  the figure falls to what the worker really does; below capacity it is what the worker
-  could do, which is what a burst will meet. A completion rate would say only what was
-  asked of it.
+  by how long an entry holds a terminal (the mean of the window less its slowest tenth:
+  a failover that stalls the entries in hand for seconds is not a loss of capacity).
+  Under CPU contention that hold time grows, so the figure falls to what the worker
+  really does; below capacity it is what the worker could do, which is what a burst will
+  meet. A completion rate would say only what was asked of it.
 
 Every PUBLISH_SECONDS the figures go to one hash field per worker (contract.drain_key),
 the key's TTL refreshed with it; fields of workers gone quiet are removed by the others.
@@ -35,6 +36,8 @@ log = logging.getLogger("app.worker")
 PUBLISH_SECONDS = 1.0
 # Enough entries for a stable median; few enough that a change of the work shows within seconds.
 WINDOW = 128
+# The slowest share of the window left out of the hold time: entries stalled by an outage.
+STALLED_SHARE = 0.1
 # Fewer entries than this say too little: the worker publishes no rate (admission then
 # treats the system as cold) and skips nothing.
 MIN_SAMPLES = 8
@@ -63,7 +66,8 @@ class DrainMeter:
         recent = list(self._recent)
         if len(recent) < MIN_SAMPLES:
             return 0.0
-        held = statistics.fmean(held for _, held in recent)
+        holds = sorted(held for _, held in recent)
+        held = statistics.fmean(holds[:max(1, int(len(holds) * (1 - STALLED_SHARE)))])
         return self._terminals / max(held, 1e-4)
 
     def snapshot(self, at_ms: int) -> contract.Drain:
