@@ -55,6 +55,9 @@ REFRESH_SECONDS = 0.2
 _PRIMARY_PROBE_FIELD = "primary probe"
 # A queue not empty for this long is standing: overload, not a burst.
 STANDING_INTERVAL_SECONDS = 1.0
+# The standing limit never goes below this: a queue must outlast a few reads (REFRESH_SECONDS)
+# to keep every terminal busy, and a short deadline's tenth would not.
+STANDING_FLOOR_SECONDS = 0.5
 # A non-empty backlog unchanged this long is read from a node nobody else uses any more.
 FROZEN_SECONDS = 1.0
 # A worker's figures older than this are of a worker that stopped or froze.
@@ -221,7 +224,7 @@ class Admission:
             standing = now - self._empty_at[stream] > STANDING_INTERVAL_SECONDS
             limit = burst
             if standing and not patient and urgency >= DEFAULT_URGENCY:
-                limit = min(burst, self._policy.standing_share * deadline_seconds)
+                limit = min(burst, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))
             limit *= scale
             wait = self._wait_of(stream, urgent)
             excess = wait + self._work_seconds - limit
