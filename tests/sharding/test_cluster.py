@@ -68,7 +68,8 @@ def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis
     assert len(per_primary) == 3
     assert all(count >= 0.2 * 600 for count in per_primary.values())
     exposition = requests.get(workers[0].url + "/metrics", timeout=5).text
-    assert sum(line.startswith("weather_worker_shard_lag_entries{") for line in exposition.splitlines()) == SHARDS
+    # Each shard and its urgent lane.
+    assert sum(line.startswith("weather_worker_shard_lag_entries{") for line in exposition.splitlines()) == 2 * SHARDS
 
 
 def test_a_killed_worker_leaves_orphans_in_every_shard_and_they_are_claimed(cluster_stack, redis_cluster):
