@@ -1,11 +1,13 @@
 """Reading one request stream shard: XREADGROUP for as many entries as there are idle
 terminals, taking over orphans of dead consumers, recreating a group Redis lost.
 
-A shard has an urgent lane (contract.urgent_lane: RFC 9218 u<=2): one XREADGROUP reads the
-lane and the shard together, lane first, so an urgent entry waits only behind urgent ones
-and wakes a blocked read as any entry does. Redis may then return up to COUNT of each: the
-shard's entries beyond the terminals taken wait here for a terminal (at most one read's
-worth, held pending by this consumer) instead of being read again.
+A shard has an urgent lane (contract.urgent_lane: RFC 9218 u<=2). While the lane is in use
+(an urgent entry read in the last LANE_ACTIVE_SECONDS) a read takes the lane's entries first
+and fills the rest from the shard: an urgent entry waits only behind urgent ones. Otherwise
+one XREADGROUP reads both (no extra round trip), so an urgent entry still wakes a blocked
+read. Redis may then return up to COUNT of each: the shard's entries beyond the terminals
+taken wait here for a terminal (rare: both must have entries at that moment) instead of
+being read again.
 
 A reader asks Redis only for as many entries as there are idle terminals, so an entry
 never waits in this process while a terminal of another worker is free, and one
@@ -40,6 +42,8 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
+# After an urgent entry, the lane is read on its own first for this long.
+LANE_ACTIVE_SECONDS = 2.0
 # Clocks of Redis and this host further apart than this: the arrival test is not trusted.
 _CLOCK_TOLERANCE_MS = 50
 
@@ -78,6 +82,7 @@ class ShardReader:
         self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
         self.group_ready = False
         self._claim_cursors = {self.lane: b"0-0", stream: b"0-0"}
+        self._lane_active_until = 0.0
         self._next_claim = 0.0
         self.last_loop = time.monotonic()
 
@@ -153,14 +158,26 @@ class ShardReader:
             claimed = self.claim_orphans(count)
             if claimed:
                 return claimed
+        urgent: list[Delivery] = []
+        if time.monotonic() < self._lane_active_until:
+            urgent = self._read((self.lane,), count, block=False)
+            if len(urgent) >= count:
+                return urgent
+        queues = (self.stream,) if urgent else self.streams
+        deliveries = urgent + self._read(queues, count - len(urgent), block and not urgent)
+        if any(delivery.stream == self.lane for delivery in deliveries):
+            self._lane_active_until = time.monotonic() + LANE_ACTIVE_SECONDS
+        return deliveries
+
+    def _read(self, streams: tuple[str, ...], count: int, block: bool) -> list[Delivery]:
         response: Any = self._redis.xreadgroup(
-            self._group, self._consumer, {self.lane: ">", self.stream: ">"}, count=count,
+            self._group, self._consumer, dict.fromkeys(streams, ">"), count=count,
             block=self._read_block_ms if block else None,
         )
         if not response:
             return []
         by_stream = {(name.decode() if isinstance(name, bytes) else name): entries for name, entries in response}
-        return [Delivery(stream, entry_id, fields, 1) for stream in self.streams
+        return [Delivery(stream, entry_id, fields, 1) for stream in streams
                 for entry_id, fields in by_stream.get(stream, ()) if fields is not None]
 
     def claim_orphans(self, count: int) -> list[Delivery]:
