@@ -166,7 +166,10 @@ def test_a_refusal_is_a_problem_with_retry_after_that_says_async_would_be_accept
         answers = list(pool.map(lambda _: _post(proxy, Priority="u=4, garbage=("), range(20)))
 
     refused = [answer for answer in answers if answer.status_code == 503]
-    assert refused and all(a.status_code in (200, 503) for a in answers), [a.status_code for a in answers]
+    statuses = [answer.status_code for answer in answers]
+    # A request admitted at the edge (two processes judge between two reads) may be one a
+    # worker then finds too late to start: its 504 comes at once, not at the deadline.
+    assert refused and set(statuses) <= {200, 503, 504} and statuses.count(504) <= 2, statuses
     problem = refused[0]
     assert problem.headers["Content-Type"] == "application/problem+json"
     assert int(problem.headers["Retry-After"]) >= 1
