@@ -38,6 +38,8 @@ PUBLISH_SECONDS = 1.0
 WINDOW = 128
 # The slowest share of the window left out of the hold time: entries stalled by an outage.
 STALLED_SHARE = 0.1
+# The expected work is worked out again after this many more entries.
+RECOMPUTE_AFTER = 16
 # Fewer entries than this say too little: the worker publishes no rate (admission then
 # treats the system as cold) and skips nothing.
 MIN_SAMPLES = 8
@@ -51,15 +53,24 @@ class DrainMeter:
         self._terminals = terminals
         # (seconds of work, seconds the entry held its terminal); appends are atomic.
         self._recent: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+        self._seen = 0
+        self._expected: float | None = None
+        self._expected_at = 0
 
     def finished(self, work_seconds: float, held_seconds: float) -> None:
         self._recent.append((work_seconds, held_seconds))
+        self._seen += 1
 
     def expected_work_seconds(self) -> float | None:
-        recent = list(self._recent)
-        if len(recent) < MIN_SAMPLES:
-            return None
-        return statistics.median(work for work, _ in recent)
+        """Asked for every entry a terminal takes: the median of the window is worked out
+        again only after RECOMPUTE_AFTER more entries, not on each one."""
+        if self._expected is None or self._seen - self._expected_at >= RECOMPUTE_AFTER:
+            recent = list(self._recent)
+            if len(recent) < MIN_SAMPLES:
+                return None
+            self._expected = statistics.median(work for work, _ in recent)
+            self._expected_at = self._seen
+        return self._expected
 
     def per_second(self) -> float:
         """Entries a second when every terminal is busy; 0 while too few were seen."""
