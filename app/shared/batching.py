@@ -1,9 +1,12 @@
 """Coalescing the Redis writes of many concurrent callers into one pipeline per round trip.
 
-Callers (greenlets of a gevent-patched process, or threads) submit one item each and
-wait. One sender loop takes whatever has queued up and hands it to `send` as a batch:
-N callers cost one round trip and one pool checkout instead of N. With one caller the
-batch is just its item, so nothing waits for a batch to fill.
+Callers (greenlets of a gevent-patched process, or threads) submit one item each. While
+no batch is in flight a caller sends its own item at once, itself: at everyday rates
+(one item at a time) that costs no hand-off to another greenlet and no wake-up. While a
+batch is in flight, callers queue and wait; when it is done, one sender loop takes
+whatever has queued up and sends it as one batch, and goes on until the queue is empty:
+N callers cost one round trip and one pool checkout instead of N. Nothing ever waits for
+a batch to fill.
 
 `send` answers per item (None or the item's own error), so one bad item does not fail
 its neighbours; an exception from `send` itself fails the whole batch.
@@ -11,8 +14,8 @@ its neighbours; an exception from `send` itself fails the whole batch.
 
 from __future__ import annotations
 
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -40,41 +43,65 @@ class Batcher(Generic[Item]):
         self._send = send
         self._name = name
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Pending[Item]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._queued: deque[_Pending[Item]] = deque()
+        # True while a batch is in flight: then callers queue for the sender loop.
+        self._busy = False
+        self._wake_sender = threading.Event()
         self._sender: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
     def submit(self, item: Item, timeout: float | None = None) -> None:
-        """Returns once the item's batch was sent; raises the item's error otherwise."""
-        pending = _Pending(item)
-        self._queue.put(pending)
-        if self._sender is None:
-            self._start()
+        """Returns once the item was sent; raises the item's error otherwise. ``timeout``
+        bounds the wait behind other callers' batch; a caller that sends its own item
+        waits for its round trip (bounded by the connection's socket timeout)."""
+        with self._lock:
+            direct = not self._busy
+            if direct:
+                self._busy = True
+            else:
+                pending = _Pending(item)
+                self._queued.append(pending)
+        if direct:
+            try:
+                error = self._outcomes([item])[0]
+            finally:
+                self._done_sending()
+            if error is not None:
+                raise error
+            return
         if not pending.done.wait(timeout):
             raise BatchTimeout(f"{self._name}: not sent within {timeout} s")
         if pending.error is not None:
             raise pending.error
 
-    def _start(self) -> None:
-        # Started on first use: after a fork (gunicorn workers), in the process that sends.
-        with self._start_lock:
-            if self._sender is None:
-                self._sender = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._sender.start()
+    def _outcomes(self, items: list[Item]) -> Sequence[BaseException | None]:
+        try:
+            return self._send(items)
+        except Exception as error:  # every caller of the batch gets the error
+            return [error] * len(items)
+
+    def _done_sending(self) -> None:
+        """A batch is done: the sender loop takes over what queued meanwhile, if anything did."""
+        with self._lock:
+            if not self._queued:
+                self._busy = False
+                return
+        if self._sender is None:
+            # Started on first use: after a fork (gunicorn workers), in the process that sends.
+            self._sender = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._sender.start()
+        self._wake_sender.set()
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            outcomes: Sequence[BaseException | None]
-            try:
-                outcomes = self._send([pending.item for pending in batch])
-            except Exception as error:  # every caller of the batch gets the error
-                outcomes = [error] * len(batch)
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                pending.error = outcome
-                pending.done.set()
+            self._wake_sender.wait()
+            self._wake_sender.clear()
+            while True:
+                with self._lock:
+                    if not self._queued:
+                        self._busy = False
+                        break
+                    batch = [self._queued.popleft() for _ in range(min(self._max_batch, len(self._queued)))]
+                for pending, outcome in zip(batch, self._outcomes([p.item for p in batch]), strict=True):
+                    pending.error = outcome
+                    pending.done.set()

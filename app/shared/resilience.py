@@ -201,6 +201,9 @@ class RedisGuard:
     def record(self, error: BaseException | None) -> None:
         """The outcome of an operation (None: it succeeded), replayed through the breaker;
         public for operations that pace their own tries."""
+        breaker = self._breaker
+        if error is None and breaker.fail_counter == 0 and breaker.current_state == pybreaker.STATE_CLOSED:
+            return  # the common case changes nothing: not worth pybreaker's lock and listeners
         try:
             self._breaker.call(_replay, error)
         except pybreaker.CircuitBreakerError:

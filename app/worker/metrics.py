@@ -67,6 +67,11 @@ CLAIMED = Counter(
     "weather_worker_claimed",
     "Entries taken over from a consumer that left them pending past CLAIM_IDLE_SECONDS (redeliveries).",
 )
+REPLIES_UNCONFIRMED = Counter(
+    "weather_worker_replies_unconfirmed",
+    "Replies (and their acknowledgements) written on the primary that fewer replicas than REDIS_WAIT_REPLICAS "
+    "confirmed in time; not written again (a failover that loses one makes its entry pending again).",
+)
 LEASES_RENEWED = Counter(
     "weather_worker_leases_renewed",
     "Entries in work whose idle time this worker reset, so no other worker claims them (app.worker.leases).",

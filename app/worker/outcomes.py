@@ -1,40 +1,47 @@
 """Writing outcomes: replies and acknowledgements of a whole round, and dead letters.
 
-Replies of entries that finish together go out as one pipeline of XADDs per node,
-then ONE XACK per request stream shard names every entry whose reply is in. The XACK is sent
-only after the replies answered, so an entry is never acknowledged without its reply
-(an XADD refused for memory or a wrong key type leaves its entry pending). The price
-is a second round trip per batch, not per entry. An XACK that fails after its replies
-were written leaves the entries pending: they are delivered again and answered twice,
-never lost (the proxy drops the duplicate as a late reply). A node that is down fails
-only the outcomes of its own shards (app.shared.routing): the others are written.
+Outcomes of entries that finish together go out as ONE script call per shard (EVALSHA, on
+the shard's slot: its reply streams and result records carry its hash tag): each reply's
+XADD, then one XACK naming every entry whose reply (or result record) went in. One round
+trip per batch, and an entry is never acknowledged without its reply: a reply refused
+(memory, a wrong key type) leaves only its own entry pending, to be delivered again. A
+node that is down fails only the outcomes of its own shards (app.shared.routing).
 
-The reply stream's TTL rides in the same pipeline, but only when a stream is new to
-this worker or its last refresh is a quarter of the TTL old (the owning proxy
-refreshes it too), not with every reply.
+The reply stream's TTL rides in the same call, but only when a stream is new to this
+worker or its last refresh is a quarter of the TTL old (the owning proxy refreshes it
+too), not with every reply.
 
-With REDIS_WAIT_REPLICAS above 0 each node's pipeline of replies ends with one WAIT. The XACK
-is not waited for: an acknowledgement lost in a failover makes a duplicate, not a loss.
+With REDIS_WAIT_REPLICAS above 0 each node's pipeline ends with one WAIT. A shortfall is
+reported (weather_worker_replies_unconfirmed_total) and not retried: a script replicates as
+one unit, so a reply and its acknowledgement are lost together or kept together. Lost in
+a failover, the entry is pending again on the new primary and answered again; retrying
+here would only hold a terminal while its caller waits.
 
 An async request (it names a result record) has its outcome written into that record in
-the same pipeline as its reply (or instead of one when nobody waits on a stream), before
-the XACK, so it is never acknowledged without its result. The record is on the request's
-shard, like its reply stream: one node, one pipeline. A record that is gone (expired) is
-not created again.
+the same call as its reply (or instead of one when nobody waits on a stream), before the
+XACK. A record that is gone (expired) is not created again.
 
-Dead letters are rare and keep the one-script form: append and XACK atomically,
-on keys of one slot (the request stream and its dead-letter stream).
+Dead letters are rare and keep their own script: append and XACK atomically, on keys of
+one slot (the request stream and its dead-letter stream).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from app.shared import contract
+from app.shared.replication import ReplicasBehind
 from app.shared.routing import NodeWriter, Routed
+from app.worker import metrics
+
+log = logging.getLogger("app.worker")
 
 # Fill in a record only while it exists: a late write must not bring back an expired one.
 _UPDATE_RECORD = """
@@ -43,6 +50,46 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
+
+# KEYS: the request streams acknowledged in, then the reply streams and records written.
+# ARGV: group, reply MAXLEN, reply TTL (s), then per outcome: its stream's key index, its entry
+# id, its reply stream's key index (0: none), 1 to set that stream's TTL, its record's key
+# index (0: none), the record's TTL (ms), the counts of reply and record fields, the fields.
+# Returns the failed outcomes: their number (from 1) and error, flat.
+_REPLY_AND_ACK = """
+local group, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+local acks, failed = {}, {}
+local at, outcome = 4, 0
+while at <= #ARGV do
+  outcome = outcome + 1
+  local stream, reply, record = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 4])
+  local reply_fields, record_fields = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7])
+  local first = at + 8
+  local last = first + reply_fields - 1
+  local err
+  if reply > 0 then
+    local added = redis.pcall('XADD', KEYS[reply], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
+    if type(added) == 'table' and added.err then err = added.err
+    elseif ARGV[at + 3] == '1' then redis.call('EXPIRE', KEYS[reply], ttl) end
+  end
+  if not err and record > 0 and redis.call('EXISTS', KEYS[record]) == 1 then
+    local set = redis.pcall('HSET', KEYS[record], unpack(ARGV, last + 1, last + record_fields))
+    if type(set) == 'table' and set.err then err = set.err else redis.call('PEXPIRE', KEYS[record], ARGV[at + 5]) end
+  end
+  if err then
+    failed[#failed + 1] = outcome
+    failed[#failed + 1] = err
+  else
+    acks[stream] = acks[stream] or {}
+    table.insert(acks[stream], ARGV[at + 1])
+  end
+  at = first + reply_fields + record_fields
+end
+for stream, ids in pairs(acks) do redis.call('XACK', KEYS[stream], group, unpack(ids)) end
+return failed
+"""
+# Redis names a script by its SHA-1 (EVALSHA): an identifier, not a security measure.
+_REPLY_AND_ACK_SHA = hashlib.sha1(_REPLY_AND_ACK.encode(), usedforsecurity=False).hexdigest()
 
 _DEAD_LETTER_AND_ACK = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
@@ -97,52 +144,52 @@ class ReplyTtl:
 
 
 class OutcomeWriter:
-    def __init__(self, replies: NodeWriter, acks: NodeWriter, group: str, dead_letter_maxlen: int) -> None:
-        """``replies`` sends the replies and dead letters (with WAIT when asked), ``acks`` the
-        XACKs (never waited for)."""
+    def __init__(self, replies: NodeWriter, acks: NodeWriter, group: str, dead_letter_maxlen: int,
+                 hash_tagged: bool = False) -> None:
+        """``replies`` sends the outcomes and dead letters (with WAIT when asked), ``acks`` the
+        outcomes without a reply and the marks of work started (never waited for).
+        ``hash_tagged``: keys of one script call must share a slot (a cluster)."""
         self._replies = replies
         self._acks = acks
         self._group = group
         self._dead_letter_maxlen = dead_letter_maxlen
+        self._hash_tagged = hash_tagged
         self.ttl = ReplyTtl(contract.REPLY_STREAM_TTL_SECONDS / 4)
 
     def write(self, outcomes: Sequence[Outcome]) -> list[BaseException | None]:
-        """Replies first, then one XACK per shard for the entries whose reply is in. Per
-        outcome: None when replied (if it had a reply) and acknowledged, else its error.
-        Each node's share is its own pipeline: a node that is down fails only its own."""
+        """Per outcome: None when replied (if it had a reply) and acknowledged, else its error."""
+        calls: dict[object, _Call] = {}
+        for index, outcome in enumerate(outcomes):
+            calls.setdefault(self._call_of(index, outcome), _Call()).add(index, outcome, self.ttl)
         errors: list[BaseException | None] = [None] * len(outcomes)
-        replying = [index for index, outcome in enumerate(outcomes) if outcome.writes]
-        if replying:
-            for index, error in zip(replying, self._append_replies([outcomes[i] for i in replying]), strict=True):
-                errors[index] = error
-        acking: dict[str, list[int]] = {}
-        for index, error in enumerate(errors):
-            if error is None:
-                acking.setdefault(outcomes[index].stream, []).append(index)
-        if acking:
-            items = [Routed(stream, _xack(stream, self._group, [outcomes[i].entry_id for i in indexes]))
-                     for stream, indexes in acking.items()]
-            for indexes, result in zip(acking.values(), self._acks.execute(items), strict=True):
-                if isinstance(result, BaseException):
-                    for index in indexes:
-                        errors[index] = result
+        for writer, sending in ((self._replies, [c for c in calls.values() if c.writes]),
+                                (self._acks, [c for c in calls.values() if not c.writes])):
+            if not sending:
+                continue
+            results = writer.execute([call.routed(self._group, _REPLY_AND_ACK_SHA) for call in sending])
+            unknown = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+            if unknown:
+                # A Redis that restarted or a primary promoted in a failover starts with no scripts.
+                retried = writer.execute([sending[i].routed(self._group, None) for i in unknown])
+                for i, result in zip(unknown, retried, strict=True):
+                    results[i] = result
+            for call, result in zip(sending, results, strict=True):
+                for index, error in call.errors(result).items():
+                    errors[index] = error
+                self.ttl.refreshed([key for key, index in call.expiring.items() if errors[index] is None])
         return errors
 
-    def _append_replies(self, outcomes: list[Outcome]) -> list[BaseException | None]:
-        items, expiring = [], []
-        for outcome in outcomes:
-            assert outcome.reply is not None
-            expire = False
-            if outcome.reply_to is not None:
-                expire = outcome.reply_to not in expiring and self.ttl.due(outcome.reply_to)
-                if expire:
-                    expiring.append(outcome.reply_to)
-            items.append(Routed(outcome.reply_to or outcome.result_key, _reply(outcome, expire)))
-        results = self._replies.execute(items)
-        errors = [result if isinstance(result, BaseException) else None for result in results]
-        self.ttl.refreshed([item.key for item, error in zip(items, errors, strict=True)
-                            if error is None and item.key in expiring])
-        return errors
+    def _call_of(self, index: int, outcome: Outcome) -> object:
+        """Which script call an outcome goes in: one per node's slot of a shard in a cluster
+        (its shard's hash tag), one in all on a single Redis. An entry naming a key of another
+        slot (no proxy writes one) gets a call of its own, which fails alone."""
+        if not self._hash_tagged:
+            return None
+        tag = contract.shard_tag_of(outcome.stream)
+        for key in (outcome.reply_to, outcome.result_key):
+            if key and contract.shard_tag_of(key) != tag:
+                return index
+        return tag
 
     def mark_started(self, result_key: str) -> None:
         """Tells a poller the request is in work; best effort (a poll then says queued)."""
@@ -177,18 +224,70 @@ class OutcomeWriter:
             raise result
 
 
-def _reply(outcome: Outcome, expire: bool) -> Callable[[Any], None]:
-    assert outcome.reply is not None
-    reply_to, reply = outcome.reply_to, outcome.reply
+class _Call:
+    """One script call: the outcomes of one shard (one slot), and how its answer maps back."""
 
-    def add(pipe: Any) -> None:
-        if reply_to is not None:
-            pipe.xadd(reply_to, reply.to_fields(), maxlen=contract.REPLY_STREAM_MAXLEN, approximate=True)
-            if expire:
-                pipe.expire(reply_to, contract.REPLY_STREAM_TTL_SECONDS)
-        if outcome.result_key:
-            _finished(outcome.result_key, outcome.result_ttl_ms, reply)(pipe)
-    return add
+    __slots__ = ("args", "expiring", "indexes", "keys", "writes")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}  # each key's index in KEYS, from 1
+        self.args: list[Any] = []
+        self.indexes: list[int] = []  # the outcomes' places in the batch
+        self.expiring: dict[str, int] = {}  # reply streams whose TTL is set, by the outcome that does it
+        self.writes = False
+
+    def _key(self, key: str) -> int:
+        return self.keys.setdefault(key, len(self.keys) + 1)
+
+    def add(self, index: int, outcome: Outcome, ttl: ReplyTtl) -> None:
+        self.indexes.append(index)
+        reply_key = record_key = expire = 0
+        reply_fields: list[Any] = []
+        record_fields: list[Any] = []
+        stream_key = self._key(outcome.stream)
+        if outcome.reply is not None:
+            if outcome.reply_to is not None:
+                reply_key = self._key(outcome.reply_to)
+                for name, value in outcome.reply.to_fields().items():
+                    reply_fields += (name, value)
+                if outcome.reply_to not in self.expiring and ttl.due(outcome.reply_to):
+                    self.expiring[outcome.reply_to] = index
+                    expire = 1
+            if outcome.result_key:
+                record_key = self._key(outcome.result_key)
+                record_fields = contract.finished_record(outcome.reply)
+            self.writes = self.writes or bool(reply_key or record_key)
+        self.args += (stream_key, outcome.entry_id, reply_key, expire, record_key, outcome.result_ttl_ms,
+                      len(reply_fields), len(record_fields), *reply_fields, *record_fields)
+
+    def routed(self, group: str, sha: str | None) -> Routed:
+        """EVALSHA by ``sha``, or EVAL (which loads the script) without one."""
+        keys = list(self.keys)
+        args = [group, contract.REPLY_STREAM_MAXLEN, contract.REPLY_STREAM_TTL_SECONDS, *self.args]
+
+        def add(pipe: Any) -> None:
+            if sha is None:
+                pipe.eval(_REPLY_AND_ACK, len(keys), *keys, *args)
+            else:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+        return Routed(keys[0], add)
+
+    def errors(self, result: Any) -> dict[int, BaseException | None]:
+        """Each outcome's error from the call's answer (a list: the script's, or the call's error)."""
+        if isinstance(result, ReplicasBehind):
+            # Written and acknowledged on the primary, as one unit: see the module's doc.
+            metrics.REPLIES_UNCONFIRMED.inc(len(self.indexes))
+            log.info("outcomes not confirmed by the replicas asked for; not written again",
+                     extra={"error": str(result), "outcomes": len(self.indexes)})
+            return dict.fromkeys(self.indexes)
+        if isinstance(result, BaseException):
+            return dict.fromkeys(self.indexes, result)
+        failed = result[0]
+        errors: dict[int, BaseException | None] = dict.fromkeys(self.indexes)
+        for number, message in zip(failed[::2], failed[1::2], strict=True):
+            text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
+            errors[self.indexes[int(number) - 1]] = redis.ResponseError(text)
+        return errors
 
 
 def _finished(result_key: str, ttl_ms: int, reply: contract.Reply) -> Callable[[Any], None]:
@@ -201,12 +300,6 @@ def update_record(result_key: str, fields: Sequence[str | bytes]) -> Callable[[A
     """A record's fields set while it exists, its TTL left as it is."""
     def add(pipe: Any) -> None:
         pipe.eval(_UPDATE_RECORD, 1, result_key, "", *fields)
-    return add
-
-
-def _xack(stream: str, group: str, entry_ids: list[bytes]) -> Callable[[Any], None]:
-    def add(pipe: Any) -> None:
-        pipe.xack(stream, group, *entry_ids)
     return add
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from app.worker.delivery import Delivery
 
@@ -13,7 +13,10 @@ from app.worker.delivery import Delivery
 class Terminals:
     def __init__(self, count: int) -> None:
         self.count = count
-        self._idle = threading.Semaphore(count)
+        # A count under a condition, not a semaphore: a reader takes every idle terminal at
+        # once, in one step rather than one acquire per terminal.
+        self._idle = count
+        self._idle_changed = threading.Condition(threading.Lock())
         self._work: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         # Entries this worker holds right now. A stalled worker (GC pause, CPU starvation)
         # sees its own entries turn idle; claiming them must not start them a second time.
@@ -22,24 +25,30 @@ class Terminals:
 
     def take_one(self, timeout: float) -> bool:
         """An idle terminal for a read, waiting up to ``timeout`` for one."""
-        return self._idle.acquire(timeout=timeout)
+        with self._idle_changed:
+            if not self._idle and not self._idle_changed.wait_for(lambda: self._idle > 0, timeout):
+                return False
+            self._idle -= 1
+            return True
 
     def take_idle(self, most: int) -> int:
         """Every idle terminal there is right now, up to ``most``, without waiting."""
-        taken = 0
-        while taken < most and self._idle.acquire(blocking=False):
-            taken += 1
-        return taken
+        with self._idle_changed:
+            taken = min(most, self._idle)
+            self._idle -= taken
+            return taken
 
     def give_back(self, count: int) -> None:
-        for _ in range(count):
-            self._idle.release()
+        if count > 0:
+            with self._idle_changed:
+                self._idle += count
+                self._idle_changed.notify(count)
 
-    def hand_over(self, deliveries: Iterable[Delivery]) -> None:
+    def hand_over(self, deliveries: Sequence[Delivery]) -> None:
         """To the terminals taken for them."""
+        with self._lock:
+            self._in_hand.update(delivery.key for delivery in deliveries)
         for delivery in deliveries:
-            with self._lock:
-                self._in_hand.add(delivery.key)
             self._work.put(delivery)
 
     def holds(self, stream: str, entry_id: bytes) -> bool:
@@ -57,7 +66,7 @@ class Terminals:
     def finished(self, delivery: Delivery) -> None:
         with self._lock:
             self._in_hand.discard(delivery.key)
-        self._idle.release()
+        self.give_back(1)
 
     def close(self) -> None:
         """Each terminal stops once it has finished what was handed to it."""

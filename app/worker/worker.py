@@ -175,7 +175,7 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     guard, topology = runtime.guard, runtime.topology
     unconfirmed = NodeWriter(topology, client, ReplicaWait(0, 0))
     writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed,
-                           settings.consumer_group, settings.dead_letter_maxlen)
+                           settings.consumer_group, settings.dead_letter_maxlen, topology.hash_tagged)
     meter = DrainMeter(settings.worker_terminals)
     handler = Handler(writer, guard, meter, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
                       processing_delay=settings.processing_delay_ms,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -48,10 +49,24 @@ def test_an_exception_from_send_fails_every_item_of_the_batch():
         Batcher(send, "test").submit("a", timeout=5)
 
 
-def test_a_caller_that_stops_waiting_gets_a_timeout():
+def test_a_caller_queued_behind_a_batch_in_flight_that_stops_waiting_gets_a_timeout():
     never = threading.Event()
     batcher: Batcher[str] = Batcher(lambda items: [None] * len(items) if never.wait(5) else [], "test")
+    first = threading.Thread(target=batcher.submit, args=("first",))
+    first.start()  # sends its own item, and hangs in it
+    time.sleep(0.05)
 
     with pytest.raises(BatchTimeout):
-        batcher.submit("a", timeout=0.05)
+        batcher.submit("second", timeout=0.05)
     never.set()
+    first.join(5)
+
+
+def test_a_caller_alone_sends_its_own_item_in_its_own_thread():
+    senders: list[str] = []
+    batcher: Batcher[str] = Batcher(lambda items: senders.append(threading.current_thread().name) or [None], "test")
+
+    batcher.submit("a", timeout=5)
+    batcher.submit("b", timeout=5)
+
+    assert senders == [threading.current_thread().name] * 2
