@@ -88,7 +88,9 @@ def _echo(workdir: Path) -> Iterator[Setup]:
 def _system(workdir: Path, name: str, code: Path, minimal_worker: bool, terminals: int) -> Iterator[Setup]:
     """A Redis of its own, one proxy (2 processes) and one worker: ours (from ``code``) or the minimal one."""
     redis = RedisServer(workdir / f"redis-{name}")
-    proxy = Proxy(workdir, redis.url, code, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING")
+    # The minimal worker publishes no drain: admission would hold its backlog to the cold limit.
+    admission = {"ADMISSION_ENABLED": "false"} if minimal_worker else {}
+    proxy = Proxy(workdir, redis.url, code, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **admission)
     if minimal_worker:
         worker: Managed = Managed(f"minimal-{name}", [sys.executable, "-m", "bench.minimal_worker", redis.url,
                                                       "weather-requests", "weather-workers"],
