@@ -29,6 +29,7 @@ from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
 from app.proxy.settings import ProxySettings
 from app.proxy.shards import ShardHealth
 from app.shared import contract
+from app.shared.connections import spare_readiness_checks_a_hub_turn
 from app.shared.logs import configure_logging
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
@@ -62,6 +63,7 @@ def is_api_call() -> bool:
 
 def create_app(settings: ProxySettings) -> Flask:
     configure_logging(settings.log_level, "proxy")
+    spare_readiness_checks_a_hub_turn()
     configure_tracing("proxy")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 
+from app.shared.connections import spare_readiness_checks_a_hub_turn
 from app.shared.logs import configure_logging
 from app.shared.runtime import redis_runtime
 from app.shared.settings import ConfigError, load_settings_or_exit
@@ -29,6 +30,7 @@ def main() -> int:
     except ConfigError as error:
         return int(error.code or 2)
     configure_logging(settings.log_level, "worker")
+    spare_readiness_checks_a_hub_turn()
     configure_tracing("worker")
     log = logging.getLogger("app.worker")
     name = settings.consumer_name
