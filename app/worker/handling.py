@@ -1,6 +1,7 @@
-"""What a terminal does with one delivery: decode it, dead-letter poison and entries
-delivered too often, skip the expired and those too late to be done in time, do the
-work, and reply until the deadline."""
+"""What a terminal does with one delivery, start to end: decode it, dead-letter poison and
+entries delivered too often, skip the expired and those too late to be done in time, do
+the work, and hand the reply to app.worker.outcomes, which writes it with its neighbours'
+and acknowledges it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import time
 import redis
 
 from app.shared import contract
-from app.shared.batching import Batcher
 from app.shared.logs import request_id_var
-from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
 from app.shared.tracing import consumer_span
 from app.worker import metrics
 from app.worker.delivery import Delivery
@@ -27,17 +26,13 @@ log = logging.getLogger("app.worker")
 
 
 class Handler:
-    def __init__(self, writer: OutcomeWriter, guard: RedisGuard, meter: DrainMeter, *, consumer: str,
-                 max_deliveries: int, processing_delay: DelayRange, reconnect_max_seconds: float) -> None:
+    def __init__(self, writer: OutcomeWriter, meter: DrainMeter, *, consumer: str, max_deliveries: int,
+                 processing_delay: DelayRange) -> None:
         self.writer = writer
         self._meter = meter
-        self._guard = guard
         self._consumer = consumer
         self._max_deliveries = max_deliveries
         self._delay = processing_delay
-        self._reconnect_max_seconds = reconnect_max_seconds
-        # Terminals that finish together share one pipeline of replies and one XACK per shard.
-        self._outcomes: Batcher[Outcome] = Batcher(self._write_outcomes, "outcomes")
         self.processed = 0
         self._processed_lock = threading.Lock()
 
@@ -80,8 +75,8 @@ class Handler:
         if request.expired(now_ms):
             # The proxy has already answered 504; doing the work now helps nobody. A poller
             # of an async request learns it from its record (the 504 a call would get).
-            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, None, _expired(request),
-                                          request.result_key, request.result_ttl_ms) if request.result_key else taken)
+            self.writer.send(Outcome(taken.stream, taken.entry_id, None, _expired(request), request.result_key,
+                                     request.result_ttl_ms) if request.result_key else taken, request.deadline_ms)
             self._count("expired")
             log.info("skipped expired request",
                      extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
@@ -91,8 +86,8 @@ class Handler:
             # Its caller would be gone before the reply: answered now (the proxy answers 504
             # at once instead of at the deadline) and the terminal is free for an entry
             # that can still be served in time.
-            self._outcomes.submit(Outcome(taken.stream, taken.entry_id, request.reply_to or None, _expired(request),
-                                          request.result_key, request.result_ttl_ms))
+            self.writer.send(Outcome(taken.stream, taken.entry_id, request.reply_to or None, _expired(request),
+                                     request.result_key, request.result_ttl_ms), request.deadline_ms)
             self._count("late")
             log.debug("skipped a request too late to be done in time",
                      extra={"entry_id": taken.entry_id.decode(), "left_ms": request.deadline_ms - now_ms,
@@ -115,51 +110,19 @@ class Handler:
             reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
         worked = time.perf_counter() - work_started
-        self._until_deadline(request, Outcome(taken.stream, taken.entry_id, request.reply_to or None, reply,
-                                              request.result_key, request.result_ttl_ms))
+        self.writer.send(Outcome(taken.stream, taken.entry_id, request.reply_to or None, reply, request.result_key,
+                                 request.result_ttl_ms), request.deadline_ms)
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,
                                         "subject": request.subject})
         return worked
 
-    def _write_outcomes(self, batch: list[Outcome]) -> list[BaseException | None]:
-        # One try per batch inside the breaker; the terminals pace their own retries, and
-        # while the breaker is open each try asks Redis first, so a recovery is noticed here.
-        return self._guard.call_from_loop(self._write_or_raise_outage, batch)
-
-    def _write_or_raise_outage(self, batch: list[Outcome]) -> list[BaseException | None]:
-        """Per-outcome errors; raised (so that the breaker counts it) only when Redis
-        failed every one: one node of a cluster failing is not an outage of the worker."""
-        errors = self.writer.write(batch)
-        first = errors[0] if errors else None
-        if first is not None and is_outage(first) and all(error is not None and is_outage(error) for error in errors):
-            raise first
-        return errors
-
-    def _until_deadline(self, request: contract.WeatherRequest, outcome: Outcome) -> None:
-        """Retries a reply across an outage or a failover while its caller still waits.
-
-        The entry stays pending meanwhile, so giving up loses nothing: it is delivered
-        again later. Retrying here is what lets a reply reach a new primary in time."""
-        pacing: LoopBackoff | None = None  # only a failed write needs one
-        while True:
-            try:
-                self._outcomes.submit(outcome)
-                return
-            except redis.RedisError as error:
-                if not (is_outage(error) or isinstance(error, CircuitOpen)) or request.expired():
-                    raise
-                pacing = pacing or LoopBackoff(0.05, self._reconnect_max_seconds)
-                delay = pacing.next_delay()
-                log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
-                time.sleep(delay)
-
     def _dead_letter(self, delivery: Delivery, reason: str, category: str,
                      request: contract.WeatherRequest | None = None) -> None:
         try:
-            self._guard.call(self.writer.dead_letter_and_ack, delivery.stream, delivery.entry_id, delivery.fields,
-                             reason, delivery.deliveries, self._consumer)
+            self.writer.dead_letter(delivery.stream, delivery.entry_id, delivery.fields, reason, delivery.deliveries,
+                                    self._consumer)
         except redis.RedisError as error:
             log.warning("could not dead-letter; entry stays pending",
                         extra={"entry_id": delivery.entry_id.decode(), "error": repr(error)})

@@ -1,5 +1,10 @@
 """Writing outcomes: replies and acknowledgements of a whole round, and dead letters.
 
+A terminal hands its entry's outcome to ``OutcomeWriter.send`` and is free once it is in
+Redis: outcomes of terminals that finish together share one round trip
+(app.shared.batching), inside the process's circuit breaker, and a reply that Redis could
+not take yet is tried again while its caller still waits.
+
 Outcomes of entries that finish together go out as ONE script call per shard (EVALSHA, on
 the shard's slot: its reply streams and result records carry its hash tag): each reply's
 XADD, then one XACK naming every entry whose reply (or result record) went in. One round
@@ -37,7 +42,9 @@ from typing import Any
 import redis
 
 from app.shared import contract
+from app.shared.batching import Batcher
 from app.shared.replication import ReplicasBehind
+from app.shared.resilience import CircuitOpen, LoopBackoff, RedisGuard, is_outage
 from app.shared.routing import NodeWriter, Routed
 from app.worker import metrics
 
@@ -144,17 +151,52 @@ class ReplyTtl:
 
 
 class OutcomeWriter:
-    def __init__(self, replies: NodeWriter, acks: NodeWriter, group: str, dead_letter_maxlen: int,
-                 hash_tagged: bool = False) -> None:
+    def __init__(self, replies: NodeWriter, acks: NodeWriter, guard: RedisGuard, *, group: str,
+                 dead_letter_maxlen: int, reconnect_max_seconds: float, hash_tagged: bool = False) -> None:
         """``replies`` sends the outcomes and dead letters (with WAIT when asked), ``acks`` the
         outcomes without a reply and the marks of work started (never waited for).
         ``hash_tagged``: keys of one script call must share a slot (a cluster)."""
         self._replies = replies
         self._acks = acks
+        self._guard = guard
         self._group = group
         self._dead_letter_maxlen = dead_letter_maxlen
+        self._reconnect_max_seconds = reconnect_max_seconds
         self._hash_tagged = hash_tagged
         self.ttl = ReplyTtl(contract.REPLY_STREAM_TTL_SECONDS / 4)
+        self._batcher: Batcher[Outcome] = Batcher(self._write_batch, "outcomes")
+
+    def send(self, outcome: Outcome, deadline_ms: int) -> None:
+        """Written with the outcomes of every terminal that finishes meanwhile; tried again
+        across an outage or a failover until ``deadline_ms`` (the caller's). Raises the
+        outcome's error otherwise: the entry then stays pending and is delivered again
+        later, so giving up loses nothing. Retrying is what lets a reply reach a new
+        primary in time."""
+        pacing: LoopBackoff | None = None  # only a failed write needs one
+        while True:
+            try:
+                self._batcher.submit(outcome)
+                return
+            except redis.RedisError as error:
+                if not (is_outage(error) or isinstance(error, CircuitOpen)) or contract.now_ms() > deadline_ms:
+                    raise
+                pacing = pacing or LoopBackoff(0.05, self._reconnect_max_seconds)
+                delay = pacing.next_delay()
+                log.info("reply not written yet; retrying", extra={"error": repr(error), "retry_in_seconds": delay})
+                time.sleep(delay)
+
+    def _write_batch(self, batch: list[Outcome]) -> list[BaseException | None]:
+        """One try per batch inside the breaker (while it is open the try asks Redis first, so
+        a recovery is noticed here). Raised, so that the breaker counts it, only when Redis
+        failed every outcome: one node of a cluster failing is not an outage of the worker."""
+        return self._guard.call_from_loop(self._write_or_raise_outage, batch)
+
+    def _write_or_raise_outage(self, batch: list[Outcome]) -> list[BaseException | None]:
+        errors = self.write(batch)
+        first = errors[0] if errors else None
+        if first is not None and is_outage(first) and all(error is not None and is_outage(error) for error in errors):
+            raise first
+        return errors
 
     def write(self, outcomes: Sequence[Outcome]) -> list[BaseException | None]:
         """Per outcome: None when replied (if it had a reply) and acknowledged, else its error."""
@@ -203,6 +245,11 @@ class OutcomeWriter:
         result, = self._replies.execute([Routed(result_key, _finished(result_key, ttl_ms, reply))])
         if isinstance(result, BaseException):
             raise result
+
+    def dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int,
+                    consumer: str) -> None:
+        """Moved to the shard's dead-letter stream and acknowledged, inside the breaker with its retries."""
+        self._guard.call(self.dead_letter_and_ack, stream, entry_id, fields, reason, deliveries, consumer)
 
     def dead_letter_and_ack(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int, consumer: str

@@ -174,12 +174,12 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     terminals = Terminals(settings.worker_terminals)
     guard, topology = runtime.guard, runtime.topology
     unconfirmed = NodeWriter(topology, client, ReplicaWait(0, 0))
-    writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed,
-                           settings.consumer_group, settings.dead_letter_maxlen, topology.hash_tagged)
+    writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed, guard,
+                           group=settings.consumer_group, dead_letter_maxlen=settings.dead_letter_maxlen,
+                           reconnect_max_seconds=settings.redis_reconnect_max_seconds, hash_tagged=topology.hash_tagged)
     meter = DrainMeter(settings.worker_terminals)
-    handler = Handler(writer, guard, meter, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
-                      processing_delay=settings.processing_delay_ms,
-                      reconnect_max_seconds=settings.redis_reconnect_max_seconds)
+    handler = Handler(writer, meter, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,
+                      processing_delay=settings.processing_delay_ms)
     def new_reader(stream: str) -> ShardReader:
         return ShardReader(client, runtime.shard_guard("worker", stream), terminals, stream,
                            group=settings.consumer_group, consumer=settings.consumer_name,

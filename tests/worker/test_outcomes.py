@@ -9,7 +9,9 @@ import redis
 
 from app.shared import contract
 from app.shared.replication import ReplicaWait
+from app.shared.resilience import RedisGuard
 from app.shared.routing import NodeWriter
+from app.shared.settings import RetryPolicy
 from app.shared.topology import Standalone
 from app.worker.outcomes import Outcome, OutcomeWriter, ReplyTtl
 from tests.support.processes import RedisServer, wait_until
@@ -27,8 +29,9 @@ def client(redis_server):
 
 def _writer(client, replicas=NO_WAIT) -> OutcomeWriter:
     topology = Standalone("redis://unused")  # only asked which node holds a key: the client itself
-    return OutcomeWriter(NodeWriter(topology, client, replicas), NodeWriter(topology, client, NO_WAIT), GROUP,
-                         dead_letter_maxlen=1000)
+    guard = RedisGuard("test", RetryPolicy(max_tries=1, base_seconds=0.01, max_seconds=0.1), 5, 1.0)
+    return OutcomeWriter(NodeWriter(topology, client, replicas), NodeWriter(topology, client, NO_WAIT), guard,
+                         group=GROUP, dead_letter_maxlen=1000, reconnect_max_seconds=0.5)
 
 
 def _deliver(client, fields=None) -> bytes:
