@@ -5,7 +5,11 @@ prints one table, every figure measured in this run. Results go to bench/results
    commandstats before and after the measured load (not the warm-up): target <= 35 us
    and <= 3.5 commands; the projected ceiling of one Redis core follows from it.
 1. zero work: end to end through the stream vs a bare Flask echo on the same gunicorn
-   configuration (the HTTP tier's ceiling), closed loop. Target >= 0.5x.
+   configuration (the HTTP tier's ceiling), closed loop. Target >= 0.5x. Then CPU per
+   answered request against the floors (bench/thin.py): the proxy vs the echo and the
+   worker vs a minimal redis-py worker, open loop at 300 req/s (targets <= 2.0x each,
+   Redis <= 100 us) and at saturation, and the p99 at 100 and 300 req/s; medians of 3
+   rounds. `--only thin [--before REV]` runs it alone, REV's code measured beside.
 2. 150 terminals x 150 ms (ideal 1,000 req/s), OPEN loop (fixed arrival rate, latency
    from each request's scheduled start): at 80% of ideal p99 - 150 ms <= 20 ms; at 1.5x
    and 3x of ideal the 200s per second (goodput) as a share of ideal, target >= 95%
@@ -52,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import overload as overload_bench
+from bench import thin as thin_bench
 from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.cluster import RedisClusterSet
 from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
@@ -312,15 +317,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=64, help="clients for scenarios 1 and 3")
-    parser.add_argument("--only", choices=["sharding", "async", "overload"],
+    parser.add_argument("--only", choices=["sharding", "async", "overload", "thin"],
                         help="run only this scenario (its rows alone)")
     parser.add_argument("--sweep", action="store_true", help="with --only overload: goodput from 0.5x to 5x")
-    parser.add_argument("--before", help="with --sweep: also sweep this git revision's code, on one plot")
+    parser.add_argument("--before", help="with --sweep or --only thin: also measure this git revision's code")
     args = parser.parse_args()
     if args.only == "overload":
         return overload_only(args)
     if args.only == "sharding":
         return sharding_only(args)
+    if args.only == "thin":
+        return thin_only(args)
     if args.only == "async":
         return async_only(args)
     os.chdir(ROOT)
@@ -331,6 +338,8 @@ def main() -> int:
             console.print("1/7 zero-work overhead ...")
             overhead = scenario_overhead(workdir, redis, args.concurrency, args.seconds)
             redis.client().flushall()
+            console.print("1/7 CPU per request against the floors: echo and minimal worker ...")
+            thin = thin_bench.scenario_thin(workdir, args.seconds, args.concurrency, args.before)
             console.print("2/7 150 terminals x 150 ms, open loop at 0.8x, 1.5x and 3x of ideal ...")
             open_loop = scenario_open_loop(workdir, redis, args.seconds)
             redis.client().flushall()
@@ -375,6 +384,7 @@ def main() -> int:
                   f"proxy {cpu['proxy_cpu_ms_per_request']:.3f} ms = {1000 / cpu['proxy_cpu_ms_per_request']:,.0f} "
                   f"req/s per core; worker {cpu['worker_cpu_ms_per_request']:.3f} ms = "
                   f"{1000 / cpu['worker_cpu_ms_per_request']:,.0f} req/s per core", "-", "-")
+    thin_bench.thin_rows(table, thin, verdict)
     runs = open_loop["runs"]
     light, saturated, flooded = runs["0.8x"], runs["1.5x"], runs["3x"]
     table.add_row("2. open loop 800 req/s (80%): p99 - 150 ms",
@@ -404,7 +414,7 @@ def main() -> int:
 
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "machine": platform.machine(),
               "python": platform.python_version(), "seconds_per_run": args.seconds, "concurrency": args.concurrency,
-              "overhead": overhead, "open_loop": open_loop, "celery": celery,
+              "overhead": overhead, "thin": thin, "open_loop": open_loop, "celery": celery,
               "celery_ratio": celery_ratio, "durability": durability,
               "sharding": sharding, "async": asynchronous, "overload": overload}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -495,6 +505,24 @@ def overload_only(args: argparse.Namespace) -> int:
     record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "overload": overload}
     (RESULTS / f"{stamp}-overload.json").write_text(json.dumps(record, indent=2) + "\n")
     console.print(f"results: bench/results/{stamp}-overload.json")
+    return 0
+
+
+def thin_only(args: argparse.Namespace) -> int:
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        thin = thin_bench.scenario_thin(Path(tmp), args.seconds, args.concurrency, args.before)
+    table = Table(title=f"make bench --only thin — {os.cpu_count()} cores, {args.seconds:g} s per run, "
+                        f"medians of {thin['rounds']} rounds")
+    for column in ("comparison", "measured", "target", "verdict"):
+        table.add_column(column)
+    thin_bench.thin_rows(table, thin, verdict)
+    console.print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    record = {"date": datetime.now(UTC).isoformat(), "cores": os.cpu_count(), "thin": thin}
+    (RESULTS / f"{stamp}-thin.json").write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"results: bench/results/{stamp}-thin.json")
     return 0
 
 
