@@ -1,12 +1,14 @@
 """Coalescing the Redis writes of many concurrent callers into one pipeline per round trip.
 
 Callers (greenlets of a gevent-patched process, or threads) submit one item each. While
-no batch is in flight a caller sends its own item at once, itself: at everyday rates
-(one item at a time) that costs no hand-off to another greenlet and no wake-up. While a
-batch is in flight, callers queue and wait; when it is done, one sender loop takes
-whatever has queued up and sends it as one batch, and goes on until the queue is empty:
-N callers cost one round trip and one pool checkout instead of N. Nothing ever waits for
-a batch to fill.
+no batch is in flight a caller sends the batch itself: it first yields once (``sleep(0)``:
+no time passes, but under gevent every greenlet already runnable, such as the other
+terminals a read just woke, runs and queues its item), then sends its item with whatever
+queued. At everyday rates (one item at a time) that costs no hand-off to another greenlet
+and no wake-up. While a batch is in flight callers queue and wait; when it is done, one
+sender loop takes whatever has queued up and sends it as one batch, and goes on until the
+queue is empty: N callers cost one round trip and one pool checkout instead of N. Nothing
+ever waits for a batch to fill.
 
 `send` answers per item (None or the item's own error), so one bad item does not fail
 its neighbours; an exception from `send` itself fails the whole batch.
@@ -15,6 +17,7 @@ its neighbours; an exception from `send` itself fails the whole batch.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -62,12 +65,20 @@ class Batcher(Generic[Item]):
                 pending = _Pending(item)
                 self._queued.append(pending)
         if direct:
+            time.sleep(0)
+            with self._lock:
+                joined = [self._queued.popleft() for _ in range(min(self._max_batch - 1, len(self._queued)))]
+            outcomes: Sequence[BaseException | None] = ()
             try:
-                error = self._outcomes([item])[0]
+                outcomes = self._outcomes([item, *(pending.item for pending in joined)])
             finally:
                 self._done_sending()
-            if error is not None:
-                raise error
+                for number, pending in enumerate(joined, start=1):
+                    # Interrupted (a greenlet killed): they were not sent by this caller.
+                    pending.error = outcomes[number] if outcomes else BatchTimeout(f"{self._name}: interrupted")
+                    pending.done.set()
+            if outcomes[0] is not None:
+                raise outcomes[0]
             return
         if not pending.done.wait(timeout):
             raise BatchTimeout(f"{self._name}: not sent within {timeout} s")

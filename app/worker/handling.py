@@ -52,7 +52,8 @@ class Handler:
             with consumer_span("process weather request", request.traceparent) as span:
                 span.set_attribute("messaging.message.id", delivery.entry_id.decode())
                 span.set_attribute("messaging.message.delivery_count", delivery.deliveries)
-                worked = self._process(Outcome(delivery.stream, delivery.entry_id), request, rng)
+                worked = self._process(Outcome(delivery.stream, delivery.entry_id, fields=delivery.fields,
+                                                       deliveries=delivery.deliveries), request, rng)
             if worked is not None:
                 self._meter.finished(worked, time.perf_counter() - started)
         except redis.RedisError as error:
@@ -75,8 +76,8 @@ class Handler:
         if request.expired(now_ms):
             # The proxy has already answered 504; doing the work now helps nobody. A poller
             # of an async request learns it from its record (the 504 a call would get).
-            self.writer.send(Outcome(taken.stream, taken.entry_id, None, _expired(request), request.result_key,
-                                     request.result_ttl_ms) if request.result_key else taken, request.deadline_ms)
+            self.writer.send(taken.answered(None, _expired(request), request.result_key, request.result_ttl_ms)
+                             if request.result_key else taken, request.deadline_ms)
             self._count("expired")
             log.info("skipped expired request",
                      extra={"entry_id": taken.entry_id.decode(), "subject": request.subject})
@@ -86,8 +87,8 @@ class Handler:
             # Its caller would be gone before the reply: answered now (the proxy answers 504
             # at once instead of at the deadline) and the terminal is free for an entry
             # that can still be served in time.
-            self.writer.send(Outcome(taken.stream, taken.entry_id, request.reply_to or None, _expired(request),
-                                     request.result_key, request.result_ttl_ms), request.deadline_ms)
+            self.writer.send(taken.answered(request.reply_to or None, _expired(request), request.result_key,
+                                            request.result_ttl_ms), request.deadline_ms)
             self._count("late")
             log.debug("skipped a request too late to be done in time",
                      extra={"entry_id": taken.entry_id.decode(), "left_ms": request.deadline_ms - now_ms,
@@ -110,8 +111,8 @@ class Handler:
             reply = request.reply(contract.STATUS_ERROR, {"error": "processing_failed", "detail": type(error).__name__})
             outcome = "error"
         worked = time.perf_counter() - work_started
-        self.writer.send(Outcome(taken.stream, taken.entry_id, request.reply_to or None, reply, request.result_key,
-                                 request.result_ttl_ms), request.deadline_ms)
+        self.writer.send(taken.answered(request.reply_to or None, reply, request.result_key, request.result_ttl_ms),
+                         request.deadline_ms)
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,

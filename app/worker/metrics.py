@@ -78,7 +78,8 @@ LEASES_RENEWED = Counter(
 )
 DEAD_LETTERED = Counter(
     "weather_worker_dead_lettered",
-    "Entries moved to the dead-letter stream, by reason: poison (undecodable), max_deliveries.",
+    "Entries moved to the dead-letter stream, by reason: poison (undecodable), max_deliveries, reply_failed "
+    "(its reply stream refused the reply as it was written, e.g. a key of another type).",
     ["reason"],
 )
 CONSUMERS_REMOVED = Counter(
@@ -91,7 +92,7 @@ CIRCUIT_STATE = Gauge(
     "weather_worker_circuit_state", "Redis circuit breaker of this worker: 0 closed, 1 half-open, 2 open."
 )
 
-for _reason in ("poison", "max_deliveries"):
+for _reason in ("poison", "max_deliveries", "reply_failed"):
     DEAD_LETTERED.labels(_reason)
 # Created up front, so every outcome is exported from the start, and looked up here
 # rather than through labels() on every entry.

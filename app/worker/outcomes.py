@@ -5,34 +5,37 @@ Redis: outcomes of terminals that finish together share one round trip
 (app.shared.batching), inside the process's circuit breaker, and a reply that Redis could
 not take yet is tried again while its caller still waits.
 
-Outcomes of entries that finish together go out as ONE script call per shard (EVALSHA, on
-the shard's slot: its reply streams and result records carry its hash tag): each reply's
-XADD, then one XACK naming every entry whose reply (or result record) went in. One round
-trip per batch, and an entry is never acknowledged without its reply: a reply refused
-(memory, a wrong key type) leaves only its own entry pending, to be delivered again. A
-node that is down fails only the outcomes of its own shards (app.shared.routing).
+Outcomes of entries that finish together go out as ONE transaction per shard (MULTI/EXEC,
+on the shard's node): each reply's XADD (and an async request's result record), then one
+XACK per stream naming the entries. One round trip per batch, and an entry is never
+acknowledged without its reply:
+- a reply Redis refuses for memory (noeviction) is refused as the transaction is queued,
+  so EXEC runs nothing and the batch stays pending, to be delivered again;
+- a reply that fails as it runs (a reply stream made another type of key: no proxy writes
+  one) is acknowledged with its neighbours, so its entry is moved to the dead-letter stream
+  with the reason at once, as poison is, rather than being lost.
+A node that is down fails only the outcomes of its own shards (app.shared.routing).
 
-The reply stream's TTL rides in the same call, but only when a stream is new to this
+The reply stream's TTL rides in the same transaction, but only when a stream is new to this
 worker or its last refresh is a quarter of the TTL old (the owning proxy refreshes it
 too), not with every reply.
 
 With REDIS_WAIT_REPLICAS above 0 each node's pipeline ends with one WAIT. A shortfall is
-reported (weather_worker_replies_unconfirmed_total) and not retried: a script replicates as
-one unit, so a reply and its acknowledgement are lost together or kept together. Lost in
+reported (weather_worker_replies_unconfirmed_total) and not retried: a transaction
+replicates as one unit, so a reply and its acknowledgement are lost together or kept together. Lost in
 a failover, the entry is pending again on the new primary and answered again; retrying
 here would only hold a terminal while its caller waits.
 
 An async request (it names a result record) has its outcome written into that record in
-the same call as its reply (or instead of one when nobody waits on a stream), before the
+the same transaction as its reply (or instead of one when nobody waits on a stream), before the
 XACK. A record that is gone (expired) is not created again.
 
-Dead letters are rare and keep their own script: append and XACK atomically, on keys of
+Dead letters are rare and keep a script of their own: append and XACK atomically, on keys of
 one slot (the request stream and its dead-letter stream).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -58,46 +61,6 @@ if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
 
-# KEYS: the request streams acknowledged in, then the reply streams and records written.
-# ARGV: group, reply MAXLEN, reply TTL (s), then per outcome: its stream's key index, its entry
-# id, its reply stream's key index (0: none), 1 to set that stream's TTL, its record's key
-# index (0: none), the record's TTL (ms), the counts of reply and record fields, the fields.
-# Returns the failed outcomes: their number (from 1) and error, flat.
-_REPLY_AND_ACK = """
-local group, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
-local acks, failed = {}, {}
-local at, outcome = 4, 0
-while at <= #ARGV do
-  outcome = outcome + 1
-  local stream, reply, record = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 4])
-  local reply_fields, record_fields = tonumber(ARGV[at + 6]), tonumber(ARGV[at + 7])
-  local first = at + 8
-  local last = first + reply_fields - 1
-  local err
-  if reply > 0 then
-    local added = redis.pcall('XADD', KEYS[reply], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
-    if type(added) == 'table' and added.err then err = added.err
-    elseif ARGV[at + 3] == '1' then redis.call('EXPIRE', KEYS[reply], ttl) end
-  end
-  if not err and record > 0 and redis.call('EXISTS', KEYS[record]) == 1 then
-    local set = redis.pcall('HSET', KEYS[record], unpack(ARGV, last + 1, last + record_fields))
-    if type(set) == 'table' and set.err then err = set.err else redis.call('PEXPIRE', KEYS[record], ARGV[at + 5]) end
-  end
-  if err then
-    failed[#failed + 1] = outcome
-    failed[#failed + 1] = err
-  else
-    acks[stream] = acks[stream] or {}
-    table.insert(acks[stream], ARGV[at + 1])
-  end
-  at = first + reply_fields + record_fields
-end
-for stream, ids in pairs(acks) do redis.call('XACK', KEYS[stream], group, unpack(ids)) end
-return failed
-"""
-# Redis names a script by its SHA-1 (EVALSHA): an identifier, not a security measure.
-_REPLY_AND_ACK_SHA = hashlib.sha1(_REPLY_AND_ACK.encode(), usedforsecurity=False).hexdigest()
-
 _DEAD_LETTER_AND_ACK = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
 return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -118,6 +81,14 @@ class Outcome:
     # An async request's record, filled with the reply and then kept result_ttl_ms.
     result_key: str = ""
     result_ttl_ms: int = 0
+    # The entry as read: dead-lettered with these if its reply fails once acknowledged.
+    fields: dict[bytes, bytes] | None = None
+    deliveries: int = 1
+
+    def answered(self, reply_to: str | None, reply: contract.Reply, result_key: str = "",
+                 result_ttl_ms: int = 0) -> Outcome:
+        return Outcome(self.stream, self.entry_id, reply_to, reply, result_key, result_ttl_ms, self.fields,
+                       self.deliveries)
 
     @property
     def writes(self) -> bool:
@@ -151,7 +122,7 @@ class ReplyTtl:
 
 
 class OutcomeWriter:
-    def __init__(self, replies: NodeWriter, acks: NodeWriter, guard: RedisGuard, *, group: str,
+    def __init__(self, replies: NodeWriter, acks: NodeWriter, guard: RedisGuard, *, group: str, consumer: str,
                  dead_letter_maxlen: int, reconnect_max_seconds: float, hash_tagged: bool = False) -> None:
         """``replies`` sends the outcomes and dead letters (with WAIT when asked), ``acks`` the
         outcomes without a reply and the marks of work started (never waited for).
@@ -160,6 +131,7 @@ class OutcomeWriter:
         self._acks = acks
         self._guard = guard
         self._group = group
+        self._consumer = consumer
         self._dead_letter_maxlen = dead_letter_maxlen
         self._reconnect_max_seconds = reconnect_max_seconds
         self._hash_tagged = hash_tagged
@@ -200,31 +172,41 @@ class OutcomeWriter:
 
     def write(self, outcomes: Sequence[Outcome]) -> list[BaseException | None]:
         """Per outcome: None when replied (if it had a reply) and acknowledged, else its error."""
-        calls: dict[object, _Call] = {}
+        transactions: dict[object, _Transaction] = {}
         for index, outcome in enumerate(outcomes):
-            calls.setdefault(self._call_of(index, outcome), _Call()).add(index, outcome, self.ttl)
+            transactions.setdefault(self._call_of(index, outcome), _Transaction()).add(index, outcome, self.ttl)
         errors: list[BaseException | None] = [None] * len(outcomes)
-        for writer, sending in ((self._replies, [c for c in calls.values() if c.writes]),
-                                (self._acks, [c for c in calls.values() if not c.writes])):
+        acknowledged_unanswered: list[tuple[Outcome, BaseException]] = []
+        for writer, sending in ((self._replies, [t for t in transactions.values() if t.writes]),
+                                (self._acks, [t for t in transactions.values() if not t.writes])):
             if not sending:
                 continue
-            results = writer.execute([call.routed(self._group, _REPLY_AND_ACK_SHA) for call in sending])
-            unknown = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
-            if unknown:
-                # A Redis that restarted or a primary promoted in a failover starts with no scripts.
-                retried = writer.execute([sending[i].routed(self._group, None) for i in unknown])
-                for i, result in zip(unknown, retried, strict=True):
-                    results[i] = result
-            for call, result in zip(sending, results, strict=True):
-                for index, error in call.errors(result).items():
+            results = writer.execute([transaction.routed(self._group) for transaction in sending])
+            for transaction, result in zip(sending, results, strict=True):
+                for index, error in transaction.errors(result).items():
                     errors[index] = error
-                self.ttl.refreshed([key for key, index in call.expiring.items() if errors[index] is None])
+                acknowledged_unanswered += transaction.failed_inside(result)
+                self.ttl.refreshed([key for key, index in transaction.expiring.items() if errors[index] is None])
+        for outcome, error in acknowledged_unanswered:
+            self._dead_letter_unanswered(outcome, error)
         return errors
 
+    def _dead_letter_unanswered(self, outcome: Outcome, error: BaseException) -> None:
+        reason = f"reply not written: {error}"
+        log.error("reply failed inside its transaction; entry dead-lettered",
+                  extra={"stream": outcome.stream, "entry_id": outcome.entry_id.decode(), "reason": reason})
+        metrics.DEAD_LETTERED.labels("reply_failed").inc()
+        try:
+            self.dead_letter_and_ack(outcome.stream, outcome.entry_id, outcome.fields or {}, reason,
+                                     outcome.deliveries, self._consumer)
+        except redis.RedisError as failure:
+            log.error("could not dead-letter an acknowledged entry whose reply failed",
+                      extra={"entry_id": outcome.entry_id.decode(), "error": repr(failure)})
+
     def _call_of(self, index: int, outcome: Outcome) -> object:
-        """Which script call an outcome goes in: one per node's slot of a shard in a cluster
-        (its shard's hash tag), one in all on a single Redis. An entry naming a key of another
-        slot (no proxy writes one) gets a call of its own, which fails alone."""
+        """Which transaction an outcome goes in: one per shard in a cluster (its hash tag: a
+        transaction's keys must share a slot), one in all on a single Redis. An entry naming a
+        key of another slot (no proxy writes one) gets one of its own, which fails alone."""
         if not self._hash_tagged:
             return None
         tag = contract.shard_tag_of(outcome.stream)
@@ -271,56 +253,50 @@ class OutcomeWriter:
             raise result
 
 
-class _Call:
-    """One script call: the outcomes of one shard (one slot), and how its answer maps back."""
+class _Transaction:
+    """The outcomes of one shard (one slot) as one MULTI/EXEC, and how its answer maps back."""
 
-    __slots__ = ("args", "expiring", "indexes", "keys", "writes")
+    __slots__ = ("expiring", "indexes", "outcomes", "writes")
 
     def __init__(self) -> None:
-        self.keys: dict[str, int] = {}  # each key's index in KEYS, from 1
-        self.args: list[Any] = []
+        self.outcomes: list[tuple[Outcome, bool]] = []  # each with whether it sets its stream's TTL
         self.indexes: list[int] = []  # the outcomes' places in the batch
         self.expiring: dict[str, int] = {}  # reply streams whose TTL is set, by the outcome that does it
         self.writes = False
 
-    def _key(self, key: str) -> int:
-        return self.keys.setdefault(key, len(self.keys) + 1)
-
     def add(self, index: int, outcome: Outcome, ttl: ReplyTtl) -> None:
         self.indexes.append(index)
-        reply_key = record_key = expire = 0
-        reply_fields: list[Any] = []
-        record_fields: list[Any] = []
-        stream_key = self._key(outcome.stream)
-        if outcome.reply is not None:
-            if outcome.reply_to is not None:
-                reply_key = self._key(outcome.reply_to)
-                for name, value in outcome.reply.to_fields().items():
-                    reply_fields += (name, value)
-                if outcome.reply_to not in self.expiring and ttl.due(outcome.reply_to):
-                    self.expiring[outcome.reply_to] = index
-                    expire = 1
-            if outcome.result_key:
-                record_key = self._key(outcome.result_key)
-                record_fields = contract.finished_record(outcome.reply)
-            self.writes = self.writes or bool(reply_key or record_key)
-        self.args += (stream_key, outcome.entry_id, reply_key, expire, record_key, outcome.result_ttl_ms,
-                      len(reply_fields), len(record_fields), *reply_fields, *record_fields)
+        expire = False
+        if outcome.reply is not None and outcome.reply_to is not None:
+            expire = outcome.reply_to not in self.expiring and ttl.due(outcome.reply_to)
+            if expire:
+                self.expiring[outcome.reply_to] = index
+        self.outcomes.append((outcome, expire))
+        self.writes = self.writes or outcome.writes
 
-    def routed(self, group: str, sha: str | None) -> Routed:
-        """EVALSHA by ``sha``, or EVAL (which loads the script) without one."""
-        keys = list(self.keys)
-        args = [group, contract.REPLY_STREAM_MAXLEN, contract.REPLY_STREAM_TTL_SECONDS, *self.args]
+    def routed(self, group: str) -> Routed:
+        outcomes = self.outcomes
 
         def add(pipe: Any) -> None:
-            if sha is None:
-                pipe.eval(_REPLY_AND_ACK, len(keys), *keys, *args)
-            else:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-        return Routed(keys[0], add)
+            pipe.execute_command("MULTI")
+            acks: dict[str, list[bytes]] = {}
+            for outcome, expire in outcomes:
+                reply = outcome.reply
+                if reply is not None and outcome.reply_to is not None:
+                    pipe.xadd(outcome.reply_to, reply.to_fields(), maxlen=contract.REPLY_STREAM_MAXLEN,
+                              approximate=True)
+                    if expire:
+                        pipe.expire(outcome.reply_to, contract.REPLY_STREAM_TTL_SECONDS)
+                if reply is not None and outcome.result_key:
+                    _finished(outcome.result_key, outcome.result_ttl_ms, reply)(pipe)
+                acks.setdefault(outcome.stream, []).append(outcome.entry_id)
+            for stream, entry_ids in acks.items():
+                pipe.xack(stream, group, *entry_ids)
+            pipe.execute_command("EXEC")
+        return Routed(outcomes[0][0].stream, add)
 
     def errors(self, result: Any) -> dict[int, BaseException | None]:
-        """Each outcome's error from the call's answer (a list: the script's, or the call's error)."""
+        """Each outcome's error from the transaction's answer (its commands' answers, or its error)."""
         if isinstance(result, ReplicasBehind):
             # Written and acknowledged on the primary, as one unit: see the module's doc.
             metrics.REPLIES_UNCONFIRMED.inc(len(self.indexes))
@@ -329,12 +305,22 @@ class _Call:
             return dict.fromkeys(self.indexes)
         if isinstance(result, BaseException):
             return dict.fromkeys(self.indexes, result)
-        failed = result[0]
-        errors: dict[int, BaseException | None] = dict.fromkeys(self.indexes)
-        for number, message in zip(failed[::2], failed[1::2], strict=True):
-            text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-            errors[self.indexes[int(number) - 1]] = redis.ResponseError(text)
-        return errors
+        return dict.fromkeys(self.indexes)
+
+    def failed_inside(self, result: Any) -> list[tuple[Outcome, BaseException]]:
+        """Outcomes acknowledged although a write of theirs failed inside EXEC."""
+        if isinstance(result, BaseException) or not result or not isinstance(result[-1], list):
+            return []
+        answers = iter(result[-1])
+        failed = []
+        for outcome, expire in self.outcomes:
+            writes = (outcome.reply is not None and outcome.reply_to is not None) * (1 + expire) + (
+                outcome.reply is not None and bool(outcome.result_key))
+            mine = [next(answers) for _ in range(writes)]
+            error = next((answer for answer in mine if isinstance(answer, BaseException)), None)
+            if error is not None:
+                failed.append((outcome, error))
+        return failed
 
 
 def _finished(result_key: str, ttl_ms: int, reply: contract.Reply) -> Callable[[Any], None]:

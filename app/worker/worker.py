@@ -175,7 +175,8 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     guard, topology = runtime.guard, runtime.topology
     unconfirmed = NodeWriter(topology, client, ReplicaWait(0, 0))
     writer = OutcomeWriter(NodeWriter(topology, client, runtime.replica_wait), unconfirmed, guard,
-                           group=settings.consumer_group, dead_letter_maxlen=settings.dead_letter_maxlen,
+                           group=settings.consumer_group, consumer=settings.consumer_name,
+                           dead_letter_maxlen=settings.dead_letter_maxlen,
                            reconnect_max_seconds=settings.redis_reconnect_max_seconds, hash_tagged=topology.hash_tagged)
     meter = DrainMeter(settings.worker_terminals)
     handler = Handler(writer, meter, consumer=settings.consumer_name, max_deliveries=settings.max_deliveries,

@@ -31,7 +31,7 @@ def _writer(client, replicas=NO_WAIT) -> OutcomeWriter:
     topology = Standalone("redis://unused")  # only asked which node holds a key: the client itself
     guard = RedisGuard("test", RetryPolicy(max_tries=1, base_seconds=0.01, max_seconds=0.1), 5, 1.0)
     return OutcomeWriter(NodeWriter(topology, client, replicas), NodeWriter(topology, client, NO_WAIT), guard,
-                         group=GROUP, dead_letter_maxlen=1000, reconnect_max_seconds=0.5)
+                         group=GROUP, consumer="c", dead_letter_maxlen=1000, reconnect_max_seconds=0.5)
 
 
 def _deliver(client, fields=None) -> bytes:
@@ -40,7 +40,7 @@ def _deliver(client, fields=None) -> bytes:
     return entry_id
 
 
-def test_a_batch_is_replied_with_ttl_and_acknowledged_in_one_round_trip_and_one_xack(client):
+def test_a_batch_is_replied_with_ttl_and_acknowledged_in_one_transaction_and_one_xack(client):
     writer = _writer(client)
     first, second, expired = _deliver(client), _deliver(client), _deliver(client)
     before = client.info("commandstats")
@@ -60,18 +60,7 @@ def test_a_batch_is_replied_with_ttl_and_acknowledged_in_one_round_trip_and_one_
     assert client.xpending(STREAM, GROUP)["pending"] == 0
     after = client.info("commandstats")
     assert after["cmdstat_xack"]["calls"] - before.get("cmdstat_xack", {"calls": 0})["calls"] == 1
-    assert after["cmdstat_evalsha"]["calls"] - before.get("cmdstat_evalsha", {"calls": 0})["calls"] == 1
-
-
-def test_a_redis_without_the_script_loads_it_and_nothing_is_written_twice(client):
-    writer = _writer(client)
-    writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t", contract.Reply("r1", "ok", {}))])
-    client.script_flush()  # a restart, or a replica promoted in a failover
-
-    assert writer.write([Outcome(STREAM, _deliver(client), "weather-responses:h:1:t",
-                                 contract.Reply("r2", "ok", {}))]) == [None]
-    assert client.xlen("weather-responses:h:1:t") == 2
-    assert client.xpending(STREAM, GROUP)["pending"] == 0
+    assert after["cmdstat_exec"]["calls"] - before.get("cmdstat_exec", {"calls": 0})["calls"] == 1
 
 
 def test_an_async_result_is_recorded_with_its_reply_and_an_expired_record_is_not_created_again(client):
@@ -112,17 +101,40 @@ def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
     assert client.ttl(stream) > 0
 
 
-def test_a_failed_reply_leaves_only_its_own_entry_pending(client):
+def test_a_reply_refused_for_memory_leaves_the_batch_pending_and_nothing_written(client):
     writer = _writer(client)
-    broken, fine = _deliver(client), _deliver(client)
+    first, second = _deliver(client), _deliver(client)
+    client.config_set("maxmemory", 1)  # noeviction: every write refused, as Redis at maxmemory does
+    try:
+        errors = writer.write([Outcome(STREAM, first, "weather-responses:h:1:t", contract.Reply("r1", "ok", {})),
+                               Outcome(STREAM, second, "weather-responses:h:2:t", contract.Reply("r2", "ok", {}))])
+    finally:
+        client.config_set("maxmemory", 0)
+
+    assert all(isinstance(error, redis.exceptions.OutOfMemoryError) for error in errors)
+    assert not client.exists("weather-responses:h:1:t", "weather-responses:h:2:t")
+    assert {e["message_id"] for e in client.xpending_range(STREAM, GROUP, "-", "+", 10)} == {first, second}
+
+
+def test_a_reply_failing_inside_the_transaction_moves_its_entry_to_the_dead_letters(client):
+    writer = _writer(client)
+    broken = _deliver(client, {"v": "1", "id": "r1"})
+    fine = _deliver(client)
     client.set("weather-responses:h:1:t", "not a stream")
 
-    errors = writer.write([Outcome(STREAM, broken, "weather-responses:h:1:t", contract.Reply("r1", "ok", {})),
-                           Outcome(STREAM, fine, "weather-responses:h:2:t", contract.Reply("r2", "ok", {}))])
+    errors = writer.write([
+        Outcome(STREAM, broken, "weather-responses:h:1:t", contract.Reply("r1", "ok", {}),
+                fields={b"v": b"1", b"id": b"r1"}),
+        Outcome(STREAM, fine, "weather-responses:h:2:t", contract.Reply("r2", "ok", {})),
+    ])
 
-    assert isinstance(errors[0], redis.ResponseError) and "WRONGTYPE" in str(errors[0])
-    assert errors[1] is None
-    assert [entry["message_id"] for entry in client.xpending_range(STREAM, GROUP, "-", "+", 10)] == [broken]
+    assert errors == [None, None]
+    assert client.xlen("weather-responses:h:2:t") == 1
+    # Acknowledged with its neighbours, so not left pending: kept, with the reason, where poison goes.
+    [(_, letter)] = client.xrange(STREAM + ":dlq")
+    assert letter[b"id"] == b"r1" and letter[b"dlq_source_id"] == broken
+    assert b"WRONGTYPE" in letter[b"dlq_reason"]
+    assert client.xpending(STREAM, GROUP)["pending"] == 0
 
 
 def test_reply_stream_length_is_bounded(client):
@@ -171,7 +183,7 @@ def test_with_wait_replies_are_confirmed_by_a_replica_and_dead_letters_survive_a
             unconfirmed = _deliver(client)
             [error] = writer.write([Outcome(STREAM, unconfirmed, "weather-responses:h:1:t",
                                             contract.Reply("r2", "ok", {}))])
-            # Reply and acknowledgement are one script: on the primary together, replicated
+            # Reply and acknowledgement are one transaction: on the primary together, replicated
             # together, lost together (the entry pending again on a promoted replica). Not
             # written again, and no terminal held for it.
             assert error is None
