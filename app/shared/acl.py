@@ -60,6 +60,7 @@ WORKER_COMMANDS = (
     "+xreadgroup", "+xautoclaim", "+xpending", "+xack", "+xgroup|create",
     "+xclaim",  # renewing the entries in work (a script, with +xpending: app.worker.leases)
     "+xadd", "+expire", "+wait",  # replies, dead letters
+    "+multi", "+exec",  # a batch's replies and their XACK in one transaction (app.worker.outcomes)
     "+hset", "+pexpire",  # async result records, filled in by a script that checks +exists
     "+hgetall", "+hdel",  # the drain rate published for admission; quiet workers' fields removed
     "+xinfo|groups", "+xinfo|stream", "+xinfo|consumers", "+xlen", "+exists",  # metrics, shard sets
