@@ -65,11 +65,14 @@ class Batcher(Generic[Item]):
                 pending = _Pending(item)
                 self._queued.append(pending)
         if direct:
-            time.sleep(0)
-            with self._lock:
-                joined = [self._queued.popleft() for _ in range(min(self._max_batch - 1, len(self._queued)))]
+            joined: list[_Pending[Item]] = []
             outcomes: Sequence[BaseException | None] = ()
+            # Inside the try: a greenlet killed in its yield must still hand the batch on,
+            # or every later caller would queue behind a batch nobody sends.
             try:
+                time.sleep(0)
+                with self._lock:
+                    joined = [self._queued.popleft() for _ in range(min(self._max_batch - 1, len(self._queued)))]
                 outcomes = self._outcomes([item, *(pending.item for pending in joined)])
             finally:
                 self._done_sending()

@@ -70,3 +70,20 @@ def test_a_caller_alone_sends_its_own_item_in_its_own_thread():
     batcher.submit("b", timeout=5)
 
     assert senders == [threading.current_thread().name] * 2
+
+
+def test_a_caller_interrupted_in_its_yield_leaves_the_batcher_usable(monkeypatch):
+    """A greenlet killed (GreenletExit, a BaseException) while it yields before sending."""
+    sent: list[str] = []
+    batcher: Batcher[str] = Batcher(lambda items: sent.extend(items) or [None] * len(items), "test")
+
+    def killed(seconds: float) -> None:
+        raise KeyboardInterrupt  # a BaseException, like GreenletExit
+
+    monkeypatch.setattr("app.shared.batching.time.sleep", killed)
+    with pytest.raises(KeyboardInterrupt):
+        batcher.submit("killed", timeout=1)
+    monkeypatch.undo()
+
+    batcher.submit("next", timeout=1)  # without the fix: queued behind a batch nobody sends
+    assert sent == ["next"]
