@@ -4,8 +4,13 @@ cost) and closed loop at saturation:
 
 - the proxy (every gunicorn process) against a bare Flask echo of the same route under the
   same gunicorn + gevent configuration (bench/echo_app.py);
+- the proxy also against bench/minimal_proxy.py: the echo plus the least a proxy over a
+  stream must do (an XADD, a blocking XREAD loop), answered by the minimal worker; this
+  minimal pair is also the floor of Redis's CPU per request;
 - the worker (the whole process: leases, claims, housekeeping, metrics included) against
-  bench/minimal_worker.py behind the same proxy, fed the same requests;
+  bench/minimal_worker.py behind the same proxy, fed the same requests, and against the
+  same minimal worker under gevent's monkey-patching (our worker's runtime: terminals are
+  greenlets), which shows what the runtime itself costs per request;
 - Redis's own CPU per request (INFO cpu), and the p99 at 100 and 300 req/s.
 
 Each setup has its own Redis and all run side by side, measured in turn, ROUNDS times:
@@ -84,16 +89,25 @@ def _echo(workdir: Path) -> Iterator[Setup]:
         echo.stop()
 
 
+# The minimal worker, run as our worker runs: every blocking call a gevent hub turn.
+_ON_GEVENT = ("from gevent import monkey; monkey.patch_all(); import runpy, sys; "
+              "runpy.run_module('bench.minimal_worker', run_name='__main__')")
+
+
 @contextmanager
-def _system(workdir: Path, name: str, code: Path, minimal_worker: bool, terminals: int) -> Iterator[Setup]:
-    """A Redis of its own, one proxy (2 processes) and one worker: ours (from ``code``) or the minimal one."""
+def _system(workdir: Path, name: str, code: Path, worker_kind: str, terminals: int,
+            minimal_proxy: bool = False) -> Iterator[Setup]:
+    """A Redis of its own, one proxy (2 processes: ours from ``code``, or the minimal one) and
+    one worker: ``worker_kind`` ours, minimal, or minimal-gevent."""
     redis = RedisServer(workdir / f"redis-{name}")
     # The minimal worker publishes no drain: admission would hold its backlog to the cold limit.
-    admission = {"ADMISSION_ENABLED": "false"} if minimal_worker else {}
-    proxy = Proxy(workdir, redis.url, code, REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **admission)
-    if minimal_worker:
-        worker: Managed = Managed(f"minimal-{name}", [sys.executable, "-m", "bench.minimal_worker", redis.url,
-                                                      "weather-requests", "weather-workers"],
+    admission = {"ADMISSION_ENABLED": "false"} if worker_kind != "ours" else {}
+    proxy = Proxy(workdir, redis.url, code, "bench.minimal_proxy:app" if minimal_proxy else None,
+                  REQUEST_TIMEOUT_SECONDS="30", LOG_LEVEL="WARNING", **admission)
+    if worker_kind != "ours":
+        runner = ["-c", _ON_GEVENT] if worker_kind == "minimal-gevent" else ["-m", "bench.minimal_worker"]
+        worker: Managed = Managed(f"{worker_kind}-{name}", [sys.executable, *runner, redis.url,
+                                                            "weather-requests", "weather-workers"],
                                   base_env(), workdir / f"worker-{name}.log")
     else:
         worker = Worker(workdir, redis.url, name, code, PROCESSING_DELAY_MS="0", WORKER_TERMINALS=str(terminals),
@@ -117,11 +131,14 @@ def scenario_thin(workdir: Path, seconds: float, clients: int, before: str | Non
                   terminals: int = 50) -> dict[str, Any]:
     with ExitStack() as stack:
         setups = [stack.enter_context(_echo(workdir)),
-                  stack.enter_context(_system(workdir, "ours", ROOT, False, terminals)),
-                  stack.enter_context(_system(workdir, "minimal", ROOT, True, terminals))]
+                  stack.enter_context(_system(workdir, "ours", ROOT, "ours", terminals)),
+                  stack.enter_context(_system(workdir, "minimal", ROOT, "minimal", terminals)),
+                  stack.enter_context(_system(workdir, "minimal-gevent", ROOT, "minimal-gevent", terminals)),
+                  stack.enter_context(_system(workdir, "minimal-pair", ROOT, "minimal", terminals,
+                                              minimal_proxy=True))]
         if before:
             code = stack.enter_context(checkout(before))
-            setups.append(stack.enter_context(_system(workdir, "before", code, False, terminals)))
+            setups.append(stack.enter_context(_system(workdir, "before", code, "ours", terminals)))
         loads: dict[str, float | None] = {f"{RATE}/s": RATE, "saturation": None}
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for _ in range(ROUNDS):
@@ -129,18 +146,23 @@ def scenario_thin(workdir: Path, seconds: float, clients: int, before: str | Non
                 for label, rate in loads.items():
                     runs.setdefault(setup.name, {}).setdefault(label, []).append(
                         setup.measure(seconds, rate, clients))
-                if setup.name != "echo" and setup.name != "minimal":
+                if setup.name in ("ours", "before"):
                     runs[setup.name].setdefault(f"{LOW_RATE}/s", []).append(setup.measure(seconds, LOW_RATE, clients))
     medians = {name: {label: _median(rounds) for label, rounds in by_load.items()} for name, by_load in runs.items()}
     ratios: dict[str, Any] = {}
     for label in loads:
-        ours, echo, minimal = medians["ours"][label], medians["echo"][label], medians["minimal"][label]
+        ours, echo, pair = medians["ours"][label], medians["echo"][label], medians["minimal-pair"][label]
         ratios[label] = {"proxy_vs_echo": round(ours["proxy_us"] / echo["proxy_us"], 2),
-                         "worker_vs_minimal": round(ours["worker_us"] / minimal["worker_us"], 2)}
+                         "proxy_vs_minimal_proxy": round(ours["proxy_us"] / pair["proxy_us"], 2),
+                         "worker_vs_minimal": round(ours["worker_us"] / medians["minimal"][label]["worker_us"], 2),
+                         "worker_vs_minimal_gevent": round(
+                             ours["worker_us"] / medians["minimal-gevent"][label]["worker_us"], 2),
+                         "redis_vs_minimal_pair": round(ours["redis_us"] / pair["redis_us"], 2)}
         if before:
             old = medians["before"][label]
             ratios[label]["before_proxy_vs_echo"] = round(old["proxy_us"] / echo["proxy_us"], 2)
-            ratios[label]["before_worker_vs_minimal"] = round(old["worker_us"] / minimal["worker_us"], 2)
+            ratios[label]["before_worker_vs_minimal"] = round(old["worker_us"] / medians["minimal"][label]["worker_us"],
+                                                              2)
     return {"rate": RATE, "low_rate": LOW_RATE, "rounds": ROUNDS, "seconds": seconds, "clients": clients,
             "terminals": terminals, "before": before, "medians": medians, "ratios": ratios, "runs": runs}
 
@@ -166,6 +188,12 @@ def thin_rows(table: Any, thin: dict[str, Any], verdict: Any) -> None:
                       "<= 2.0x, <= 2.0x, Redis <= 100 us" if target else "-",
                       verdict(ratio["proxy_vs_echo"] <= 2.0 and ratio["worker_vs_minimal"] <= 2.0
                               and ours["redis_us"] <= 100) if target else "-")
+        pair, on_gevent = medians["minimal-pair"][label], medians["minimal-gevent"][label]
+        table.add_row(f"1. {where}, the same against floors that talk to Redis: minimal proxy (echo + XADD + "
+                      "XREAD), minimal worker under gevent, Redis of the minimal pair",
+                      f"proxy {ratio['proxy_vs_minimal_proxy']:.2f}x ({pair['proxy_us']:.0f} us); "
+                      f"worker {ratio['worker_vs_minimal_gevent']:.2f}x ({on_gevent['worker_us']:.0f} us); "
+                      f"Redis {ratio['redis_vs_minimal_pair']:.2f}x ({pair['redis_us']:.0f} us)", "-", "-")
     for label in (f"{thin['low_rate']}/s", f"{rate}/s"):
         ours = medians["ours"][label]
         before = (f" (before: {medians['before'][label]['p99_ms']:.1f} ms)" if thin["before"] else "")

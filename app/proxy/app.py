@@ -82,7 +82,8 @@ def create_app(settings: ProxySettings) -> Flask:
     registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
     announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
     writer = NodeWriter(topology, enqueue_redis, runtime.replica_wait)
-    enqueuer = Enqueuer(writer, guard, ShardHealth(settings.request_streams), reply_streams)
+    enqueuer = Enqueuer(writer, guard, ShardHealth(settings.request_streams), reply_streams,
+                        resend_unknown=topology.shards_span_nodes)
     once = OnceEnqueuer(enqueuer, writer, lambda: [registry.streams(count) for count in announcer.other_counts()])
     authenticator = JwtAuthenticator(
         settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,

@@ -8,12 +8,16 @@ request and its reply live on one node. Concurrent callers share one round trip
 (app.shared.routing), so a node that is down fails only its own entries.
 
 An entry that provably did not land (NotSent) is sent again at once on another shard.
-One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too: it may then be
-processed twice, never lost. One whose fate is unknown (the connection broke after the
-write) is not sent again: its caller gets a 503 and the shard is paused. Only when no
-shard takes it within REDIS_RETRY_MAX_TRIES failed writes (and the retry budget) is a
-request refused, and only that counts
-against the process's circuit breaker: one shard's failure does not refuse the others.
+One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too, and so is one whose
+fate is unknown (the connection broke or timed out after the write) when the shards span
+nodes (a cluster): every request of this API is a read, so the worst a second copy does
+is a second execution, whose late reply is dropped; a caller must not get a 503 for the
+failure of one node of many. On one Redis every shard shares the node that failed, so
+such a write is answered 503 at once rather than copied. (An Idempotency-Key request is
+not sent here: app.proxy.once keeps it on its key's shard.)
+Only when no shard takes it within REDIS_RETRY_MAX_TRIES failed writes (and the retry
+budget) is a request refused, and only that counts against the process's circuit
+breaker: one shard's failure does not refuse the others.
 """
 
 from __future__ import annotations
@@ -79,8 +83,10 @@ class NoShardAvailable(redis.ConnectionError):
 
 class Enqueuer:
     def __init__(self, writer: NodeWriter, guard: RedisGuard, shards: ShardHealth,
-                 reply_streams: Mapping[str, str]) -> None:
+                 reply_streams: Mapping[str, str], *, resend_unknown: bool = False) -> None:
+        """``resend_unknown``: send a write of unknown fate again on another shard (the shards span nodes)."""
         self._writer = writer
+        self._resend_unknown = resend_unknown
         self.guard = guard
         self._shards = shards
         self.reply_streams = reply_streams
@@ -163,8 +169,16 @@ class Enqueuer:
                 continue
             except redis.RedisError as error:
                 self._shards.failed(stream)
-                log.debug("shard paused", extra={"stream": stream, "error": repr(error)})
-                raise
+                metrics.ENQUEUE_FATE_UNKNOWN.inc()
+                if not self._resend_unknown:
+                    log.debug("shard paused", extra={"stream": stream, "error": repr(error)})
+                    raise
+                # Perhaps written, perhaps not: sent again all the same (a read done twice at worst).
+                failures += 1
+                metrics.ENQUEUE_REROUTED.inc()
+                log.info("write of unknown fate; shard paused, entry sent again on another",
+                         extra={"stream": stream, "error": repr(error)})
+                continue
             self._shards.succeeded(stream)
             return stream, async_id
 

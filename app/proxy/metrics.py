@@ -46,6 +46,12 @@ SHARDS_PAUSED = Gauge(
 ENQUEUE_REROUTED = Counter(
     "weather_proxy_enqueue_rerouted", "Entries sent to another shard because their shard could not take them."
 )
+ENQUEUE_FATE_UNKNOWN = Counter(
+    "weather_proxy_enqueue_fate_unknown",
+    "Writes of entries whose outcome is unknown (the connection broke or timed out after sending). On a "
+    "cluster the entry is sent again on another shard (its request may be processed twice); on one Redis "
+    "the request is answered 503.",
+)
 ACCEPTED = Counter(
     "weather_proxy_async_accepted",
     "Async requests answered 202: queued with a result record to poll (Prefer: respond-async, or wait ran out).",

@@ -54,6 +54,8 @@ class Topology:
 
     # Keys that must share a slot (a stream, its dead letters, its group) carry a hash tag.
     hash_tagged: ClassVar[bool] = False
+    # Request stream shards on more than one node: a write that failed on one may succeed on another.
+    shards_span_nodes: ClassVar[bool] = False
 
     def client(self, *, client_name: str, socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_SECONDS,
                max_connections: int | None = None, longest_block_ms: int = 0) -> RedisClient:
@@ -211,6 +213,7 @@ class Cluster(Topology):
     and follows MOVED and ASK."""
 
     hash_tagged: ClassVar[bool] = True
+    shards_span_nodes: ClassVar[bool] = True
     # Discovery tries these too when REDIS_URL's node does not answer.
     seeds: tuple[tuple[str, int], ...] = ()
 
@@ -245,17 +248,32 @@ class Cluster(Topology):
     def ping_serving(self, client: RedisClient) -> None:
         """Any primary answering: its shards take every request while another primary fails
         over, so one node's failure must not make every pod unready (and, behind a Service,
-        turn a partial outage into a whole one)."""
+        turn a partial outage into a whole one). The primaries are asked at once and the first
+        answer decides: asked one after another, a partitioned primary (silent until the
+        socket timeout) named first would spend the whole check's time."""
+        import gevent
         import redis
 
-        cluster: Any = client
-        failure: redis.RedisError | None = None
-        for node in cluster.get_primaries():
+        def failure_of(node: Any) -> Exception | None:
+            # Returned, not raised: a greenlet's uncaught error would be printed as a crash.
             try:
                 cluster.get_redis_connection(node).ping()
-                return
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                failure = error
+            except Exception as error:
+                return error
+            return None
+
+        cluster: Any = client
+        pings = [gevent.spawn(failure_of, node) for node in cluster.get_primaries()]
+        failure: Exception | None = None
+        try:
+            for ping in gevent.iwait(pings):
+                failure = ping.value
+                if failure is None:
+                    return
+                if not isinstance(failure, redis.ConnectionError | redis.TimeoutError):
+                    raise failure
+        finally:
+            gevent.killall(pings, block=False)  # the silent ones: nobody waits for them
         self.refresh_routes(client)
         raise failure or redis.ConnectionError("the cluster's slot map names no primary")
 

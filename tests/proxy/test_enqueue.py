@@ -27,7 +27,16 @@ def _enqueuer(url: str) -> tuple[Enqueuer, object]:
     topology = Cluster(url)
     client = topology.client(client_name="test", socket_timeout=0.3)
     guard = RedisGuard("proxy", RetryPolicy(3, 0.01, 1.0), 5, 30)
-    return Enqueuer(NodeWriter(topology, client, ReplicaWait(0, 0)), guard, ShardHealth(STREAMS), REPLY_STREAMS), client
+    return Enqueuer(NodeWriter(topology, client, ReplicaWait(0, 0)), guard, ShardHealth(STREAMS), REPLY_STREAMS,
+                    resend_unknown=topology.shards_span_nodes), client
+
+
+def _landed(client, streams) -> dict[str, list[str]]:
+    landed: dict[str, list[str]] = {}
+    for stream in streams:
+        for _, fields in client.xrange(stream):
+            landed.setdefault(contract.WeatherRequest.from_fields(fields).request_id, []).append(stream)
+    return landed
 
 
 def _request(number: int) -> contract.WeatherRequest:
@@ -64,3 +73,24 @@ def test_when_no_shard_can_take_it_the_request_is_refused_within_its_budget(redi
 
     with pytest.raises(NoShardAvailable):
         enqueuer.enqueue(_request(1), "0-0", 0.5)
+
+
+def test_a_write_of_unknown_fate_is_sent_again_on_another_node(redis_cluster):
+    """A frozen primary takes the connection and the bytes but never answers: the write's
+    fate is unknown. The request is a read, so it goes to a live shard at once; the frozen
+    node may hold a second copy once it thaws (processed twice, never lost, never a 503)."""
+    enqueuer, client = _enqueuer(redis_cluster.url)
+    for number in range(len(STREAMS)):  # a connection to every node, so the freeze meets a sent write
+        enqueuer.enqueue(_request(1000 + number), "0-0", 1.0)
+    victim = redis_cluster.owner(STREAMS[0])
+    frozen = {stream for stream in STREAMS if redis_cluster.owner(stream) is victim}
+    victim.signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            shards = list(pool.map(lambda n: enqueuer.enqueue(_request(n), "0-0", 2.0)[0], range(30)))
+    finally:
+        victim.signal(signal.SIGCONT)
+
+    assert not frozen & set(shards), "an entry was answered as queued on the frozen node"
+    live = _landed(client, set(STREAMS) - frozen)
+    assert all(len(live.get(f"r{n}", [])) == 1 for n in range(30)), "an entry is missing or twice on live shards"

@@ -96,3 +96,31 @@ def test_each_topology_names_its_rate_limiter_storage():
     assert (uri, options["ssl"]) == ("redis+cluster://n1:7000", True)
     assert [t.describe() for t in (standalone, sentinel, cluster)] == [
         "redis://r:6379/2", "sentinel://s1:26379/main", "cluster+rediss://n1:7000"]
+
+
+
+@pytest.mark.system
+def test_a_cluster_is_ready_while_any_primary_answers_even_when_the_first_asked_is_silent(cluster_stack,
+                                                                                          redis_cluster):
+    """Each primary frozen in turn (a partition's silence: the socket open, no answer), so the
+    first one asked is, once: the proxy's and the worker's readiness still answer 200 well inside
+    their own timeout, because the primaries are asked at once (in the services' gevent runtime)."""
+    import signal
+    import time
+
+    import requests
+
+    from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS
+
+    proxy, worker = cluster_stack.proxy().wait_ready(), cluster_stack.worker("w").wait_ready()
+    for primary in redis_cluster.primaries():
+        primary.signal(signal.SIGSTOP)
+        try:
+            for service in (proxy, worker):
+                started = time.monotonic()
+                status = requests.get(service.url + "/readyz", timeout=5).status_code
+                elapsed = time.monotonic() - started
+                assert (status, elapsed < READINESS_PING_TIMEOUT_SECONDS / 2) == (200, True), \
+                    f"{service.name}: {status} after {elapsed:.2f} s with {primary.port} silent"
+        finally:
+            primary.signal(signal.SIGCONT)

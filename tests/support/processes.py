@@ -132,7 +132,8 @@ class RedisServer(Managed):
 
 
 class Proxy(Managed):
-    def __init__(self, workdir: Path, redis_url: str, code: Path = ROOT, **env: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, code: Path = ROOT, app: str | None = None, **env: str) -> None:
+        """``app``: another WSGI app under the proxy's gunicorn configuration (the bench's floors)."""
         self.port = free_port()
         self.metrics_port = free_port()
         metrics_dir = workdir / f"proxy-metrics-{self.port}"
@@ -142,7 +143,7 @@ class Proxy(Managed):
             "WEB_CONCURRENCY": "2",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env,
         })
-        argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py"]
+        argv = [str(BIN / "gunicorn"), "-c", "app/proxy/gunicorn.conf.py", *([app] if app else [])]
         super().__init__(f"proxy:{self.port}", argv, environment, workdir / f"proxy-{self.port}.log", code)
         self.url = f"http://127.0.0.1:{self.port}"
         # /metrics of every worker process, served by gunicorn's master.
