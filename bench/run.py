@@ -8,7 +8,9 @@ prints one table, every figure measured in this run. Results go to bench/results
    configuration (the HTTP tier's ceiling), closed loop. Target >= 0.5x. Then CPU per
    answered request against the floors (bench/thin.py): the proxy vs the echo and the
    worker vs a minimal redis-py worker, open loop at 300 req/s (targets <= 2.0x each,
-   Redis <= 100 us) and at saturation, and the p99 at 100 and 300 req/s; medians of 3
+   Redis <= 100 us) and at saturation, and against floors that do the job on the same
+   runtime (a minimal proxy with one XADD and an XREAD loop, the minimal worker under
+   gevent, the minimal pair's Redis), and the p99 at 100 and 300 req/s; medians of 3
    rounds. `--only thin [--before REV]` runs it alone, REV's code measured beside.
 2. 150 terminals x 150 ms (ideal 1,000 req/s), OPEN loop (fixed arrival rate, latency
    from each request's scheduled start): at 80% of ideal p99 - 150 ms <= 20 ms; at 1.5x

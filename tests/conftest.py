@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import RedisClusterSet
+from tests.support.netns import IsolatedNetwork
 from tests.support.processes import Managed, Proxy, RedisServer, Worker
 from tests.support.sentinel import SentinelSet
 
@@ -122,6 +123,27 @@ def replicated_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
 def replicated_cluster_stack(tmp_path: Path, replicated_cluster: RedisClusterSet,
                              request: pytest.FixtureRequest) -> Iterator[Stack]:
     yield from _cluster_stack(tmp_path, replicated_cluster, request)
+
+
+@pytest.fixture
+def isolated_network() -> Iterator[IsolatedNetwork]:
+    """A bridge and a network namespace per host (tests.support.netns): torn down after the
+    processes started in it, which depend on it."""
+    network = IsolatedNetwork()
+    yield network
+    network.close()
+
+
+@pytest.fixture
+def partitionable_cluster(tmp_path: Path, isolated_network: IsolatedNetwork) -> Iterator[RedisClusterSet]:
+    """Like replicated_cluster, each node on a host of its own, so that one can be cut off."""
+    yield from _started_cluster(tmp_path, replicas=1, full_coverage=False, network=isolated_network)
+
+
+@pytest.fixture
+def partitionable_cluster_stack(tmp_path: Path, partitionable_cluster: RedisClusterSet,
+                                request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from _cluster_stack(tmp_path, partitionable_cluster, request)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer
 from app.proxy.probes import HEALTH_PATH, Readiness, probe_routes
 from app.proxy.ratelimit import install_rate_limit, trust_forwarded_for
+from app.proxy.replicas import ReplicaWatch
 from app.proxy.replies import BLOCK_MS, ReplyListener
 from app.proxy.results import Results
 from app.proxy.roundtrip import ENQUEUE_SOCKET_TIMEOUT_SECONDS, RoundTrips
@@ -82,8 +83,11 @@ def create_app(settings: ProxySettings) -> Flask:
     registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
     announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
     writer = NodeWriter(topology, enqueue_redis, runtime.replica_wait)
-    enqueuer = Enqueuer(writer, guard, ShardHealth(settings.request_streams), reply_streams,
-                        resend_unknown=topology.shards_span_nodes)
+    shards = ShardHealth(settings.request_streams)
+    replica_watch = ReplicaWatch(topology, enqueue_redis, shards, settings.redis_wait_replicas).start() \
+        if settings.redis_wait_replicas else None
+    enqueuer = Enqueuer(writer, guard, shards, reply_streams, resend_unknown=topology.shards_span_nodes,
+                        on_replicas_behind=replica_watch.check_soon if replica_watch else lambda: None)
     once = OnceEnqueuer(enqueuer, writer, lambda: [registry.streams(count) for count in announcer.other_counts()])
     authenticator = JwtAuthenticator(
         settings.jwt_key(), list(settings.auth_jwt_algorithms), audience=settings.auth_jwt_audience,

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import redis
 
 from app.proxy import metrics
+from app.proxy.replicas import CHECK_SECONDS as REPLICA_CHECK_SECONDS
 from app.proxy.shards import ShardHealth
 from app.shared import contract
 from app.shared.batching import Batcher, BatchTimeout
@@ -74,21 +75,27 @@ class KeptResult:
 
 
 class NoShardAvailable(redis.ConnectionError):
-    """Every shard failed its last write and is paused; ``retry_after`` in seconds."""
+    """No shard the entry may go to can take it: paused after failed writes, or (``replicas_short``)
+    its primary has fewer replicas online than REDIS_WAIT_REPLICAS; ``retry_after`` in seconds."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"no request stream shard can take an entry; next try in {retry_after:.1f} s")
+    def __init__(self, retry_after: float, replicas_short: bool = False) -> None:
+        why = "has the replicas to confirm it" if replicas_short else "can take an entry"
+        super().__init__(f"no request stream shard {why}; next try in {retry_after:.1f} s")
         self.retry_after = retry_after
+        self.replicas_short = replicas_short
 
 
 class Enqueuer:
     def __init__(self, writer: NodeWriter, guard: RedisGuard, shards: ShardHealth,
-                 reply_streams: Mapping[str, str], *, resend_unknown: bool = False) -> None:
-        """``resend_unknown``: send a write of unknown fate again on another shard (the shards span nodes)."""
+                 reply_streams: Mapping[str, str], *, resend_unknown: bool = False,
+                 on_replicas_behind: Callable[[], None] = lambda: None) -> None:
+        """``resend_unknown``: send a write of unknown fate again on another shard (the shards span
+        nodes); ``on_replicas_behind``: told when a WAIT fell short (app.proxy.replicas checks the node)."""
         self._writer = writer
         self._resend_unknown = resend_unknown
+        self._on_replicas_behind = on_replicas_behind
         self.guard = guard
-        self._shards = shards
+        self.shards = shards
         self.reply_streams = reply_streams
         self._batcher: Batcher[Entry] = Batcher(self._send, "enqueue")
         self._next_probe = 0.0
@@ -104,6 +111,10 @@ class Enqueuer:
         return self.guarded(lambda deadline: self._enqueue_on_a_shard(request, minid, deadline, kept, deep, urgent),
                             wait_seconds)
 
+    def replicas_behind(self) -> None:
+        """A WAIT fell short: is a replica gone, or only slow? Its primary says (app.proxy.replicas)."""
+        self._on_replicas_behind()
+
     def guarded(self, write: Callable[[float], T], wait_seconds: float) -> T:
         """``write(deadline)`` inside the process's breaker: refused at once while it is open,
         its outcome counted."""
@@ -113,6 +124,10 @@ class Enqueuer:
             raise CircuitOpen(wait)
         try:
             result = write(time.monotonic() + wait_seconds)
+        except NoShardAvailable as error:
+            if not error.replicas_short:  # else Redis answered (ROLE): no failure to open the breaker on
+                self.guard.record(error)
+            raise
         except redis.RedisError as error:
             self.guard.record(error)
             raise
@@ -138,13 +153,17 @@ class Enqueuer:
         policy = self.guard.policy
         failures = 0
         while True:
-            stream = (self._shards.pick(deep) if deep else None) or self._shards.pick()
+            stream = (self.shards.pick(deep) if deep else None) or self.shards.pick()
             if stream is None:
+                if self.shards.none_can_confirm:
+                    raise NoShardAvailable(REPLICA_CHECK_SECONDS, replicas_short=True)
                 step = policy.base_seconds * 2 ** max(0, failures - 1)
                 if failures >= policy.max_tries or time.monotonic() + step >= deadline:
-                    raise NoShardAvailable(self._shards.seconds_until_one_is_free())
+                    raise NoShardAvailable(self.shards.seconds_until_one_is_free())
                 time.sleep(step)
-                stream = self._shards.pick() or self._shards.soonest_free()
+                stream = self.shards.pick() or self.shards.soonest_free()
+                if stream is None:
+                    raise NoShardAvailable(REPLICA_CHECK_SECONDS, replicas_short=True)
             async_id, record = "", None
             reply_to = self.reply_streams[stream]
             if kept is not None:
@@ -159,16 +178,18 @@ class Enqueuer:
                 key = contract.urgent_lane(stream) if urgent else stream
                 self._batcher.submit((key, fields, minid, record), timeout=max(0.0, deadline - time.monotonic()))
             except BatchTimeout:
-                self._shards.failed(stream)
+                self.shards.failed(stream)
                 raise redis.TimeoutError("enqueue took longer than its budget") from None
             except (NotSent, ReplicasBehind) as error:
                 failures += 1
-                self._shards.failed(stream)
+                self.shards.failed(stream)
+                if isinstance(error, ReplicasBehind):
+                    self.replicas_behind()
                 metrics.ENQUEUE_REROUTED.inc()
                 log.debug("shard paused; entry sent again on another", extra={"stream": stream, "error": repr(error)})
                 continue
             except redis.RedisError as error:
-                self._shards.failed(stream)
+                self.shards.failed(stream)
                 metrics.ENQUEUE_FATE_UNKNOWN.inc()
                 if not self._resend_unknown:
                     log.debug("shard paused", extra={"stream": stream, "error": repr(error)})
@@ -179,7 +200,7 @@ class Enqueuer:
                 log.info("write of unknown fate; shard paused, entry sent again on another",
                          extra={"stream": stream, "error": repr(error)})
                 continue
-            self._shards.succeeded(stream)
+            self.shards.succeeded(stream)
             return stream, async_id
 
     def _send(self, batch: list[Entry]) -> Sequence[BaseException | None]:

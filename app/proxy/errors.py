@@ -68,6 +68,11 @@ def failure_response(failure: RoundTripFailure) -> Response:
     if isinstance(failure, QueueUnavailable) and failure.breaker_open:
         return problem_response(503, "circuit_open", "Redis is failing; requests are refused until it recovers",
                                 {"Retry-After": failure.retry_after})
+    if isinstance(failure, QueueUnavailable) and failure.replicas_short:
+        return problem_response(503, "replicas_unavailable",
+                                "the Redis primaries this request may go to have fewer replicas online than "
+                                "REDIS_WAIT_REPLICAS asks for, so none can confirm it; try again",
+                                {"Retry-After": failure.retry_after})
     if isinstance(failure, QueueUnavailable):
         return problem_response(503, "redis_unavailable", "the request queue is unreachable; try again",
                                 {"Retry-After": failure.retry_after})

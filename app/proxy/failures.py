@@ -25,13 +25,16 @@ class Shed(RoundTripFailure):
 
 
 class QueueUnavailable(RoundTripFailure):
-    """The request could not be queued: Redis failed the tries, or the breaker refuses
-    them until Redis recovers (``breaker_open``). ``retry_after`` is in seconds."""
+    """The request could not be queued: Redis failed the tries, the breaker refuses them
+    until Redis recovers (``breaker_open``), or no primary it may go to has the replicas
+    REDIS_WAIT_REPLICAS asks for (``replicas_short``). ``retry_after`` is in seconds."""
 
-    def __init__(self, retry_after: str, breaker_open: bool) -> None:
-        super().__init__("circuit open" if breaker_open else "queue unreachable")
+    def __init__(self, retry_after: str, breaker_open: bool, replicas_short: bool = False) -> None:
+        super().__init__("circuit open" if breaker_open else "replicas short" if replicas_short
+                         else "queue unreachable")
         self.retry_after = retry_after
         self.breaker_open = breaker_open
+        self.replicas_short = replicas_short
 
 
 class NoReply(RoundTripFailure):

@@ -3,6 +3,8 @@ one scrape of /metrics sums every worker process."""
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 INFLIGHT = Gauge(
@@ -41,6 +43,13 @@ OVERLOADED = Counter(
 SHARDS_PAUSED = Gauge(
     "weather_proxy_shards_paused",
     "Request stream shards a proxy process skips because their last write failed (worst process).",
+    multiprocess_mode="livemax",
+)
+SHARD_STATE = Gauge(
+    "weather_proxy_shard_state",
+    "1 for each request stream shard's state in the proxy processes (worst process): writable; paused (its last "
+    "write failed; a trial follows); unconfirmed (its primary has fewer replicas online than REDIS_WAIT_REPLICAS).",
+    ["shard", "state"],
     multiprocess_mode="livemax",
 )
 ENQUEUE_REROUTED = Counter(
@@ -87,6 +96,15 @@ DRAIN_PER_SECOND = Gauge(
     "(0: none known; admission then allows ADMISSION_COLD_BACKLOG per shard).",
     multiprocess_mode="livemax",
 )
+SHARD_STATES = ("writable", "paused", "unconfirmed")
+
+
+@functools.cache
+def shard_states(shard: str) -> dict[str, Gauge]:
+    """The shard's series, one per state, created together so that each is exported from the start."""
+    return {state: SHARD_STATE.labels(shard, state) for state in SHARD_STATES}
+
+
 # Created up front, so every series is exported from the start, and looked up here rather
 # than through labels() on every request.
 ADMITTED = {urgency: ADMISSION_ADMITTED.labels(str(urgency)) for urgency in range(8)}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
+from app.proxy.replicas import CHECK_SECONDS as REPLICA_CHECK_SECONDS
 from app.shared import contract
 from app.shared.replication import ReplicasBehind
 from app.shared.routing import NodeWriter, NotSent, Routed
@@ -88,6 +89,13 @@ class OnceEnqueuer:
         if earlier is not None:
             return earlier
         stream = self.shard_of(once.fingerprint)
+        shards = self._enqueuer.shards
+        why_not = shards.cannot_take(stream)
+        if why_not is not None:
+            # Its record lives on this shard: no other may take it, and waiting here would only
+            # hold the caller. Retry-After says when to ask again.
+            raise NoShardAvailable(max(REPLICA_CHECK_SECONDS, shards.seconds_until_free(stream)),
+                                   replicas_short=why_not == "replicas")
         async_id = contract.new_async_id(stream)
         key = contract.result_key(async_id) or ""
         request = dataclasses.replace(request, result_key=key, result_ttl_ms=kept.result_ttl_ms,
@@ -107,13 +115,17 @@ class OnceEnqueuer:
         for attempt in range(policy.max_tries):
             result, = self._writer.execute([Routed(stream, add)])
             if not isinstance(result, BaseException):
+                shards.succeeded(stream)
                 created, first_id, body_hash = result[0]
                 # A retry of a write that landed short of replicas finds its own id.
                 return Placed(stream, first_id.decode(), bool(created) or first_id.decode() == async_id,
                               body_hash.decode())
+            shards.failed(stream)
             if isinstance(result, ReplicasBehind):
-                # On the primary, short of replicas: the key is there; asked again, it names this try.
-                continue
+                # On the primary, short of replicas: the key is there, and a repeat of the request
+                # finds it. Whether the replica is gone or slow, its primary says (app.proxy.replicas).
+                self._enqueuer.replicas_behind()
+                raise NoShardAvailable(REPLICA_CHECK_SECONDS, replicas_short=True)
             if not isinstance(result, NotSent):
                 raise result
             step = policy.base_seconds * 2 ** attempt

@@ -266,7 +266,8 @@ class RoundTrips:
         except NoShardAvailable as error:
             _ENQUEUE_ERRORS.inc()
             log.warning(f"enqueue failed: {no_shard}", extra={"error": repr(error)})
-            raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False) from None
+            raise QueueUnavailable(str(max(1, math.ceil(error.retry_after))), breaker_open=False,
+                                   replicas_short=error.replicas_short) from None
         except redis.RedisError as error:
             _ENQUEUE_ERRORS.inc()
             log.warning("enqueue failed", extra={"error": repr(error)})

@@ -45,6 +45,7 @@ _SHARD_SETS_WRITE = ("+eval", "+zadd", "+zscore", "+zrem")
 PROXY_COMMANDS = (
     *_CONNECTION,
     "+xadd", "+wait",  # enqueue (MINID trimming is part of XADD), durable with WAIT
+    "+role",  # with WAIT: whether a shard's primary has its replicas online (app.proxy.replicas)
     "+xread", "+expire",  # its reply streams, their TTL
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)

@@ -23,7 +23,7 @@ import pytest
 from app.shared import contract
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import Result, SteadyLoad, ask, summary
-from tests.support.processes import wait_until
+from tests.support.processes import metric_value, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -117,6 +117,109 @@ def test_with_wait_a_killed_primary_loses_no_accepted_request(doubly_replicated_
                                          f"primary killed, REDIS_WAIT_REPLICAS=1, {RATE} req/s, {SHARDS} shards")
 
     assert [r.status for r in results].count(504) == 0
+
+
+def test_with_wait_and_one_replica_the_promoted_primary_is_routed_around_until_it_has_one(
+        replicated_cluster_stack, replicated_cluster):
+    """REDIS_WAIT_REPLICAS=1 with one replica per primary: the promoted replica has none, so it
+    cannot confirm a write. Its shards take no new entries (the other primaries carry them, no
+    caller waits for a WAIT that cannot succeed) until the killed node is back as its replica;
+    then they take entries again. Nothing is lost or left pending, no caller gets 504."""
+    import requests
+
+    cluster = replicated_cluster
+    proxy = _start(replicated_cluster_stack, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="200")
+    victim = _victim(cluster)
+    replicas = cluster.replicas_of(victim)
+    its_streams = [stream for stream in STREAMS if cluster.owner(stream) is victim]
+
+    def states() -> set[str]:
+        exposition = requests.get(proxy.metrics_url + "/metrics", timeout=2).text
+        return {state for stream in its_streams for state in ("unconfirmed", "paused", "writable")
+                if metric_value(exposition, "weather_proxy_shard_state", {"shard": stream, "state": state}) == 1}
+
+    with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS, timeout=15, start=1000) as load:
+        time.sleep(EVENT_AT_SECONDS)
+        victim.signal(signal.SIGKILL)
+        victim.process.wait(10)
+        killed_at = time.monotonic()
+        wait_until(lambda: any(cluster.role(replica) == "master" for replica in replicas), 20, interval=0.1,
+                   what="a replica promoted")
+        promoted_at = time.monotonic()
+        wait_until(lambda: states() == {"unconfirmed"}, 10, interval=0.2,
+                   what="the promoted primary's shards unconfirmed")
+        time.sleep(5)
+        victim.restart()  # back from its append-only file, as a replica of the promoted one
+        wait_until(lambda: cluster.role(victim) == "slave"
+                   and victim.client().info("replication").get("master_link_status") == "up", 30, interval=0.2,
+                   what="the old primary back as a replica")
+        rejoined_at = time.monotonic()
+        wait_until(lambda: states() == {"writable"}, 10, interval=0.2, what="its shards writable again")
+        writable_at = time.monotonic()
+        time.sleep(max(0.0, LOAD_SECONDS - EVENT_AT_SECONDS - (time.monotonic() - killed_at)))
+        results = load.stop()
+
+    _report(f"primary killed, REDIS_WAIT_REPLICAS=1 and one replica, {RATE} req/s, {SHARDS} shards", results,
+            killed_at, promoted_at)
+    counts = Counter(r.status for r in results)
+    print(f"promoted primary without a replica routed around; its old primary rejoined "
+          f"{rejoined_at - killed_at:.1f} s after the kill, its shards writable again "
+          f"{writable_at - rejoined_at:.1f} s later; {dict(counts)}")
+    assert counts[504] == 0, counts
+    assert counts[200] >= 0.99 * len(results), counts
+    wait_until(lambda: _nothing_pending(cluster), 30, interval=0.5, what="no entry left pending")
+    before = _lengths(cluster, its_streams)
+    assert [ask(proxy.url, 5000 + n, 5).status for n in range(12)] == [200] * 12
+    assert _lengths(cluster, its_streams) != before, "the shards took no entry after their primary got a replica"
+
+
+def _lengths(cluster: RedisClusterSet, streams: list[str]) -> dict[str, int]:
+    client = cluster.client()
+    try:
+        return {stream: client.xlen(stream) for stream in streams}
+    finally:
+        client.close()
+
+
+PARTITION_SECONDS = 20
+
+
+def test_a_partitioned_primary_costs_no_request(partitionable_cluster_stack, partitionable_cluster,
+                                                isolated_network):
+    """Every node on a host of its own; one primary cut off for 20 s (every packet dropped
+    both ways: silence, not refusals) while it is not dead. Its writes' fate is unknown, so
+    the proxy sends them again on the other primaries; its replica is promoted; after the heal
+    it comes back as a replica and nothing is left pending."""
+    cluster = partitionable_cluster
+    proxy = _start(partitionable_cluster_stack)
+    victim = _victim(cluster)
+    replicas = cluster.replicas_of(victim)
+
+    with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS, timeout=15, start=1000) as load:
+        time.sleep(EVENT_AT_SECONDS)
+        assert victim.host is not None
+        isolated_network.partition(victim.host)
+        cut_at = time.monotonic()
+        try:
+            wait_until(lambda: any(cluster.role(replica) == "master" for replica in replicas), 20, interval=0.1,
+                       what="a replica promoted")
+            promoted_at = time.monotonic()
+            time.sleep(max(0.0, cut_at + PARTITION_SECONDS - time.monotonic()))
+        finally:
+            isolated_network.heal(victim.host)
+        time.sleep(max(0.0, LOAD_SECONDS - EVENT_AT_SECONDS - (time.monotonic() - cut_at)))
+        results = load.stop()
+
+    during, _ = _report(f"primary cut off for {PARTITION_SECONDS} s, {RATE} req/s, {SHARDS} shards", results,
+                        cut_at, promoted_at)
+    share = sum(r.status == 200 for r in during) / max(1, len(during))
+    slowest = max(r.seconds for r in results)
+    print(f"slowest answer {slowest:.2f} s; {dict(Counter(r.status for r in results))}")
+    assert during and share >= 0.99, Counter(r.status for r in during)
+    assert [r.status for r in results].count(504) == 0
+    assert slowest <= 10 + 2, "an answer came later than its deadline + 2 s"
+    wait_until(lambda: cluster.role(victim) == "slave", 30, interval=0.5, what="the old primary back as a replica")
+    wait_until(lambda: _nothing_pending(cluster), 30, interval=0.5, what="no entry left pending")
 
 
 def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicated_cluster):

@@ -74,3 +74,34 @@ def test_when_every_shard_is_paused_a_request_may_still_try_the_one_whose_pause_
     assert shards.soonest_free() == "s:{b}"
     # It is that shard's trial now: the next request does not pile onto it.
     assert shards.soonest_free() == "s:{c}"
+
+
+def test_a_shard_that_cannot_confirm_is_skipped_until_its_primary_says_it_can():
+    clock = Clock()
+    shards = ShardHealth(STREAMS, clock)
+    shards.can_confirm("s:{b}", False)
+    clock.now += 60  # no pause to run out: only its primary's answer brings it back
+    assert {shards.pick() for _ in range(6)} == {"s:{a}", "s:{c}"}
+    assert shards.cannot_take("s:{b}") == "replicas" and shards.state("s:{b}") == "unconfirmed"
+    assert not shards.none_can_confirm
+    shards.can_confirm("s:{b}", True)
+    assert {shards.pick() for _ in range(6)} == set(STREAMS)
+    assert shards.cannot_take("s:{b}") is None
+
+
+def test_when_no_shard_can_confirm_none_is_offered_even_as_a_last_resort():
+    shards = ShardHealth(STREAMS, Clock())
+    for stream in STREAMS:
+        shards.can_confirm(stream, False)
+    assert shards.none_can_confirm
+    assert shards.pick() is None and shards.soonest_free() is None
+
+
+def test_a_paused_shard_refuses_what_is_pinned_to_it_until_its_pause_is_over():
+    clock = Clock()
+    shards = ShardHealth(STREAMS, clock)
+    shards.failed("s:{a}")
+    assert shards.cannot_take("s:{a}") == "paused" and shards.state("s:{a}") == "paused"
+    assert shards.seconds_until_free("s:{a}") == pytest.approx(FIRST_PAUSE_SECONDS)
+    clock.now += FIRST_PAUSE_SECONDS
+    assert shards.cannot_take("s:{a}") is None

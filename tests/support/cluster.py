@@ -9,6 +9,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
+from tests.support.netns import IsolatedNetwork
 from tests.support.processes import RedisServer, free_port, wait_until
 
 # A cluster node also listens on port + 10000 (the cluster bus).
@@ -40,8 +41,10 @@ class RedisClusterSet:
     command while any slot has no live primary."""
 
     def __init__(self, workdir: Path, primaries: int = 3, replicas: int = 0, full_coverage: bool = True,
-                 acl_file: Path | None = None, admin: tuple[str, str] | None = None) -> None:
-        """``acl_file``: every node loads these users; ``admin`` (user, password) is the test's own."""
+                 acl_file: Path | None = None, admin: tuple[str, str] | None = None,
+                 network: IsolatedNetwork | None = None) -> None:
+        """``acl_file``: every node loads these users; ``admin`` (user, password) is the test's own;
+        ``network``: each node on a host of its own there (so that it can be cut off), else loopback."""
         if replicas and primaries < 3:
             raise ValueError("redis-cli --cluster create needs three primaries for replicas")
         self.primary_count = primaries
@@ -51,6 +54,7 @@ class RedisClusterSet:
                 port = free_cluster_port()
                 self.nodes.append(RedisServer(
                     workdir / f"cluster-{number}", port=port, appendonly=True, acl_file=acl_file,
+                    host=network.add_host() if network else None,
                     username=admin[0] if admin else None, password=admin[1] if admin else None,
                     extra_args=[*(["--masteruser", admin[0], "--masterauth", admin[1]] if admin else []),
                                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -58,7 +62,7 @@ class RedisClusterSet:
                                 "--cluster-require-full-coverage", "yes" if full_coverage else "no"],
                 ))
             if primaries >= 3:
-                addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+                addresses = [f"{node.address}:{node.port}" for node in self.nodes]
                 credentials = ["--user", admin[0], "--pass", admin[1]] if admin else []
                 subprocess.run(["redis-cli", *credentials, "--cluster", "create", *addresses, "--cluster-replicas",
                                 str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=60)
@@ -68,7 +72,7 @@ class RedisClusterSet:
         except BaseException:
             self.stop()
             raise
-        self.url = f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        self.url = self.nodes[0].url
 
     def primaries(self) -> list[RedisServer]:
         """The nodes that are primaries now (a failover changes which)."""
@@ -98,7 +102,7 @@ class RedisClusterSet:
             last = 16383 if number == len(self.nodes) - 1 else (number + 1) * width - 1
             node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", number * width, last)
             if number:
-                self.nodes[0].client().execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+                self.nodes[0].client().execute_command("CLUSTER", "MEET", node.address, node.port)
 
     def _ready(self) -> bool:
         for node in self.nodes:
@@ -125,7 +129,7 @@ class RedisClusterSet:
         """The primary serving the key's slot, as the node itself sees the slot table."""
         slot = key_slot(key.encode())
         for node in self.nodes:
-            for start, end, (_, port, *_rest) in node.client().cluster("slots"):
+            for start, end, (_, port, *_rest), *_replicas in node.client().cluster("slots"):
                 if start <= slot <= end and port == node.port:
                     return node
         raise LookupError(f"no node serves slot {slot}")
@@ -139,7 +143,7 @@ class RedisClusterSet:
         source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         moved = 0
         while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
-            source.client().execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            source.client().execute_command("MIGRATE", target.address, target.port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
         for node in (target, source, *(n for n in self.nodes if n not in (source, target))):
             node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)

@@ -19,6 +19,8 @@ from typing import Any
 import redis
 import requests
 
+from tests.support.netns import Host
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -62,11 +64,19 @@ class Managed:
         self.argv = argv
         self.env = env
         self.log_path = log_path
+        self._cwd = cwd
         self._log_file = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.argv, cwd=self._cwd, env=self.env, stdout=self._log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def restart(self) -> None:
+        """The same command started again after it exited or was killed (a node coming back)."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} is still running")
+        self.process = self._start()
 
     @property
     def pid(self) -> int:
@@ -109,13 +119,18 @@ def base_env(**overrides: str) -> dict[str, str]:
 class RedisServer(Managed):
     def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False,
                  password: str | None = None, extra_args: list[str] | None = None,
-                 acl_file: Path | None = None, username: str | None = None) -> None:
-        """``acl_file``: the users (then ``username``/``password`` are the test's own admin user)."""
+                 acl_file: Path | None = None, username: str | None = None, host: Host | None = None) -> None:
+        """``acl_file``: the users (then ``username``/``password`` are the test's own admin user);
+        ``host``: a network namespace of its own to run in (tests.support.netns), else loopback."""
         self.port = port or free_port()
         self.workdir = workdir
+        self.address = host.address if host else "127.0.0.1"
+        self.host = host
         workdir.mkdir(parents=True, exist_ok=True)
         argv = [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(workdir),
+            "redis-server", "--bind", self.address, "--port", str(self.port), "--dir", str(workdir),
+            # Off the loopback interface protected mode refuses a server without a password.
+            *(["--protected-mode", "no"] if host else []),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
             *(["--requirepass", password] if password and not acl_file else []),
             *(["--aclfile", str(acl_file)] if acl_file else []),
@@ -123,8 +138,9 @@ class RedisServer(Managed):
         ]
         self.password = password
         self.username = username
-        super().__init__(f"redis:{self.port}", argv, base_env(), workdir / "redis.log")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(f"redis:{self.port}", host.command(argv) if host else argv, base_env(),
+                         workdir / "redis.log")
+        self.url = f"redis://{self.address}:{self.port}/0"
         wait_until(lambda: self.client().ping(), 10, what=f"redis-server on {self.port}")
 
     def client(self) -> redis.Redis:
