@@ -1,14 +1,16 @@
 """Chaos 6: a Redis Cluster primary fails under load; the other shards carry the requests.
 
 Three primaries with replicas, `cluster-node-timeout` 2000 ms, `cluster-require-full-coverage
-no` (what the README recommends; the default's cost is measured too), six shards, open loop at
-30 req/s for 40 s, the event at 6 s; the promotion is when the replica's ROLE says master.
-Asserted, as the scale-out goals state them: of the requests sent between a kill -9 and the
-promotion at least 95% get 200 (the proxy skips the dead shards and sends what did not land
-to another), nothing hangs, every request sent 5 s after the promotion gets 200, nothing is
-left pending; a graceful CLUSTER FAILOVER costs no 503; with REDIS_WAIT_REPLICAS=1 no
-accepted request is lost (0 x 504). Without WAIT a killed primary may take entries it had
-not replicated with it: those 504s are counted and printed, not asserted."""
+no` (what the README recommends; the default's cost is measured too), six shards, one proxy
+(2 processes) and two workers, open loop at 30 req/s for 40 s, the event at 6 s; the
+promotion is when the replica's ROLE says master. Asserted: of the requests sent between a
+kill -9 (or the start of a partition) and the promotion at least 99% get 200 (the proxy
+skips the failed shards and sends what did not land to another), nothing hangs, every
+request sent 5 s after the promotion gets 200, nothing is left pending; a graceful CLUSTER
+FAILOVER costs no 503; with REDIS_WAIT_REPLICAS=1 no accepted request is lost (0 x 504),
+and with one replica per primary the promoted one is routed around until it has one.
+Without WAIT a killed primary may take entries it had not replicated with it: those 504s
+are counted and printed, not asserted."""
 
 from __future__ import annotations
 
@@ -34,12 +36,15 @@ EVENT_AT_SECONDS = 6
 STREAMS = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=True)
 
 
-def _start(stack, **env: str):
+def _start(stack, workers: int = 2, **env: str):
+    """One proxy (2 processes) and, as the issue's measurement had, two workers."""
     common = {"REQUEST_STREAM_SHARDS": str(SHARDS), **env}
     proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10", **common)
-    worker = stack.worker("w", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="12", CLAIM_IDLE_SECONDS="2", **common)
+    started = [stack.worker(f"w{n}", PROCESSING_DELAY_MS="0-5", WORKER_TERMINALS="12", CLAIM_IDLE_SECONDS="2",
+                            **common) for n in range(workers)]
     proxy.wait_ready()
-    worker.wait_ready()
+    for worker in started:
+        worker.wait_ready()
     assert [ask(proxy.url, i, 5).status for i in range(6)] == [200] * 6
     return proxy
 
@@ -70,7 +75,7 @@ def _report(label: str, results: list[Result], event_at: float, promoted_at: flo
     return during, after
 
 
-def _kill_a_primary_under_load(cluster: RedisClusterSet, proxy, label: str, goal: float = 0.95) -> list[Result]:
+def _kill_a_primary_under_load(cluster: RedisClusterSet, proxy, label: str, goal: float = 0.99) -> list[Result]:
     victim = _victim(cluster)
     replicas = cluster.replicas_of(victim)
     with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS, timeout=15, start=1000) as load:
