@@ -135,9 +135,12 @@ def isolated_network() -> Iterator[IsolatedNetwork]:
 
 
 @pytest.fixture
-def partitionable_cluster(tmp_path: Path, isolated_network: IsolatedNetwork) -> Iterator[RedisClusterSet]:
-    """Like replicated_cluster, each node on a host of its own, so that one can be cut off."""
-    yield from _started_cluster(tmp_path, replicas=1, full_coverage=False, network=isolated_network)
+def partitionable_cluster(tmp_path: Path, isolated_network: IsolatedNetwork,
+                          request: pytest.FixtureRequest) -> Iterator[RedisClusterSet]:
+    """Like replicated_cluster (replicas per primary: the indirect parameter, 1 unless given),
+    each node on a host of its own, so that one can be cut off."""
+    yield from _started_cluster(tmp_path, replicas=getattr(request, "param", 1), full_coverage=False,
+                                network=isolated_network)
 
 
 @pytest.fixture

@@ -189,14 +189,17 @@ def _lengths(cluster: RedisClusterSet, streams: list[str]) -> dict[str, int]:
 PARTITION_SECONDS = 20
 
 
+@pytest.mark.parametrize(("partitionable_cluster", "wait_replicas"), [(1, 0), (2, 1)],
+                         indirect=["partitionable_cluster"], ids=["1-replica", "2-replicas-wait-1"])
 def test_a_partitioned_primary_costs_no_request(partitionable_cluster_stack, partitionable_cluster,
-                                                isolated_network):
+                                                isolated_network, wait_replicas):
     """Every node on a host of its own; one primary cut off for 20 s (every packet dropped
     both ways: silence, not refusals) while it is not dead. Its writes' fate is unknown, so
     the proxy sends them again on the other primaries; its replica is promoted; after the heal
-    it comes back as a replica and nothing is left pending."""
+    it comes back as a replica and nothing is left pending. With two replicas and
+    REDIS_WAIT_REPLICAS=1 the other replica follows the promoted one, which can confirm."""
     cluster = partitionable_cluster
-    proxy = _start(partitionable_cluster_stack)
+    proxy = _start(partitionable_cluster_stack, REDIS_WAIT_REPLICAS=str(wait_replicas), REDIS_WAIT_TIMEOUT_MS="200")
     victim = _victim(cluster)
     replicas = cluster.replicas_of(victim)
 
@@ -215,8 +218,9 @@ def test_a_partitioned_primary_costs_no_request(partitionable_cluster_stack, par
         time.sleep(max(0.0, LOAD_SECONDS - EVENT_AT_SECONDS - (time.monotonic() - cut_at)))
         results = load.stop()
 
-    during, _ = _report(f"primary cut off for {PARTITION_SECONDS} s, {RATE} req/s, {SHARDS} shards", results,
-                        cut_at, promoted_at)
+    during, _ = _report(f"primary cut off for {PARTITION_SECONDS} s, {len(replicas)} replica(s), "
+                        f"REDIS_WAIT_REPLICAS={wait_replicas}, {RATE} req/s, {SHARDS} shards", results, cut_at,
+                        promoted_at)
     share = sum(r.status == 200 for r in during) / max(1, len(during))
     slowest = max(r.seconds for r in results)
     print(f"slowest answer {slowest:.2f} s; {dict(Counter(r.status for r in results))}")
@@ -227,8 +231,10 @@ def test_a_partitioned_primary_costs_no_request(partitionable_cluster_stack, par
     wait_until(lambda: _nothing_pending(cluster), 30, interval=0.5, what="no entry left pending")
 
 
-def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicated_cluster):
-    proxy = _start(replicated_cluster_stack)
+@pytest.mark.parametrize("wait_replicas", [0, 1])
+def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicated_cluster, wait_replicas):
+    """The old primary becomes the new one's replica, so with REDIS_WAIT_REPLICAS=1 too every write is confirmed."""
+    proxy = _start(replicated_cluster_stack, REDIS_WAIT_REPLICAS=str(wait_replicas), REDIS_WAIT_TIMEOUT_MS="200")
     victim = _victim(replicated_cluster)
     replica = replicated_cluster.replica_of(victim)
 
@@ -243,7 +249,7 @@ def test_a_graceful_failover_costs_no_request(replicated_cluster_stack, replicat
         time.sleep(max(0.0, LOAD_SECONDS / 2 - EVENT_AT_SECONDS - (promoted_at - asked_at)))
         results = load.stop()
 
-    _report("graceful CLUSTER FAILOVER", results, asked_at, promoted_at)
+    _report(f"graceful CLUSTER FAILOVER, REDIS_WAIT_REPLICAS={wait_replicas}", results, asked_at, promoted_at)
     assert Counter(r.status for r in results) == {200: len(results)}
     wait_until(lambda: _nothing_pending(replicated_cluster), 30, interval=0.5, what="no entry left pending")
 
