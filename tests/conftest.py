@@ -174,6 +174,15 @@ def doubly_replicated_cluster_stack(tmp_path: Path, doubly_replicated_cluster: R
 
 
 @pytest.fixture
+def partitionable_sentinels(tmp_path: Path, isolated_network: IsolatedNetwork,
+                            request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
+    """Like ``sentinels`` (2 replicas unless given), every node and Sentinel on a host of its own."""
+    running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 2), network=isolated_network)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def sentinels(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SentinelSet]:
     """A primary (AOF), replicas (1, or `indirect` parametrize) and three Sentinels."""
     running = SentinelSet(tmp_path / "sentinel-set", replicas=getattr(request, "param", 1))

@@ -160,3 +160,41 @@ def test_replica_not_confirming_in_time_gives_fast_503s_never_a_hang(stack, sent
     assert {r.body["error"] for r in results} <= {"redis_unavailable", "circuit_open"}
     assert max(r.seconds for r in results) < 2.5
     wait_until(lambda: ask(proxy.url, 200, 5).status == 200, 10, interval=0.2, what="200 once the replica answers")
+
+
+def test_a_partitioned_primary_under_wait_costs_refusals_never_a_late_or_lost_answer(stack, partitionable_sentinels,
+                                                                                      isolated_network):
+    """The primary cut off for 20 s (every node and Sentinel on a host of its own; every packet
+    of the primary's link dropped both ways), not killed, with two replicas and
+    REDIS_WAIT_REPLICAS=1. On one Redis nothing else can take the writes, so requests sent
+    before the promotion are refused (503); none waits past its deadline, none is answered
+    504, every request sent 5 s after the promotion gets 200, and nothing stays pending."""
+    sentinels = partitionable_sentinels
+    proxy, _ = _start(stack, sentinels, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="200")
+    old = sentinels.primary
+    assert old.host is not None
+    with SteadyLoad(proxy.url, RATE, max_seconds=30, timeout=TIMEOUT_SECONDS + 10, start=12000) as load:
+        time.sleep(2)
+        isolated_network.partition(old.host)
+        cut_at = time.monotonic()
+        try:
+            promotion_seconds = sentinels.wait_promotion(old.port)
+            time.sleep(max(0.0, cut_at + 20 - time.monotonic()))
+        finally:
+            isolated_network.heal(old.host)
+        time.sleep(6)
+        results = load.stop()
+
+    promoted = cut_at + promotion_seconds
+    counts = collections.Counter(r.status for r in results)
+    after = [r for r in results if r.started >= promoted + 5]
+    print(summary("primary cut off for 20 s, REDIS_WAIT_REPLICAS=1", results),
+          f"| promotion={promotion_seconds:.2f}s; slowest={max(r.seconds for r in results):.2f}s; "
+          f"errors={collections.Counter(r.body.get('error') for r in results if r.status != 200 and r.body)}")
+    assert set(counts) <= {200, 503}, counts
+    assert max(r.seconds for r in results) <= TIMEOUT_SECONDS + 2
+    assert after and all(r.status == 200 for r in after), collections.Counter(r.status for r in after)
+    assert _each_reply_is_its_own(results)
+    new_primary = sentinels.node(sentinels.primary_port())
+    wait_until(lambda: new_primary.client().xpending("weather-requests", "weather-workers")["pending"] == 0,
+               CLAIM_IDLE_SECONDS + 10, what="nothing pending on the new primary")
