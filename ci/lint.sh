@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 
 echo "== ruff";       "$bin/ruff" check app tests tools scripts bench
-echo "== mypy";       "$bin/python" -m mypy app
+echo "== mypy";       "$bin/python" -m mypy app tools
 echo "== hadolint";   "$bin/hadolint" --failure-threshold warning Dockerfile.proxy Dockerfile.worker tests/e2e/Containerfile.redis
 echo "== shellcheck"; "$bin/shellcheck" ci/*.sh scripts/*.sh .ci/run
 echo "== yamllint";   "$bin/yamllint" --strict -c .yamllint.yml .github docker-compose.yml compose alerts charts/redis-stream-demo/values*.yaml

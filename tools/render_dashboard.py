@@ -17,16 +17,21 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "redis-stream-d
 VARIABLES = {"$namespace": ".*", "$pod": ".*", "$__rate_interval": "20s"}
 
 
-def _series(prometheus_url: str, expr: str, start: float, end: float, step: float) -> list[tuple[dict, list]]:
+Labels = dict[str, str]
+Values = list[tuple[float, str]]
+
+
+def _series(prometheus_url: str, expr: str, start: float, end: float, step: float) -> list[tuple[Labels, Values]]:
     for variable, value in VARIABLES.items():
         expr = expr.replace(variable, value)
     response = requests.get(prometheus_url + "/api/v1/query_range",
-                            params={"query": expr, "start": start, "end": end, "step": step}, timeout=10)
+                            params={"query": expr, "start": str(start), "end": str(end), "step": str(step)},
+                            timeout=10)
     data = response.json()["data"]["result"]
     return [(item["metric"], item["values"]) for item in data]
 
 
-def _legend(template: str, labels: dict) -> str:
+def _legend(template: str, labels: Labels) -> str:
     text = template
     for key, value in labels.items():
         text = text.replace("{{" + key + "}}", value)
