@@ -120,7 +120,8 @@ def test_a_cluster_is_ready_while_any_primary_answers_even_when_the_first_asked_
                 started = time.monotonic()
                 status = requests.get(service.url + "/readyz", timeout=5).status_code
                 elapsed = time.monotonic() - started
-                assert (status, elapsed < READINESS_PING_TIMEOUT_SECONDS / 2) == (200, True), \
+                # Asked one after another, the silent one alone would take the whole timeout.
+                assert (status, elapsed < 0.9 * READINESS_PING_TIMEOUT_SECONDS) == (200, True), \
                     f"{service.name}: {status} after {elapsed:.2f} s with {primary.port} silent"
         finally:
             primary.signal(signal.SIGCONT)
