@@ -49,7 +49,6 @@ class ReplicaWatch:
         self._redis = client
         self._shards = shards
         self._replicas = replicas
-        self._stopped = False
         self._doubtful = False
         self._wake = threading.Event()
 
@@ -88,12 +87,8 @@ class ReplicaWatch:
         threading.Thread(target=self._run, name="replica-watch", daemon=True).start()
         return self
 
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
-
     def _run(self) -> None:
-        while not self._stopped:
+        while True:
             self.check_once()
             time.sleep(SOONEST_RECHECK_SECONDS)
             self._wake.wait((DOUBTFUL_CHECK_SECONDS if self._doubtful else CHECK_SECONDS) - SOONEST_RECHECK_SECONDS)

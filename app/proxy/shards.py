@@ -33,7 +33,9 @@ class ShardHealth:
         self._failures = dict.fromkeys(self.streams, 0)
         self._unconfirmed: set[str] = set()
         self._next = 0
-        self._report()
+        metrics.SHARDS_PAUSED.set(0)
+        for stream in self.streams:
+            self._report_state(stream)
 
     def pick(self, avoid: Collection[str] = ()) -> str | None:
         """The next shard in turn that may be written now, or None when every one is paused."""
@@ -63,13 +65,14 @@ class ShardHealth:
     def failed(self, stream: str) -> None:
         self._failures[stream] += 1
         self._paused_until[stream] = self._clock() + self._pause(stream)
-        self._report()
+        if self._failures[stream] == 1:  # its state changes with the first failure only
+            self._report(stream)
 
     def succeeded(self, stream: str) -> None:
         if self._failures[stream]:
             self._failures[stream] = 0
             self._paused_until[stream] = 0.0
-            self._report()
+            self._report(stream)
 
     def can_confirm(self, stream: str, able: bool) -> None:
         """What the shard's primary says of its replicas (app.proxy.replicas), or a WAIT that fell short."""
@@ -79,7 +82,7 @@ class ShardHealth:
             self._unconfirmed.discard(stream)
         else:
             self._unconfirmed.add(stream)
-        self._report()
+        self._report_state(stream)
 
     def cannot_take(self, stream: str) -> str | None:
         """Why an entry that must go to this shard (an Idempotency-Key's) is refused now, or None."""
@@ -111,9 +114,11 @@ class ShardHealth:
             return "unconfirmed"
         return "paused" if self._failures[stream] else "writable"
 
-    def _report(self) -> None:
+    def _report(self, stream: str) -> None:
         metrics.SHARDS_PAUSED.set(len(self.paused))
-        for stream in self.streams:
-            current = self.state(stream)
-            for state, gauge in metrics.shard_states(stream).items():
-                gauge.set(1 if state == current else 0)
+        self._report_state(stream)
+
+    def _report_state(self, stream: str) -> None:
+        current = self.state(stream)
+        for state, gauge in metrics.shard_states(stream).items():
+            gauge.set(1 if state == current else 0)
