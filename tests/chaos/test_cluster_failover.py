@@ -25,7 +25,7 @@ import pytest
 from app.shared import contract
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import Result, SteadyLoad, ask, summary
-from tests.support.processes import metric_value, wait_until
+from tests.support.processes import shard_states, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -133,8 +133,6 @@ def test_with_wait_and_one_replica_the_promoted_primary_is_routed_around_until_i
     cannot confirm a write. Its shards take no new entries (the other primaries carry them, no
     caller waits for a WAIT that cannot succeed) until the killed node is back as its replica;
     then they take entries again. Nothing is lost or left pending, no caller gets 504."""
-    import requests
-
     cluster = replicated_cluster
     proxy = _start(replicated_cluster_stack, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="200")
     victim = _victim(cluster)
@@ -142,9 +140,7 @@ def test_with_wait_and_one_replica_the_promoted_primary_is_routed_around_until_i
     its_streams = [stream for stream in STREAMS if cluster.owner(stream) is victim]
 
     def states() -> set[str]:
-        exposition = requests.get(proxy.metrics_url + "/metrics", timeout=2).text
-        return {state for stream in its_streams for state in ("unconfirmed", "paused", "writable")
-                if metric_value(exposition, "weather_proxy_shard_state", {"shard": stream, "state": state}) == 1}
+        return set(shard_states(proxy.metrics_url, its_streams).values())
 
     with SteadyLoad(proxy.url, rate=RATE, max_seconds=LOAD_SECONDS, timeout=15, start=1000) as load:
         time.sleep(EVENT_AT_SECONDS)
@@ -176,17 +172,9 @@ def test_with_wait_and_one_replica_the_promoted_primary_is_routed_around_until_i
     assert counts[504] == 0, counts
     assert counts[200] >= 0.99 * len(results), counts
     wait_until(lambda: _nothing_pending(cluster), 30, interval=0.5, what="no entry left pending")
-    before = _lengths(cluster, its_streams)
+    before = cluster.stream_lengths(its_streams)
     assert [ask(proxy.url, 5000 + n, 5).status for n in range(12)] == [200] * 12
-    assert _lengths(cluster, its_streams) != before, "the shards took no entry after their primary got a replica"
-
-
-def _lengths(cluster: RedisClusterSet, streams: list[str]) -> dict[str, int]:
-    client = cluster.client()
-    try:
-        return {stream: client.xlen(stream) for stream in streams}
-    finally:
-        client.close()
+    assert cluster.stream_lengths(its_streams) != before, "the shards took no entry after their primary got a replica"
 
 
 PARTITION_SECONDS = 20

@@ -15,7 +15,7 @@ from app.proxy import idempotency
 from app.proxy.replicas import CHECK_SECONDS, online_replicas
 from app.shared import contract
 from tests.support.load import ask
-from tests.support.processes import wait_until
+from tests.support.processes import shard_states, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -27,30 +27,6 @@ def test_a_role_answer_counts_only_a_primarys_online_replicas():
     assert online_replicas([b"master", 3021, [[b"127.0.0.1", b"7001", b"3021"]]]) == 1
     assert online_replicas([b"master", 0, []]) == 0
     assert online_replicas([b"slave", b"127.0.0.1", 7000, b"connected", 3021]) == 0
-
-
-def _states(proxy, streams=None) -> dict[str, str]:
-    """Each shard's state as the proxy exports it (every shard it knows when ``streams`` is None):
-    the series are the worst of its processes, so a shard reads as one state only when every
-    process sees it so, else "mixed"."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    exposition = requests.get(proxy.metrics_url + "/metrics", timeout=2).text
-    states: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(exposition):
-        for sample in family.samples:
-            if sample.name == "weather_proxy_shard_state" and sample.value == 1:
-                states.setdefault(sample.labels["shard"], set()).add(sample.labels["state"])
-    agreed = {shard: seen.pop() if len(seen) == 1 else "mixed" for shard, seen in states.items()}
-    return agreed if streams is None else {stream: agreed.get(stream, "") for stream in streams}
-
-
-def _lengths(cluster, streams) -> dict[str, int]:
-    client = cluster.client()
-    try:
-        return {stream: client.xlen(stream) for stream in streams}
-    finally:
-        client.close()
 
 
 def _key_on(streams_wanted: set[str]) -> str:
@@ -76,12 +52,12 @@ def test_a_primary_without_its_replica_is_routed_around_until_one_is_back(replic
     replica.signal(signal.SIGKILL)
     replica.process.wait(10)
     # Learned from the primary's own ROLE by every proxy process, with no write needed to find out.
-    wait_until(lambda: all(state == "unconfirmed" for stream, state in _states(proxy, cut_off).items()),
+    wait_until(lambda: set(shard_states(proxy.metrics_url, cut_off).values()) == {"unconfirmed"},
                3 * CHECK_SECONDS, interval=0.2, what="the shards of the primary without a replica unconfirmed")
-    before = _lengths(replicated_cluster, cut_off)
+    before = replicated_cluster.stream_lengths(cut_off)
     results = [ask(proxy.url, 100 + n, 5) for n in range(30)]
     assert [r.status for r in results] == [200] * 30, [(r.status, r.body) for r in results if r.status != 200]
-    assert _lengths(replicated_cluster, cut_off) == before, "an entry went to a primary that cannot confirm it"
+    assert replicated_cluster.stream_lengths(cut_off) == before, "an entry went to a primary that cannot confirm it"
 
     key = _key_on(cut_off)
     started = time.monotonic()
@@ -96,10 +72,10 @@ def test_a_primary_without_its_replica_is_routed_around_until_one_is_back(replic
     wait_until(lambda: replicated_cluster.role(replica) == "slave"
                and replica.client().info("replication").get("master_link_status") == "up",
                30, interval=0.2, what="the replica back and in sync")
-    wait_until(lambda: set(_states(proxy, cut_off).values()) == {"writable"}, 3 * CHECK_SECONDS, interval=0.2,
-               what="the shards writable again")
+    wait_until(lambda: set(shard_states(proxy.metrics_url, cut_off).values()) == {"writable"}, 3 * CHECK_SECONDS,
+               interval=0.2, what="the shards writable again")
     assert [ask(proxy.url, 200 + n, 5).status for n in range(30)] == [200] * 30
-    after = _lengths(replicated_cluster, cut_off)
+    after = replicated_cluster.stream_lengths(cut_off)
     assert any(after[stream] > before[stream] for stream in cut_off), "no entry there since the replica came back"
     again = requests.post(proxy.url + "/WeatherForecast/city", json={"city": "Oslo", "location": "Norway"},
                           headers={"Idempotency-Key": key}, timeout=10)
@@ -110,8 +86,8 @@ def test_with_no_replica_anywhere_every_caller_gets_a_fast_503_naming_the_reason
     # A WAIT would hold each caller 2 s: a refusal known in advance holds none.
     proxy = stack.proxy(REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="2000").wait_ready()
     stack.worker("w", PROCESSING_DELAY_MS="0").wait_ready()
-    wait_until(lambda: set(_states(proxy).values()) == {"unconfirmed"}, 3 * CHECK_SECONDS, interval=0.2,
-               what="every shard unconfirmed")
+    wait_until(lambda: set(shard_states(proxy.metrics_url).values()) == {"unconfirmed"}, 3 * CHECK_SECONDS,
+               interval=0.2, what="every shard unconfirmed")
     results = [ask(proxy.url, n, 5) for n in range(10)]
     assert [(r.status, r.body["error"]) for r in results] == [(503, "replicas_unavailable")] * 10
     assert max(r.seconds for r in results) < 1.0, "a refusal known in advance waited for a WAIT"

@@ -122,6 +122,13 @@ class RedisClusterSet:
         node = self.nodes[0]
         return redis.RedisCluster.from_url(self.url, socket_timeout=5, username=node.username, password=node.password)
 
+    def stream_lengths(self, streams: list[str]) -> dict[str, int]:
+        client = self.client()
+        try:
+            return {stream: client.xlen(stream) for stream in streams}
+        finally:
+            client.close()
+
     def node_id(self, node: RedisServer) -> str:
         return node.client().cluster("myid").decode()
 

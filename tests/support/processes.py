@@ -206,3 +206,19 @@ def metric_value(exposition: str, name: str, labels: dict[str, str] | None = Non
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 total += sample.value
     return total
+
+
+def shard_states(metrics_url: str, streams: list[str] | None = None) -> dict[str, str]:
+    """Each request stream shard's state as a proxy exports it (weather_proxy_shard_state; every
+    shard it knows when ``streams`` is None). The series are the worst of its processes, so a
+    shard reads as one state only when every process sees it so, else "mixed"."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exposition = requests.get(metrics_url + "/metrics", timeout=2).text
+    seen: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == "weather_proxy_shard_state" and sample.value == 1:
+                seen.setdefault(sample.labels["shard"], set()).add(sample.labels["state"])
+    agreed = {shard: states.pop() if len(states) == 1 else "mixed" for shard, states in seen.items()}
+    return agreed if streams is None else {stream: agreed.get(stream, "") for stream in streams}
