@@ -40,7 +40,7 @@ LOAD_RATE ?= 10
 LOAD_DURATION ?= 30
 LOAD_ARGS ?=
 
-.PHONY: e2e-local e2e-prerequisites release-local ci-local registry bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+.PHONY: e2e-local e2e-prerequisites release-local ci-local registry netns bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,10 @@ prometheus: ## install prometheus and promtool from Debian's packages when missi
 
 chromium: ## install Debian's chromium (the browser test of /docs) when missing
 	@scripts/ensure-debian-package.sh chromium chromium
+
+netns: ## ip and tc (iproute2): the partition tests put Redis nodes in network namespaces (as root)
+	@scripts/ensure-debian-package.sh ip iproute2
+	@scripts/ensure-debian-package.sh tc iproute2
 
 registry: ## a real OCI registry (Debian's docker-registry, CNCF distribution) and htpasswd, for the release tests
 	@scripts/ensure-debian-package.sh docker-registry docker-registry
@@ -103,7 +107,7 @@ $(ACT):
 
 tools: $(HELM) $(CHECKOV) $(ACTIONLINT) $(HTTPYAC) $(CRD_VALIDATORS) $(ACT) ## helm, kubectl, checkov, actionlint, httpyac, CRD validators, act into .tools/
 
-setup: $(TEST_STAMP) redis-server prometheus chromium registry tools ## install everything (idempotent)
+setup: $(TEST_STAMP) redis-server prometheus chromium registry netns tools ## install everything (idempotent)
 
 run: setup-runtime ## start Redis, one worker and the proxy on http://127.0.0.1:8080
 	@scripts/run-local.sh
