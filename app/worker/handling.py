@@ -116,7 +116,7 @@ class Handler:
         self._count(outcome)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("replied", extra={"entry_id": taken.entry_id.decode(), "outcome": outcome,
-                                        "subject": request.subject})
+                                        "subject": request.subject, "deliveries": taken.deliveries})
         return worked
 
     def _dead_letter(self, delivery: Delivery, reason: str, category: str,

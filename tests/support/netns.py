@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 # Every packet dropped: a bucket of 10 bytes never holds one.
 _DROP_ALL = ["root", "tbf", "rate", "1kbit", "burst", "10", "limit", "10"]
+# A slow link: packets queue up to 200 ms behind a low rate (no netem here for delay itself).
+_SLOW = ["root", "tbf", "rate", "256kbit", "burst", "4kb", "latency", "200ms"]
 
 
 def _ip(*args: str) -> None:
@@ -70,8 +72,15 @@ class IsolatedNetwork:
         return host
 
     def partition(self, host: Host) -> None:
-        subprocess.run(["tc", "qdisc", "add", "dev", host.outer_link, *_DROP_ALL], check=True, timeout=10)
-        subprocess.run(host.command(["tc", "qdisc", "add", "dev", host.inner_link, *_DROP_ALL]), check=True,
+        self._shape(host, _DROP_ALL)
+
+    def slow(self, host: Host) -> None:
+        """The host's link slowed (256 kbit/s each way, up to 200 ms queued) until ``heal``."""
+        self._shape(host, _SLOW)
+
+    def _shape(self, host: Host, qdisc: list[str]) -> None:
+        subprocess.run(["tc", "qdisc", "add", "dev", host.outer_link, *qdisc], check=True, timeout=10)
+        subprocess.run(host.command(["tc", "qdisc", "add", "dev", host.inner_link, *qdisc]), check=True,
                        timeout=10)
         self._partitioned.add(host)
 

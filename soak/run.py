@@ -1,0 +1,221 @@
+"""``python -m soak``: start the system, drive the mix, do the faults of the seed's schedule,
+then check the whole history. The last line is exactly
+``soak: <R> requests, <F> faults (<K> kinds), <V> violations``; exit 0 only with none."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from app.shared import contract
+from soak import schedule
+from soak.checker import AfterRun, Checker, Verdict, Violation
+from soak.faults import Happened, Injector
+from soak.system import TOPOLOGIES, System, Timings, rss_bytes
+from soak.traffic import Request, Traffic
+from tests.support.processes import wait_until
+
+# Processes are measured from this long after they started (imports done, pools filled).
+MEMORY_WARM_UP_SECONDS = 10.0
+DRAIN_SECONDS = 60.0
+# Approximate trimming (XADD MINID ~) removes whole nodes of the stream: up to one node's
+# entries (stream-node-max-entries, 100) may stay older than the window.
+TRIM_SLACK_ENTRIES = 100
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 600)))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("SOAK_SEED") or time.time_ns() % 1_000_000))
+    parser.add_argument("--topology", choices=TOPOLOGIES, default=os.environ.get("SOAK_TOPOLOGY", "cluster"))
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("SOAK_RATE", 12)),
+                        help="requests per second, open loop")
+    parser.add_argument("--workdir", type=Path, help="where the processes' files and logs go (kept)")
+    args = parser.parse_args(argv)
+    # Stopped (a CI timeout, kill): the processes and network namespaces are still cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.seconds < schedule.WARM_UP_SECONDS + schedule.QUIET_TAIL_SECONDS + 10:
+        parser.error(f"--seconds must be at least {schedule.WARM_UP_SECONDS + schedule.QUIET_TAIL_SECONDS + 10:g}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    try:
+        violations, faults, requests = soak(args.seconds, args.seed, args.topology, args.rate, workdir)
+    finally:
+        if args.workdir is None and not os.environ.get("SOAK_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"soak: {requests} requests, {len(faults)} faults ({len({f.kind for f in faults})} kinds), "
+          f"{violations} violations")
+    return 0 if violations == 0 else 1
+
+
+def soak(seconds: float, seed: int, topology: str, rate: float, workdir: Path) -> tuple[int, list[Happened], int]:
+    timings = Timings()
+    faults = schedule.draw(seed, seconds, timings.claim_idle_seconds)
+    print(f"soak: seed {seed}, {seconds:g} s, {topology}, {rate:g} req/s, {len(faults)} faults scheduled; "
+          f"files in {workdir}", flush=True)
+    system = System(workdir, topology, timings)
+    try:
+        started = time.time()
+
+        def clock() -> float:
+            return time.time() - started
+
+        traffic = Traffic(system.proxy_urls, rate, seed, deadline_seconds=timings.request_timeout_seconds,
+                          async_deadline_seconds=timings.async_deadline_seconds, clock=clock).start()
+        injector = Injector(system, faults, clock, say=lambda line: print(line, flush=True)).start()
+        sampler = Sampler(system, clock).start()
+        time.sleep(max(0.0, seconds - clock()))
+        happened = injector.join()
+        stopped_at = clock()
+        history = traffic.stop()
+        print(f"soak: load stopped at {stopped_at:.1f} s; every caller answered at {clock():.1f} s", flush=True)
+        _read_results_again(traffic, history, clock, timings.result_ttl_seconds)
+        after = _after_run(system, sampler, timings)
+        verdict = Checker(history, happened, system.executions(started), topology=topology,
+                          replicas_confirm=topology != "standalone",
+                          claim_idle_seconds=timings.claim_idle_seconds).check(after)
+        verdict.violations.extend(Violation("fault", f"{f.kind} {f.target}: {f.error}") for f in happened if f.error)
+        _report(history, happened, verdict, after)
+        return len(verdict.violations), happened, len(history)
+    finally:
+        system.stop()
+
+
+class Sampler:
+    """Each service process's memory every 2 s, and its metric series after warm-up."""
+
+    def __init__(self, system: System, clock) -> None:  # type: ignore[no-untyped-def]
+        self._system = system
+        self._now = clock
+        self.first_seen: dict[str, float] = {}
+        self.warm: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.series_warm: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            now = self._now()
+            for key, pid in self._system.service_processes().items():
+                size = rss_bytes(pid)
+                if size is None:
+                    continue
+                self.first_seen.setdefault(key, now)
+                if key not in self.warm and now - self.first_seen[key] >= MEMORY_WARM_UP_SECONDS:
+                    self.warm[key] = size
+                self.last[key] = size
+            if not self.series_warm and now >= schedule.WARM_UP_SECONDS:
+                self.series_warm = {name: len(lines) for name, lines in self._system.metric_series().items()}
+
+    def alive(self) -> set[str]:
+        return set(self._system.service_processes())
+
+
+def _read_results_again(traffic: Traffic, history: list[Request], clock, ttl: float) -> None:  # type: ignore[no-untyped-def]
+    """Every async result still within its TTL is read once more after the run."""
+    for request in history:
+        result = request.result
+        if request.async_id and request.polls and result and result.status in (200, 504) \
+                and clock() - result.answered < ttl - 10:
+            request.rereads.append(traffic.read_result(request))
+
+
+def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
+    after = AfterRun()
+    client = system.client()
+    streams = system.request_streams()
+    group = contract.DEFAULT_CONSUMER_GROUP
+
+    def pending() -> dict[str, int]:
+        counts = {}
+        for stream in streams:
+            try:
+                counts[stream] = int(client.xpending(stream, group)["pending"])
+            except Exception as error:  # noqa: BLE001 - a stream never written has no group
+                if "NOGROUP" not in str(error):
+                    raise
+        return counts
+
+    try:
+        wait_until(lambda: not any(pending().values()), DRAIN_SECONDS, interval=0.5, what="the streams drained")
+    except TimeoutError:
+        pass
+    after.pending = pending()
+    now_ms = contract.now_ms()
+    window_ms = int(timings.trim_window_seconds * 1000) + 5_000
+    for stream in streams:
+        if not client.exists(stream):
+            continue
+        for consumer in client.xinfo_consumers(stream, group):
+            if consumer["pending"]:
+                after.consumers_holding[f"{stream}/{consumer['name'].decode()}"] = consumer["pending"]
+        stale = client.xrange(stream, "-", f"{now_ms - window_ms}", count=TRIM_SLACK_ENTRIES + 1)
+        if len(stale) > TRIM_SLACK_ENTRIES:
+            after.stream_overruns[stream] = (f"more than {TRIM_SLACK_ENTRIES} entries older than the trim window "
+                                             f"({window_ms / 1000:g} s)")
+        after.dead_letters += client.xlen(contract.dead_letter_stream(stream)) if \
+            contract.dead_letter_stream(stream) != stream else 0
+    for reply_stream in client.scan_iter(match=contract.REPLY_STREAM_PREFIX + "*", _type="stream"):
+        length = client.xlen(reply_stream)
+        if length > contract.REPLY_STREAM_MAXLEN + TRIM_SLACK_ENTRIES:
+            after.stream_overruns[reply_stream.decode()] = f"{length} entries"
+    client.close()
+    sampler.stop()
+    alive = sampler.alive()
+    after.memory = {name: (sampler.warm[name], sampler.last[name]) for name in sampler.warm if name in alive}
+    series_end = system.metric_series()
+    after.series = {name: (sampler.series_warm[name], len(lines)) for name, lines in series_end.items()
+                    if name in sampler.series_warm}
+    after.id_labels = [line for lines in series_end.values() for line in lines if "soak-" in line or "key-" in line]
+    return after
+
+
+def _report(history: list[Request], happened: list[Happened], verdict: Verdict, after: AfterRun) -> None:
+    by_kind: dict[str, Counter] = {}
+    for request in history:
+        final = request.result if request.kind == "async" and request.polls else request.final
+        by_kind.setdefault(request.kind, Counter())[final.status if final else None] += 1
+    for kind, counts in sorted(by_kind.items()):
+        print(f"soak: {kind}: {sum(counts.values())} requests, answers {dict(sorted(counts.items(), key=str))}")
+    retried = sum(len(r.attempts) > 1 for r in history)
+    print(f"soak: {retried} requests retried after a broken connection")
+    print(f"soak: {len(verdict.extra_executions)} executions repeated, each during a fault: "
+          f"{dict(Counter(fault.kind for _, fault in verdict.extra_executions))}")
+    for loss in verdict.losses:
+        print(f"soak: loss the topology allows: {loss.what} (fault: {loss.fault.at:.1f} {loss.fault.kind} "
+              f"{loss.fault.target})")
+    grown = max(((end / warm, name) for name, (warm, end) in after.memory.items()), default=(0.0, "-"))
+    print(f"soak: memory of {len(after.memory)} service processes: largest growth {grown[0]:.2f}x ({grown[1]})")
+    series = sum(end for _, end in after.series.values())
+    print(f"soak: metric series {sum(w for w, _ in after.series.values())} after warm-up, {series} at the end")
+    for violation in verdict.violations:
+        print(f"VIOLATION {violation.rule}: {violation.detail}")
+        if violation.request is not None:
+            _print_history(violation.request, happened)
+
+
+def _print_history(request: Request, happened: list[Happened]) -> None:
+    print(f"  request {request.number} {request.kind} id={request.request_id} key={request.key} "
+          f"{request.city}/{request.location} async_id={request.async_id}")
+    for attempt in [*request.attempts, *request.polls, *request.rereads]:
+        print(f"    {attempt.sent:8.2f} -> {attempt.answered:8.2f} {attempt.status} {attempt.error or attempt.body}")
+    start = request.attempts[0].sent if request.attempts else 0.0
+    for fault in happened:
+        if start - 30 <= fault.at <= start + 30:
+            print(f"    fault {fault.at:.1f}-{fault.ended} {fault.kind} {fault.target}")

@@ -1,0 +1,203 @@
+"""The system a soak runs against, as production runs it: Redis with persistence (every node
+on a host of its own, so it can be cut off or slowed), several proxies of several processes,
+several workers; and what the checker reads from it afterwards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+from app.shared import contract
+from tests.support.cluster import RedisClusterSet
+from tests.support.netns import IsolatedNetwork
+from tests.support.processes import Managed, Proxy, RedisServer, Worker
+from tests.support.sentinel import SentinelSet
+
+TOPOLOGIES = ("cluster", "sentinel", "standalone")
+SHARDS = 6
+
+
+@dataclass(frozen=True)
+class Timings:
+    request_timeout_seconds: float = 10.0
+    # Short, so that a run of minutes trims the request streams (the window is this plus 60 s).
+    async_deadline_seconds: float = 30.0
+    result_ttl_seconds: float = 300.0
+    # The lease: a frozen worker's entries are taken over after this long.
+    claim_idle_seconds: float = 3.0
+
+    @property
+    def trim_window_seconds(self) -> float:
+        return self.async_deadline_seconds + 60
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One piece of work done, as the worker logged it when it replied."""
+    at: float  # seconds since the soak started
+    worker: str
+    request_id: str
+    entry_id: str
+    deliveries: int
+
+
+class System:
+    def __init__(self, workdir: Path, topology: str, timings: Timings, proxies: int = 2, workers: int = 3) -> None:
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"SOAK_TOPOLOGY must be one of {', '.join(TOPOLOGIES)}, not {topology!r}")
+        self.topology = topology
+        self.timings = timings
+        self.network = IsolatedNetwork()
+        self.cluster: RedisClusterSet | None = None
+        self.sentinels: SentinelSet | None = None
+        self.standalone: RedisServer | None = None
+        self.proxies: list[Proxy] = []
+        self.workers: list[Worker] = []
+        try:
+            env = self._start_redis(workdir)
+            common = {**env, "REQUEST_STREAM_SHARDS": str(SHARDS)}
+            proxy_env = {**common, "REQUEST_TIMEOUT_SECONDS": str(timings.request_timeout_seconds),
+                         "ASYNC_DEADLINE_SECONDS": str(timings.async_deadline_seconds),
+                         "RESULT_TTL_SECONDS": str(timings.result_ttl_seconds)}
+            worker_env = {**common, "WORKER_TERMINALS": "8", "PROCESSING_DELAY_MS": "10-100",
+                          "CLAIM_IDLE_SECONDS": str(timings.claim_idle_seconds), "SHUTDOWN_GRACE_SECONDS": "8",
+                          # One "replied" line per piece of work: where executions are counted.
+                          "LOG_LEVEL": "DEBUG"}
+            self.proxies = [Proxy(workdir, self.redis_url, **proxy_env) for _ in range(proxies)]
+            self.workers = [Worker(workdir, self.redis_url, f"soak-worker-{n}", **worker_env) for n in range(workers)]
+            for process in [*self.proxies, *self.workers]:
+                process.wait_ready(60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_redis(self, workdir: Path) -> dict[str, str]:
+        replicated = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"}
+        if self.topology == "cluster":
+            self.cluster = RedisClusterSet(workdir / "cluster", replicas=1, full_coverage=False, network=self.network)
+            self.redis_url = self.cluster.url
+            seeds = ",".join(f"{node.address}:{node.port}" for node in self.cluster.nodes)
+            return {**self.cluster.env(), "REDIS_CLUSTER_NODES": seeds, **replicated}
+        if self.topology == "sentinel":
+            self.sentinels = SentinelSet(workdir / "sentinel-set", replicas=2, network=self.network)
+            self.redis_url = "redis://soak-sentinel-mode/0"
+            return {**self.sentinels.env(), **replicated}
+        # One Redis: an append-only file fsynced every second, the loss it allows stated.
+        self.standalone = RedisServer(workdir / "redis", appendonly=True, host=self.network.add_host())
+        self.redis_url = self.standalone.url
+        return {}
+
+    def nodes(self) -> list[RedisServer]:
+        if self.cluster:
+            return list(self.cluster.nodes)
+        if self.sentinels:
+            return [self.sentinels.primary, *self.sentinels.replicas]
+        assert self.standalone is not None
+        return [self.standalone]
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes taking writes now, by port (a failover changes which)."""
+        if self.cluster:
+            return sorted(self.cluster.primaries(), key=lambda node: node.port)
+        if self.sentinels:
+            return [self.sentinels.node(self.sentinels.primary_port())]
+        assert self.standalone is not None
+        return [self.standalone]
+
+    def client(self) -> redis.Redis | redis.RedisCluster:
+        if self.cluster:
+            return self.cluster.client()
+        return self.primaries()[0].client()
+
+    def proxy_urls(self) -> list[str]:
+        return [proxy.url for proxy in self.proxies]
+
+    def service_processes(self) -> dict[str, int]:
+        """Every service process, named with its PID (a restarted one is another process): each
+        proxy's master and its children, each worker."""
+        found: dict[str, int] = {}
+        for proxy in self.proxies:
+            if proxy.alive():
+                found[f"{proxy.name} master {proxy.pid}"] = proxy.pid
+                for child in children(proxy.pid):
+                    found[f"{proxy.name} process {child}"] = child
+        for worker in self.workers:
+            if worker.alive():
+                found[f"{worker.name} {worker.pid}"] = worker.pid
+        return found
+
+    def metric_series(self) -> dict[str, list[str]]:
+        """Each service's metric series (name and labels) as it exposes them now."""
+        series = {}
+        for process in [*self.proxies, *self.workers]:
+            try:
+                text = requests.get(process.metrics_url + "/metrics", timeout=5).text
+            except requests.RequestException:
+                continue
+            series[process.name] = [line.rsplit(" ", 1)[0] for line in text.splitlines()
+                                    if line and not line.startswith("#")]
+        return series
+
+    def executions(self, started_at: float) -> list[Execution]:
+        """The work the workers did, from their own log lines (``replied``)."""
+        done = []
+        for worker in self.workers:
+            for line in worker.log().splitlines():
+                if '"replied"' not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("message") != "replied":
+                    continue
+                done.append(Execution(_epoch(entry["time"]) - started_at, worker.name, entry.get("request_id", ""),
+                                      entry["entry_id"], int(entry.get("deliveries", 1))))
+        return done
+
+    def request_streams(self) -> list[str]:
+        streams = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=self.cluster is not None)
+        return [*streams, *(contract.urgent_lane(stream) for stream in streams)]
+
+    def stop(self) -> None:
+        for process in [*self.workers, *self.proxies]:
+            process.stop()
+        for node in self._redis_processes():
+            node.stop()
+        self.network.close()
+
+    def _redis_processes(self) -> list[Managed]:
+        if self.cluster:
+            return list(self.cluster.nodes)
+        if self.sentinels:
+            return list(reversed(self.sentinels.processes()))
+        return [self.standalone] if self.standalone else []
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
