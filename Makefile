@@ -40,7 +40,12 @@ LOAD_RATE ?= 10
 LOAD_DURATION ?= 30
 LOAD_ARGS ?=
 
-.PHONY: e2e-local e2e-prerequisites release-local ci-local registry netns bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
+# make soak: faults from a seeded schedule under a mixed open-loop load, every request checked
+SOAK_SECONDS ?= 600
+SOAK_SEED ?=
+SOAK_TOPOLOGY ?= cluster
+
+.PHONY: soak e2e-local e2e-prerequisites release-local ci-local registry netns bench load help setup setup-runtime redis-server prometheus chromium tools run test lint monitor deploy undeploy image-test lock chart-docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -117,6 +122,9 @@ load: $(TOOLS_STAMP) ## open-loop load on make run's proxy: LOAD_RATE req/s (10)
 
 test: setup ## install everything and run the whole test suite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+soak: $(TEST_STAMP) redis-server netns ## faults under a mixed load for SOAK_SECONDS (600), SOAK_SEED, SOAK_TOPOLOGY (cluster, sentinel, standalone); root
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_SEED=$(SOAK_SEED) SOAK_TOPOLOGY=$(SOAK_TOPOLOGY) $(BIN)/python -m soak
 
 lint: setup ## every linter of the CI workflow
 	ci/lint.sh

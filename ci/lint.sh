@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 
-echo "== ruff";       "$bin/ruff" check app tests tools scripts bench
-echo "== mypy";       "$bin/python" -m mypy app tools
+echo "== ruff";       "$bin/ruff" check app tests tools scripts bench soak
+echo "== mypy";       "$bin/python" -m mypy app tools soak
 echo "== hadolint";   "$bin/hadolint" --failure-threshold warning Dockerfile.proxy Dockerfile.worker tests/e2e/Containerfile.redis
 echo "== shellcheck"; "$bin/shellcheck" ci/*.sh scripts/*.sh .ci/run
 echo "== yamllint";   "$bin/yamllint" --strict -c .yamllint.yml .github docker-compose.yml compose alerts charts/redis-stream-demo/values*.yaml

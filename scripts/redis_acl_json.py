@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from chart_file import write_or_check  # noqa: E402 - beside this script
 
-from app.shared.acl import admin_user, users  # noqa: E402
+from app.shared.acl import DEFAULT_USER_OFF, admin_user, users  # noqa: E402
 
 TARGET = ROOT / "charts" / "redis-stream-demo" / "files" / "redis-acl.json"
 STREAM_PLACEHOLDER = "%REQUEST_STREAM%"
@@ -32,7 +32,7 @@ def rules() -> str:
     entries = [{"user": user.name, "secretKey": SECRET_KEYS[user.name],
                 "line": user.rule_for_hash(f"@{SECRET_KEYS[user.name]}@")}
                for user in [*users(STREAM_PLACEHOLDER), admin_user()]]
-    return json.dumps({"users": entries, "last": "user default off"}, indent=1) + "\n"
+    return json.dumps({"users": entries, "last": DEFAULT_USER_OFF}, indent=1) + "\n"
 
 
 def main() -> int:

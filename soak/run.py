@@ -5,6 +5,8 @@ then check the whole history. The last line is exactly
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -20,7 +22,7 @@ from soak import schedule
 from soak.checker import AfterRun, Checker, Verdict, Violation
 from soak.faults import Happened, Injector
 from soak.system import TOPOLOGIES, System, Timings, rss_bytes
-from soak.traffic import Request, Traffic
+from soak.traffic import Attempt, Request, Traffic
 from tests.support.processes import wait_until
 
 # Processes are measured from this long after they started (imports done, pools filled).
@@ -45,11 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds < schedule.WARM_UP_SECONDS + schedule.QUIET_TAIL_SECONDS + 10:
         parser.error(f"--seconds must be at least {schedule.WARM_UP_SECONDS + schedule.QUIET_TAIL_SECONDS + 10:g}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="soak-"))
+    violations = -1
     try:
         violations, faults, requests = soak(args.seconds, args.seed, args.topology, args.rate, workdir)
     finally:
-        if args.workdir is None and not os.environ.get("SOAK_KEEP"):
+        # Kept when something is wrong: the logs, and the history to read it from.
+        if args.workdir is None and violations == 0:
             shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"soak: logs and history.jsonl kept in {workdir}")
     print(f"soak: {requests} requests, {len(faults)} faults ({len({f.kind for f in faults})} kinds), "
           f"{violations} violations")
     return 0 if violations == 0 else 1
@@ -83,6 +89,7 @@ def soak(seconds: float, seed: int, topology: str, rate: float, workdir: Path) -
                           claim_idle_seconds=timings.claim_idle_seconds).check(after)
         verdict.violations.extend(Violation("fault", f"{f.kind} {f.target}: {f.error}") for f in happened if f.error)
         _report(history, happened, verdict, after)
+        _save(workdir, history, happened)
         return len(verdict.violations), happened, len(history)
     finally:
         system.stop()
@@ -147,7 +154,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
         for stream in streams:
             try:
                 counts[stream] = int(client.xpending(stream, group)["pending"])
-            except Exception as error:  # noqa: BLE001 - a stream never written has no group
+            except Exception as error:  # a stream never written has no group
                 if "NOGROUP" not in str(error):
                     raise
         return counts
@@ -165,7 +172,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
         for consumer in client.xinfo_consumers(stream, group):
             if consumer["pending"]:
                 after.consumers_holding[f"{stream}/{consumer['name'].decode()}"] = consumer["pending"]
-        stale = client.xrange(stream, "-", f"{now_ms - window_ms}", count=TRIM_SLACK_ENTRIES + 1)
+        stale = client.xrange(stream, "-", f"{now_ms - window_ms}", count=TRIM_SLACK_ENTRIES + 1) or []
         if len(stale) > TRIM_SLACK_ENTRIES:
             after.stream_overruns[stream] = (f"more than {TRIM_SLACK_ENTRIES} entries older than the trim window "
                                              f"({window_ms / 1000:g} s)")
@@ -186,13 +193,22 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
     return after
 
 
+def _save(workdir: Path, history: list[Request], happened: list[Happened]) -> None:
+    """Every request with its answers, then every fault, one JSON object per line."""
+    with (workdir / "history.jsonl").open("w") as file:
+        for request in history:
+            file.write(json.dumps({"request": dataclasses.asdict(request)}) + "\n")
+        for fault in happened:
+            file.write(json.dumps({"fault": dataclasses.asdict(fault)}) + "\n")
+
+
 def _report(history: list[Request], happened: list[Happened], verdict: Verdict, after: AfterRun) -> None:
-    by_kind: dict[str, Counter] = {}
+    by_kind: dict[str, Counter[str]] = {}
     for request in history:
         final = request.result if request.kind == "async" and request.polls else request.final
-        by_kind.setdefault(request.kind, Counter())[final.status if final else None] += 1
+        by_kind.setdefault(request.kind, Counter())[_answer(final)] += 1
     for kind, counts in sorted(by_kind.items()):
-        print(f"soak: {kind}: {sum(counts.values())} requests, answers {dict(sorted(counts.items(), key=str))}")
+        print(f"soak: {kind}: {sum(counts.values())} requests, answers {dict(sorted(counts.items()))}")
     retried = sum(len(r.attempts) > 1 for r in history)
     print(f"soak: {retried} requests retried after a broken connection")
     print(f"soak: {len(verdict.extra_executions)} executions repeated, each during a fault: "
@@ -208,6 +224,14 @@ def _report(history: list[Request], happened: list[Happened], verdict: Verdict, 
         print(f"VIOLATION {violation.rule}: {violation.detail}")
         if violation.request is not None:
             _print_history(violation.request, happened)
+
+
+def _answer(attempt: Attempt | None) -> str:
+    """200, or the status with the problem's error code (503 replicas_unavailable)."""
+    if attempt is None or attempt.status is None:
+        return "none"
+    error = attempt.body.get("error") if isinstance(attempt.body, dict) and attempt.status != 200 else None
+    return f"{attempt.status} {error}" if error else str(attempt.status)
 
 
 def _print_history(request: Request, happened: list[Happened]) -> None:

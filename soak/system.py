@@ -67,10 +67,14 @@ class System:
                           "CLAIM_IDLE_SECONDS": str(timings.claim_idle_seconds), "SHUTDOWN_GRACE_SECONDS": "8",
                           # One "replied" line per piece of work: where executions are counted.
                           "LOG_LEVEL": "DEBUG"}
-            self.proxies = [Proxy(workdir, self.redis_url, **proxy_env) for _ in range(proxies)]
-            self.workers = [Worker(workdir, self.redis_url, f"soak-worker-{n}", **worker_env) for n in range(workers)]
-            for process in [*self.proxies, *self.workers]:
-                process.wait_ready(60)
+            # (the helpers' keyword arguments mix their own options with the environment)
+            self.proxies = [Proxy(workdir, self.redis_url, **proxy_env) for _ in range(proxies)]  # type: ignore[arg-type]
+            self.workers = [Worker(workdir, self.redis_url, f"soak-worker-{n}", **worker_env)  # type: ignore[arg-type]
+                            for n in range(workers)]
+            for proxy in self.proxies:
+                proxy.wait_ready(60)
+            for worker in self.workers:
+                worker.wait_ready(60)
         except BaseException:
             self.stop()
             raise
@@ -133,12 +137,13 @@ class System:
     def metric_series(self) -> dict[str, list[str]]:
         """Each service's metric series (name and labels) as it exposes them now."""
         series = {}
-        for process in [*self.proxies, *self.workers]:
+        services = [*((p.name, p.metrics_url) for p in self.proxies), *((w.name, w.metrics_url) for w in self.workers)]
+        for name, url in services:
             try:
-                text = requests.get(process.metrics_url + "/metrics", timeout=5).text
+                text = requests.get(url + "/metrics", timeout=5).text
             except requests.RequestException:
                 continue
-            series[process.name] = [line.rsplit(" ", 1)[0] for line in text.splitlines()
+            series[name] = [line.rsplit(" ", 1)[0] for line in text.splitlines()
                                     if line and not line.startswith("#")]
         return series
 

@@ -163,15 +163,20 @@ class Traffic:
             self._poll(request)
 
     def _poll(self, request: Request) -> None:
+        """Until the result is there (200, or the 504 of an entry not done by its deadline)
+        or the deadline is well past; the last answer is recorded either way."""
         give_up = self._now() + self._async_deadline + 5
+        poll = None
         while self._now() < give_up:
             time.sleep(POLL_SECONDS)
             poll = self.read_result(request)
-            if poll.status == 202:
+            # Not done yet (202), or its shard unreachable for now (503, Retry-After): ask again.
+            if poll.status in (202, 503) or poll.status is None:
                 continue
             request.polls.append(poll)
-            if poll.status is not None or "ConnectionError" not in (poll.error or ""):
-                return
+            return
+        if poll is not None:
+            request.polls.append(poll)  # still not done: the checker names it
 
     def read_result(self, request: Request) -> Attempt:
         return self._send("GET", f"{self._url()}/WeatherForecast/requests/{request.async_id}",

@@ -19,7 +19,7 @@ import os
 import sys
 
 from app.shared import contract
-from app.shared.acl import admin_user, shared_user, users
+from app.shared.acl import DEFAULT_USER_OFF, admin_user, shared_user, users
 
 ADMIN_PASSWORD_VARIABLE = admin_user().password_variable
 OPTIONAL = ("REDIS_ACL_PROBE_PASSWORD",)
@@ -38,7 +38,7 @@ def rules(request_stream: str, environ: dict[str, str]) -> list[str]:
     admin = environ.get(ADMIN_PASSWORD_VARIABLE, "")
     if admin:
         lines.append(admin_user().rule(admin))
-        lines.append("user default off")
+        lines.append(DEFAULT_USER_OFF)
     else:
         lines.append(f"# the default user is left as it is: set {ADMIN_PASSWORD_VARIABLE} to add an admin "
                      "user and turn it off")

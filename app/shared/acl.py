@@ -28,6 +28,13 @@ from app.shared import contract
 
 # The rate limiter's keys: the `limits` library prefixes every key with "LIMITS".
 RATE_LIMIT_KEY_PREFIX = "LIMITS:"
+# Nobody logs in as the default user (off), but it keeps every right: Redis replays the
+# MULTI/EXEC blocks of its append-only file (the workers' transactions, every script's
+# effects) as the default user and checks its rights again at EXEC. A default user without
+# them makes a restart from the AOF drop every such block without a word, only a CRITICAL
+# log line per block: acknowledgements (everything answered is worked on again), async
+# results, Idempotency-Keys (redis/redis#14541, fixed in Redis after 7.x; valkey#3983).
+DEFAULT_USER_OFF = "user default off resetpass allkeys allchannels +@all"
 
 # What every client of the services sends to set up a connection and find its node:
 # AUTH/HELLO, CLIENT SETNAME, CLIENT SETINFO (Redis 7.2+; named by category so that the

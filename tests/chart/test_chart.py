@@ -256,6 +256,16 @@ def test_pdb_only_when_more_than_one_replica_can_exist():
     assert [p["metadata"]["name"] for p in kinds(single_max, "PodDisruptionBudget")] == ["demo-redis-stream-demo-proxy"]
 
 
+def test_pdb_lets_a_drain_take_a_lone_pod_unless_min_available_is_kept():
+    # KEDA or an HPA may leave one worker: minAvailable 1 would block every node drain then.
+    for budget in kinds(render("keda"), "PodDisruptionBudget") + kinds(render("prod"), "PodDisruptionBudget"):
+        assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"], budget
+    kept = one(render("default", "worker.pdb.minAvailable=2"), "PodDisruptionBudget", "-worker")["spec"]
+    assert kept["minAvailable"] == 2 and "maxUnavailable" not in kept
+    share = one(render("default", "worker.pdb.maxUnavailable=25%"), "PodDisruptionBudget", "-worker")["spec"]
+    assert share["maxUnavailable"] == "25%"
+
+
 def test_grace_periods_outlast_shutdown():
     docs = render("default")
     worker = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]
@@ -727,3 +737,14 @@ def test_auth_wires_the_key_from_a_secret():
     assert hs_env["AUTH_JWT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "jwt", "key": "jwt-secret"}
     missing = helm("template", "demo", str(CHART), "--set", "proxy.auth.enabled=true", check=False)
     assert missing.returncode != 0 and "proxy.auth.existingSecret is required" in missing.stderr
+
+
+def _notes(*sets: str) -> str:
+    args = [arg for value in sets for arg in ("--set", value)]
+    return helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", "weather", *args).stdout
+
+
+def test_install_warns_when_the_alerts_would_have_no_metrics_to_read():
+    assert "Warning: the alerts are installed" in _notes("monitoring.prometheusRule.enabled=true")
+    assert "Warning" not in _notes("monitoring.prometheusRule.enabled=true", "monitoring.serviceMonitor.enabled=true")
+    assert "Warning" not in _notes()

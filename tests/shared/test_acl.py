@@ -5,9 +5,11 @@ flow works, Redis logged no refused command, and what each user must not do is r
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from app.shared import contract
@@ -203,3 +205,40 @@ def test_sentinel_mode_serves_under_the_users(tmp_path, request):
                     for line in refused_commands(node.client())] == []
     finally:
         sentinels.stop()
+
+
+def test_a_restart_from_the_append_only_file_keeps_what_transactions_and_scripts_wrote(tmp_path):
+    """Redis replays the AOF's MULTI/EXEC blocks (transactions, scripts' effects) as the default
+    user and checks its rights at EXEC: with the default user off and without rights, a restart
+    dropped them all (redis/redis#14541; the e2e Redis-pod-replaced test answered 40 s late)."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, acl_file=acl_file(tmp_path / "acl"),
+                         username=ADMIN[0], password=ADMIN[1])
+    try:
+        worker = redis.Redis(host="127.0.0.1", port=server.port, **_login("worker"))
+        with worker.pipeline(transaction=True) as pipe:
+            pipe.xadd(f"{contract.REPLY_STREAM_PREFIX}p1", {"id": "r1"})
+            pipe.hset(f"{contract.RESULT_KEY_PREFIX}{{s0}}:abc", "state", "done")
+            pipe.execute()
+        worker.eval("redis.call('HSET', KEYS[1], 'state', 'queued')", 1, f"{contract.RESULT_KEY_PREFIX}{{s0}}:def")
+        time.sleep(1.5)  # appendfsync everysec
+        server.signal(signal.SIGKILL)
+        server.wait(10)
+        server.restart()
+        wait_until(lambda: server.client().ping(), 20, what="redis back from its AOF")
+        admin = server.client()
+        assert admin.xlen(f"{contract.REPLY_STREAM_PREFIX}p1") == 1
+        assert admin.hget(f"{contract.RESULT_KEY_PREFIX}{{s0}}:abc", "state") == b"done"
+        assert admin.hget(f"{contract.RESULT_KEY_PREFIX}{{s0}}:def", "state") == b"queued"
+        assert "CRITICAL" not in server.log()
+        # Its rights serve only the replay: nobody logs in as the default user.
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port).ping()
+        with pytest.raises(redis.AuthenticationError, match="disabled"):
+            redis.Redis(host="127.0.0.1", port=server.port, username="default", password="").ping()
+    finally:
+        server.stop()
+
+
+def _login(user: str) -> dict[str, str]:
+    login = credentials(user)
+    return {"username": login["REDIS_USERNAME"], "password": login["REDIS_PASSWORD"]}

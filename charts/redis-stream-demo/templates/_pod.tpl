@@ -74,7 +74,11 @@ metadata:
   labels:
     {{- include "rsd.componentLabels" (dict "root" .root "component" .component) | nindent 4 }}
 spec:
+  {{- if ne .values.pdb.minAvailable nil }}
   minAvailable: {{ .values.pdb.minAvailable }}
+  {{- else }}
+  maxUnavailable: {{ .values.pdb.maxUnavailable }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "rsd.selectorLabels" (dict "root" .root "component" .component) | nindent 6 }}
