@@ -57,6 +57,7 @@ class AfterRun:
     series: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (after warm-up, at the end)
     id_labels: list[str] = field(default_factory=list)  # series whose labels carry a request id or key
     dead_letters: int = 0
+    redis_complaints: list[str] = field(default_factory=list)  # refused commands, AOF blocks not replayed
 
 
 @dataclass
@@ -241,6 +242,8 @@ class Checker:
         for process, (warm, end) in after.series.items():
             if end > warm * SERIES_GROWTH_LIMIT:
                 self._fail("metric series", f"{process}: {warm} series after warm-up, {end} at the end")
+        for complaint in after.redis_complaints:
+            self._fail("redis", complaint)
         for series in after.id_labels:
             self._fail("metric series", f"a label carries a request's id or key: {series}")
 

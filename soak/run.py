@@ -183,6 +183,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
         if length > contract.REPLY_STREAM_MAXLEN + TRIM_SLACK_ENTRIES:
             after.stream_overruns[reply_stream.decode()] = f"{length} entries"
     client.close()
+    after.redis_complaints = system.redis_complaints()
     sampler.stop()
     alive = sampler.alive()
     after.memory = {name: (sampler.warm[name], sampler.last[name]) for name in sampler.warm if name in alive}

@@ -5,6 +5,7 @@ several workers; and what the checker reads from it afterwards."""
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,11 @@ from tests.support.cluster import RedisClusterSet
 from tests.support.netns import IsolatedNetwork
 from tests.support.processes import Managed, Proxy, RedisServer, Worker
 from tests.support.sentinel import SentinelSet
+from tools.redis_acl import rules
 
 TOPOLOGIES = ("cluster", "sentinel", "standalone")
+PASSWORD_VARIABLES = ("REDIS_ACL_PROXY_PASSWORD", "REDIS_ACL_WORKER_PASSWORD", "REDIS_ACL_MONITOR_PASSWORD",
+                      "REDIS_ACL_ADMIN_PASSWORD")
 SHARDS = 6
 
 
@@ -68,6 +72,8 @@ class System:
                           # One "replied" line per piece of work: where executions are counted.
                           "LOG_LEVEL": "DEBUG"}
             # (the helpers' keyword arguments mix their own options with the environment)
+            proxy_env.update(self.logins["proxy"])
+            worker_env.update(self.logins["worker"])
             self.proxies = [Proxy(workdir, self.redis_url, **proxy_env) for _ in range(proxies)]  # type: ignore[arg-type]
             self.workers = [Worker(workdir, self.redis_url, f"soak-worker-{n}", **worker_env)  # type: ignore[arg-type]
                             for n in range(workers)]
@@ -80,18 +86,30 @@ class System:
             raise
 
     def _start_redis(self, workdir: Path) -> dict[str, str]:
+        """Every node with the users of app.shared.acl (the default user off), as the chart
+        runs Redis; each service logs in as its own user."""
+        passwords = {variable: secrets.token_hex(16) for variable in PASSWORD_VARIABLES}
+        acl_file = workdir / "users.acl"
+        workdir.mkdir(parents=True, exist_ok=True)
+        acl_file.write_text("\n".join(rules(contract.DEFAULT_REQUEST_STREAM, passwords)) + "\n")
+        admin = ("admin", passwords["REDIS_ACL_ADMIN_PASSWORD"])
+        self.logins = {user: {"REDIS_USERNAME": user, "REDIS_PASSWORD": passwords[f"REDIS_ACL_{user.upper()}_PASSWORD"]}
+                       for user in ("proxy", "worker")}
         replicated = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"}
         if self.topology == "cluster":
-            self.cluster = RedisClusterSet(workdir / "cluster", replicas=1, full_coverage=False, network=self.network)
+            self.cluster = RedisClusterSet(workdir / "cluster", replicas=1, full_coverage=False, network=self.network,
+                                           acl_file=acl_file, admin=admin)
             self.redis_url = self.cluster.url
             seeds = ",".join(f"{node.address}:{node.port}" for node in self.cluster.nodes)
             return {**self.cluster.env(), "REDIS_CLUSTER_NODES": seeds, **replicated}
         if self.topology == "sentinel":
-            self.sentinels = SentinelSet(workdir / "sentinel-set", replicas=2, network=self.network)
+            self.sentinels = SentinelSet(workdir / "sentinel-set", replicas=2, network=self.network,
+                                         acl_file=acl_file, admin=admin)
             self.redis_url = "redis://soak-sentinel-mode/0"
             return {**self.sentinels.env(), **replicated}
         # One Redis: an append-only file fsynced every second, the loss it allows stated.
-        self.standalone = RedisServer(workdir / "redis", appendonly=True, host=self.network.add_host())
+        self.standalone = RedisServer(workdir / "redis", appendonly=True, host=self.network.add_host(),
+                                      acl_file=acl_file, username=admin[0], password=admin[1])
         self.redis_url = self.standalone.url
         return {}
 
@@ -163,6 +181,19 @@ class System:
                 done.append(Execution(_epoch(entry["time"]) - started_at, worker.name, entry.get("request_id", ""),
                                       entry["entry_id"], int(entry.get("deliveries", 1))))
         return done
+
+    def redis_complaints(self) -> list[str]:
+        """What Redis itself reports as wrong: commands its users were refused (ACL LOG) and
+        blocks of its append-only file it would not replay (``== CRITICAL ==`` lines)."""
+        found = []
+        for node in self.nodes():
+            found += [f"{node.name}: {line.strip()[:300]}" for line in node.log().splitlines() if "CRITICAL" in line]
+            try:
+                found += [f"{node.name}: {entry['username']} refused {entry['object']} ({entry['reason']})"
+                          for entry in node.client().acl_log()]
+            except redis.RedisError as error:
+                found.append(f"{node.name}: ACL LOG unreadable: {error}")
+        return found
 
     def request_streams(self) -> list[str]:
         streams = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=self.cluster is not None)
