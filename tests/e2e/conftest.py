@@ -62,6 +62,16 @@ class Deployment:
         self.pods.append(pod["metadata"]["name"])
         return str(pod["metadata"]["name"])
 
+    def pin_bridge_address(self, octet: int) -> None:
+        """A Linux bridge takes the lowest MAC of its ports unless it is given one, so each pod
+        replaced (a new veth) could change the host's MAC on the network: every pod's ARP entry
+        for the host went stale, and answers to the test were dropped until it was renewed (the
+        Redis-pod-replaced test's 50 answers came 60 s late, or not within 120 s). Called once
+        the network's bridge exists and before anything talks over it."""
+        bridge = self.podman("network", "inspect", self.network, "--format", "{{.NetworkInterface}}").stdout.strip()
+        subprocess.run(["ip", "link", "set", "dev", bridge, "address", f"02:42:0a:59:{octet:02x}:01"], check=True,
+                       timeout=10)
+
     def remove(self, pod: str, timeout: int = 10) -> None:
         self.podman("pod", "rm", "--force", "--time", str(timeout), pod)
         self.pods.remove(pod)
@@ -132,6 +142,7 @@ def deployed(podman: Podman, rendered: list[dict]) -> Iterator[Deployment]:
             podman.create_secret(secret)
         started = time.monotonic()
         created.play("redis", 0, created.ips["redis"], with_claims=True)
+        created.pin_bridge_address(octet)
         created.wait_redis()
         for index in range(2):
             created.play("worker", index, created.worker_ip(index))

@@ -160,9 +160,10 @@ def test_queued_requests_survive_the_redis_pod_being_replaced(deployment):
           f"{pending_after}; "
           + summary("answers to the queued requests", results) + "; " + latency_line(results))
 
-    if [r.status for r in results] != [200] * 50:
-        # Seen twice on a fresh clone (answers 60 s late once, none within 120 s once), never
-        # reproduced on demand: the pods' own account of those minutes is what would explain it.
+    if [r.status for r in results] != [200] * 50 or max(r.seconds for r in results) > 30:
+        # Late or missing answers had two causes, both fixed: acknowledgements undone by the AOF
+        # replay (asserted below) and the network bridge's MAC changing with the replaced pod
+        # (conftest pins it). Should another appear, the pods' own account is printed.
         for pod in deployment.pods:
             kept = [line for line in deployment.logs(pod).splitlines()
                     if not any(noise in line for noise in ("late reply dropped", "/readyz", "/healthz"))]
@@ -174,3 +175,5 @@ def test_queued_requests_survive_the_redis_pod_being_replaced(deployment):
     assert pending_after == pending_before, "the restart undid acknowledgements"
     assert "CRITICAL" not in redis_log, [line for line in redis_log.splitlines() if "CRITICAL" in line][:3]
     assert [r.status for r in results] == [200] * 50, Counter(r.status for r in results)
+    # A worker starts seconds after Redis is back: nothing should keep the answers longer.
+    assert max(r.seconds for r in results) <= 30, latency_line(results)
