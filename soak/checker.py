@@ -51,6 +51,8 @@ class Loss:
 class AfterRun:
     """What the system held once the load had stopped and the workers had drained it."""
     pending: dict[str, int] = field(default_factory=dict)  # stream -> entries pending
+    # stream -> (entries after the group's last delivered one, the group's lag as Redis says)
+    undelivered: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     consumers_holding: dict[str, int] = field(default_factory=dict)  # consumer -> pending entries
     stream_overruns: dict[str, str] = field(default_factory=dict)  # stream -> how it exceeds its bound
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (after warm-up, at the end)
@@ -229,6 +231,12 @@ class Checker:
         for stream, pending in after.pending.items():
             if pending:
                 self._fail("drained", f"{stream}: {pending} entries still pending")
+        for stream, (left, lag) in after.undelivered.items():
+            if left:
+                self._fail("drained", f"{stream}: {left} entries never delivered to a worker")
+            if lag is not None and lag != left:
+                # What admission judges by: a lag that is not the backlog refuses or admits wrongly.
+                self._fail("lag", f"{stream}: Redis says lag {lag}, {left} entries are undelivered")
         for consumer, holding in after.consumers_holding.items():
             self._fail("consumers", f"{consumer} still holds {holding} entries")
         for stream, how in after.stream_overruns.items():

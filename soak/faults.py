@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from soak.schedule import Fault
 from soak.system import System, children
@@ -91,8 +92,8 @@ class Injector:
         host = node.host
         assert host is not None, "soak Redis nodes each run on a host of their own"
         actions = {
-            "redis-kill": lambda: _kill_and_restart(node, seconds, ready=_answers(node)),
-            "redis-restart": lambda: _stop_and_restart(node, ready=_answers(node)),
+            "redis-kill": lambda: _kill_and_restart(node, seconds, ready=_answers(node), restart=system.restart),
+            "redis-restart": lambda: _stop_and_restart(node, ready=_answers(node), restart=system.restart),
             "redis-freeze": lambda: _freeze(node.pid, seconds),
             "redis-partition": lambda: _for_a_while(lambda: system.network.partition(host),
                                                     lambda: system.network.heal(host), seconds),
@@ -131,19 +132,21 @@ def _answers(node: RedisServer) -> Callable[[], None]:
     return wait
 
 
-def _kill_and_restart(process: Managed, seconds: float, ready: Callable[[], None] | None = None) -> None:
+def _kill_and_restart(process: Managed, seconds: float, ready: Callable[[], None] | None = None,
+                      restart: Callable[[Any], None] = Managed.restart) -> None:
     process.signal(signal.SIGKILL)
     process.wait(10)
     time.sleep(seconds)
-    process.restart()
+    restart(process)
     if ready:
         ready()
 
 
-def _stop_and_restart(process: Managed, ready: Callable[[], None] | None = None) -> None:
+def _stop_and_restart(process: Managed, ready: Callable[[], None] | None = None,
+                      restart: Callable[[Any], None] = Managed.restart) -> None:
     process.signal(signal.SIGTERM)
     process.wait(30)
     time.sleep(0.5)  # as an orchestrator restarts it: not at the same instant
-    process.restart()
+    restart(process)
     if ready:
         ready()

@@ -169,6 +169,9 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
     for stream in streams:
         if not client.exists(stream):
             continue
+        info = next(g for g in client.xinfo_groups(stream) if g["name"].decode() == group)
+        after_last = client.xrange(stream, "(" + info["last-delivered-id"].decode(), "+") or []
+        after.undelivered[stream] = (len(after_last), None if info.get("lag") is None else int(info["lag"]))
         for consumer in client.xinfo_consumers(stream, group):
             if consumer["pending"]:
                 after.consumers_holding[f"{stream}/{consumer['name'].decode()}"] = consumer["pending"]

@@ -130,6 +130,15 @@ class System:
         assert self.standalone is not None
         return [self.standalone]
 
+    def restart(self, node: RedisServer) -> None:
+        """Starts a stopped Redis node again from its files. Under Sentinel it starts as a
+        primary and Sentinel turns it into a replica of whichever node is primary now, as with
+        any node that comes back: its start command names the first primary, which may be a
+        replica by now (two replicas of each other: no primary at all)."""
+        if self.sentinels:
+            node.argv = _without_option(node.argv, "--replicaof", values=2)
+        node.restart()
+
     def client(self) -> redis.Redis | redis.RedisCluster:
         if self.cluster:
             return self.cluster.client()
@@ -212,6 +221,13 @@ class System:
         if self.sentinels:
             return list(reversed(self.sentinels.processes()))
         return [self.standalone] if self.standalone else []
+
+
+def _without_option(argv: list[str], option: str, values: int) -> list[str]:
+    if option not in argv:
+        return argv
+    at = argv.index(option)
+    return argv[:at] + argv[at + 1 + values:]
 
 
 def children(pid: int) -> list[int]:

@@ -121,10 +121,11 @@ def test_an_async_result_never_done_or_changed_when_read_again_is_named() -> Non
 
 
 def test_what_the_run_left_behind_is_checked() -> None:
-    after = AfterRun(pending={"weather-requests": 3}, consumers_holding={"weather-requests/w1": 3},
+    after = AfterRun(pending={"weather-requests": 3}, undelivered={"weather-requests": (2, 2), "x:urgent": (0, 5)},
+                     consumers_holding={"weather-requests/w1": 3},
                      stream_overruns={"weather-requests": "too long"},
                      memory={"worker 1": (100, 130), "worker 2": (100, 110)},
                      series={"proxy": (100, 200), "worker": (100, 120)}, id_labels=['x{id="soak-1"}'], dead_letters=1,
                      redis_complaints=["redis:1: worker refused xadd (command)"])
-    assert _rules(_check([], after=after)) == ["drained", "consumers", "stream bounds", "dead letters", "memory",
-                                               "metric series", "redis", "metric series"]
+    assert _rules(_check([], after=after)) == ["drained", "drained", "lag", "consumers", "stream bounds",
+                                               "dead letters", "memory", "metric series", "redis", "metric series"]
