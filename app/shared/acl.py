@@ -57,7 +57,7 @@ PROXY_COMMANDS = (
     "+hset", "+pexpire", "+hgetall",  # async result records: written with the entry (a script), read
     "+get", "+set",  # the async horizon (a script: app.proxy.horizon)
     "+hmget",  # Idempotency-Key records (in the enqueue script; read under another shard count)
-    "+xinfo|groups", "+xlen",  # admission: each shard's lag (the workers' drain rate is an +hgetall)
+    "+xinfo|groups", "+xlen", "+xrevrange",  # admission: each shard's lag and newest entry (drain rate: +hgetall)
     "+hdel",  # admission's proof that it reads a primary: a delete of a field that does not exist
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.

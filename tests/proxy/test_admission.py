@@ -112,6 +112,30 @@ def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own
     assert not admission.judge(10, only=streams[1]).refused
 
 
+def test_a_drained_shard_has_no_backlog_whatever_its_lag_says(redis_server):
+    """Redis's lag is entries added minus the group's read counter; after failovers the soak
+    found the counter behind for good (lag 113 on a drained stream), and every request of
+    that shard's Idempotency-Keys was refused. Set here as a replica's stale counter would be."""
+    client, clock = redis_server.client(), Clock()
+    streams = contract.request_streams("weather-requests", 2, tagged=False)
+    _backlog(client, streams[0], 200)
+    _backlog(client, streams[1], 0)
+    client.xreadgroup(GROUP, "c", {streams[0]: ">"}, count=200)
+    last = client.xinfo_groups(streams[0])[0]["last-delivered-id"]
+    client.execute_command("XGROUP", "SETID", streams[0], GROUP, last, "ENTRIESREAD", 87)
+    assert client.xinfo_groups(streams[0])[0]["lag"] == 113  # the figure the soak saw
+    _publish(client, per_second=40, work_seconds=0.1)
+    admission = _admission(redis_server, streams, clock)
+    admission.refresh()
+
+    assert not admission.judge(10, only=streams[0]).refused
+    assert admission.judge(10).deep == frozenset()
+    # A real backlog still counts: the lag is the figure while entries wait.
+    client.xadd(streams[0], {"n": "new"})
+    admission.refresh()
+    assert admission.judge(10, only=streams[0]).expected_wait > 0
+
+
 def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
     client, clock = redis_server.client(), Clock()
     _backlog(client, "weather-requests", 19)
