@@ -28,6 +28,8 @@ from tests.support.processes import wait_until
 # Processes are measured from this long after they started (imports done, pools filled).
 MEMORY_WARM_UP_SECONDS = 10.0
 DRAIN_SECONDS = 60.0
+# Requests of each kind (keyed, plain) asked one by one after the run: 30 keys reach all 6 shards.
+AFTERWARDS_COUNT = 30
 # Approximate trimming (XADD MINID ~) removes whole nodes of the stream: up to one node's
 # entries (stream-node-max-entries, 100) may stay older than the window.
 TRIM_SLACK_ENTRIES = 100
@@ -83,7 +85,7 @@ def soak(seconds: float, seed: int, topology: str, rate: float, workdir: Path) -
         history = traffic.stop()
         print(f"soak: load stopped at {stopped_at:.1f} s; every caller answered at {clock():.1f} s", flush=True)
         _read_results_again(traffic, history, clock, timings.result_ttl_seconds)
-        after = _after_run(system, sampler, timings)
+        after = _after_run(system, sampler, timings, traffic)
         verdict = Checker(history, happened, system.executions(started), topology=topology,
                           replicas_confirm=topology != "standalone",
                           claim_idle_seconds=timings.claim_idle_seconds).check(after)
@@ -143,7 +145,7 @@ def _read_results_again(traffic: Traffic, history: list[Request], clock, ttl: fl
             request.rereads.append(traffic.read_result(request))
 
 
-def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
+def _after_run(system: System, sampler: Sampler, timings: Timings, traffic: Traffic) -> AfterRun:
     after = AfterRun()
     client = system.client()
     streams = system.request_streams()
@@ -164,6 +166,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings) -> AfterRun:
     except TimeoutError:
         pass
     after.pending = pending()
+    after.afterwards = traffic.after_the_faults(AFTERWARDS_COUNT)
     now_ms = contract.now_ms()
     window_ms = int(timings.trim_window_seconds * 1000) + 5_000
     for stream in streams:
@@ -213,6 +216,10 @@ def _report(history: list[Request], happened: list[Happened], verdict: Verdict, 
         by_kind.setdefault(request.kind, Counter())[_answer(final)] += 1
     for kind, counts in sorted(by_kind.items()):
         print(f"soak: {kind}: {sum(counts.values())} requests, answers {dict(sorted(counts.items()))}")
+    behind = {stream: lag for stream, (left, lag) in after.undelivered.items() if lag is not None and lag != left}
+    if behind:
+        print(f"soak: Redis's consumer-group lag is not the backlog on {len(behind)} streams ({behind}; nothing "
+              f"undelivered): its read counter fell behind; admission reads the newest entry too")
     retried = sum(len(r.attempts) > 1 for r in history)
     print(f"soak: {retried} requests retried after a broken connection")
     print(f"soak: {len(verdict.extra_executions)} executions repeated, each during a fault: "

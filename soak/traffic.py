@@ -104,6 +104,17 @@ class Traffic:
         self._pool.shutdown(wait=True)
         return self.requests
 
+    def after_the_faults(self, count: int) -> list[Request]:
+        """``count`` Idempotency-Key requests (fresh keys: every shard gets some) and as many
+        plain ones, one at a time, once the faults are over and the load has stopped."""
+        asked = []
+        for number in range(len(self.requests), len(self.requests) + 2 * count):
+            request = self._draw(number, "idempotent" if number % 2 else "sync")
+            request.kind = f"after-{request.kind}"
+            self._call(request)
+            asked.append(request)
+        return asked
+
     def _url(self) -> str:
         urls = self._urls()
         return urls[next(self._turn) % len(urls)]
