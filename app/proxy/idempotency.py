@@ -18,7 +18,8 @@ def fingerprint(key: str, subject: str, client_address: str) -> str:
     client's address (weaker: callers behind one NAT share it, and a caller whose address
     changes loses its keys)."""
     if not _KEY.fullmatch(key):
-        raise ApiError(400, "invalid_idempotency_key", f"{HEADER} must be 1-255 printable ASCII characters (space included)")
+        raise ApiError(400, "invalid_idempotency_key",
+                       f"{HEADER} must be 1-255 printable ASCII characters (space included)")
     scope = f"sub:{subject}" if subject else f"addr:{client_address}"
     return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
 
