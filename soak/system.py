@@ -95,18 +95,20 @@ class System:
         admin = ("admin", passwords["REDIS_ACL_ADMIN_PASSWORD"])
         self.logins = {user: {"REDIS_USERNAME": user, "REDIS_PASSWORD": passwords[f"REDIS_ACL_{user.upper()}_PASSWORD"]}
                        for user in ("proxy", "worker")}
-        replicated = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"}
+        # WAIT for every replica: a write confirmed by one of two replicas is lost when the other
+        # is promoted (the one that had it then resyncs from the new primary): seen in this soak.
+        wait = {"REDIS_WAIT_TIMEOUT_MS": "200"}
         if self.topology == "cluster":
             self.cluster = RedisClusterSet(workdir / "cluster", replicas=1, full_coverage=False, network=self.network,
                                            acl_file=acl_file, admin=admin)
             self.redis_url = self.cluster.url
             seeds = ",".join(f"{node.address}:{node.port}" for node in self.cluster.nodes)
-            return {**self.cluster.env(), "REDIS_CLUSTER_NODES": seeds, **replicated}
+            return {**self.cluster.env(), "REDIS_CLUSTER_NODES": seeds, **wait, "REDIS_WAIT_REPLICAS": "1"}
         if self.topology == "sentinel":
             self.sentinels = SentinelSet(workdir / "sentinel-set", replicas=2, network=self.network,
                                          acl_file=acl_file, admin=admin)
             self.redis_url = "redis://soak-sentinel-mode/0"
-            return {**self.sentinels.env(), **replicated}
+            return {**self.sentinels.env(), **wait, "REDIS_WAIT_REPLICAS": "2"}
         # One Redis: an append-only file fsynced every second, the loss it allows stated.
         self.standalone = RedisServer(workdir / "redis", appendonly=True, host=self.network.add_host(),
                                       acl_file=acl_file, username=admin[0], password=admin[1])

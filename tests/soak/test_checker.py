@@ -125,7 +125,7 @@ def test_what_the_run_left_behind_is_checked() -> None:
                      consumers_holding={"weather-requests/w1": 3},
                      stream_overruns={"weather-requests": "too long"},
                      memory={"worker 1": (100, 130), "worker 2": (100, 110)},
-                     series={"proxy": (100, 200), "worker": (100, 120)}, id_labels=['x{id="soak-1"}'], dead_letters=1,
+                     series={"proxy": (100, 2500), "worker": (100, 120)}, id_labels=['x{id="soak-1"}'], dead_letters=1,
                      redis_complaints=["redis:1: worker refused xadd (command)"], afterwards=[_sync(90, 503)])
     assert _rules(_check([], after=after)) == [
         "drained", "drained", "consumers", "stream bounds", "dead letters", "memory", "metric series",
