@@ -54,8 +54,14 @@ from app.worker import metrics
 log = logging.getLogger("app.worker")
 
 # Fill in a record only while it exists: a late write must not bring back an expired one.
+# Nor change one that is done: an entry run twice (a worker or primary frozen past its lease)
+# would replace a result a caller may already have read (the soak saw it).
 _UPDATE_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] == 'state' and fields[i + 1] == 'done' then return 0 end
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1

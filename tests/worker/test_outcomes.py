@@ -78,6 +78,22 @@ def test_an_async_result_is_recorded_with_its_reply_and_an_expired_record_is_not
     assert client.xpending(STREAM, GROUP)["pending"] == 0
 
 
+def test_a_done_record_keeps_its_first_result_when_the_entry_ran_again(client):
+    """An entry run twice (its worker or primary frozen past the lease) must not replace a
+    result a caller may have read already: the 30-minute soak saw it change."""
+    writer = _writer(client)
+    record = "weather-results:twice"
+    client.hset(record, mapping={"state": "working"})
+    first, second = contract.Reply("r1", "ok", {"t": 1}), contract.Reply("r1", "ok", {"t": 2})
+
+    writer.write([Outcome(STREAM, _deliver(client), None, first, record, 60_000)])
+    shown = client.hgetall(record)
+    writer.write([Outcome(STREAM, _deliver(client), None, second, record, 60_000)])
+    writer.mark_started(record)
+
+    assert client.hgetall(record) == shown
+
+
 def test_the_ttl_is_set_once_per_refresh_period_not_with_every_reply(client):
     now = [1000.0]
     writer = _writer(client)
