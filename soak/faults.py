@@ -39,7 +39,7 @@ class Injector:
         self._say = say
         self.happened: list[Happened] = []
         self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
+        self._abandoned = threading.Event()
         self._runner = threading.Thread(target=self._run, name="soak-faults", daemon=True)
 
     def start(self) -> Injector:
@@ -53,9 +53,14 @@ class Injector:
             thread.join()
         return self.happened
 
+    def abandon(self) -> None:
+        """No fault from now on (the run was stopped); one under way finishes on its own."""
+        self._abandoned.set()
+
     def _run(self) -> None:
         for fault in self._schedule:
-            time.sleep(max(0.0, fault.at - self._now()))
+            if self._abandoned.wait(max(0.0, fault.at - self._now())):
+                return
             thread = threading.Thread(target=self._do, args=(fault,), name=f"fault-{fault.kind}", daemon=True)
             self._threads.append(thread)
             thread.start()

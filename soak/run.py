@@ -69,6 +69,8 @@ def soak(seconds: float, seed: int, topology: str, rate: float, workdir: Path) -
     print(f"soak: seed {seed}, {seconds:g} s, {topology}, {rate:g} req/s, {len(faults)} faults scheduled; "
           f"files in {workdir}", flush=True)
     system = System(workdir, topology, timings)
+    traffic: Traffic | None = None
+    injector: Injector | None = None
     try:
         started = time.time()
 
@@ -94,6 +96,10 @@ def soak(seconds: float, seed: int, topology: str, rate: float, workdir: Path) -
         _save(workdir, history, happened)
         return len(verdict.violations), happened, len(history)
     finally:
+        # Stopped midway (SIGTERM): nothing may touch the processes while they are stopped.
+        for part in (injector, traffic):
+            if part is not None:
+                part.abandon()
         system.stop()
 
 

@@ -89,6 +89,7 @@ class Traffic:
         self._now = clock
         self.requests: list[Request] = []
         self._stop = threading.Event()
+        self._abandoned = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="soak-caller")
         self._thread = threading.Thread(target=self._run, name="soak-traffic", daemon=True)
         self._turn = itertools.count()
@@ -103,6 +104,12 @@ class Traffic:
         self._thread.join()
         self._pool.shutdown(wait=True)
         return self.requests
+
+    def abandon(self) -> None:
+        """The run was stopped: no request from now on, no caller tries again or polls on."""
+        self._abandoned.set()
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def after_the_faults(self, count: int) -> list[Request]:
         """``count`` Idempotency-Key requests (fresh keys: every shard gets some) and as many
@@ -166,7 +173,8 @@ class Traffic:
         while True:
             attempt = self._send("POST", self._url() + PATH, headers, body, request.deadline_seconds + 5)
             request.attempts.append(attempt)
-            if attempt.status is not None or "ConnectionError" not in (attempt.error or "") or self._now() > give_up:
+            if (attempt.status is not None or "ConnectionError" not in (attempt.error or "")
+                    or self._now() > give_up or self._abandoned.is_set()):
                 break
             time.sleep(0.2)
         if request.kind == "async" and attempt.status == 202 and isinstance(attempt.body, dict):
@@ -178,8 +186,7 @@ class Traffic:
         or the deadline is well past; the last answer is recorded either way."""
         give_up = self._now() + self._async_deadline + 5
         poll = None
-        while self._now() < give_up:
-            time.sleep(POLL_SECONDS)
+        while self._now() < give_up and not self._abandoned.wait(POLL_SECONDS):
             poll = self.read_result(request)
             # Not done yet (202), or its shard unreachable for now (503, Retry-After): ask again.
             if poll.status in (202, 503) or poll.status is None:

@@ -108,8 +108,7 @@ def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated:
         if record is None:
             raise ApiError(404, "not_found", "no such request: unknown, expired, or not yours")
         if record.reply is None:
-            age = max(0.0, (contract.now_ms() - record.accepted_ms) / 1000)
-            return _pending(async_id, record.state, age)
+            return _pending(async_id, record.state, record.age_seconds(contract.now_ms()))
         if record.reply.ok:
             return json_response(200, record.reply.body)
         # The problem the synchronous call would have answered.

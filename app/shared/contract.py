@@ -360,8 +360,15 @@ class ResultRecord:
 
     state: str
     subject: str
+    # 0 where the record lost it (it was written without the proxy's fields).
     accepted_ms: int
     reply: Reply | None = None
+
+    def age_seconds(self, now_ms: int) -> float:
+        """Seconds since the proxy accepted it; 0 when that is unknown rather than the time since 1970."""
+        if self.accepted_ms <= 0:
+            return 0.0
+        return max(0.0, (now_ms - self.accepted_ms) / 1000)
 
     @classmethod
     def from_hash(cls, async_id: str, fields: dict[bytes, bytes]) -> ResultRecord:

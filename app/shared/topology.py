@@ -119,6 +119,7 @@ class Topology:
             "client_name": client_name,
             # One policy (app.shared.resilience) decides how often and how long to retry.
             "retry": no_retries(),
+            **_lean_handshake(),
             **self.options,
         }
 
@@ -163,7 +164,7 @@ class Sentinel(Topology):
             list(self.sentinels),
             sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT_SECONDS,
                              "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
-                             "retry": no_retries(), **self.sentinel_options},
+                             "retry": no_retries(), **_lean_handshake(), **self.sentinel_options},
         )
 
     @cached_property
@@ -319,7 +320,19 @@ def _addresses(pairs: tuple[tuple[str, int], ...]) -> str:
 
 
 def _limiter_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {**options, "socket_timeout": LIMITER_TIMEOUT_SECONDS, "socket_connect_timeout": LIMITER_TIMEOUT_SECONDS}
+    return {**options, **_lean_handshake(), "socket_timeout": LIMITER_TIMEOUT_SECONDS,
+            "socket_connect_timeout": LIMITER_TIMEOUT_SECONDS}
+
+
+def _lean_handshake() -> dict[str, Any]:
+    """A new connection's handshake without the round trips we do not use, each one an error
+    in Redis's errorstats where Redis refuses it, a burst of them after every failover:
+    maintenance notices (a managed service's; a self-run Redis does not know the command) and
+    the library's name and version (CLIENT SETINFO, Redis 7.2+; CLIENT SETNAME already says
+    which service and role a connection is)."""
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False), "driver_info": None}
 
 
 def redact_url(url: str) -> str:

@@ -74,3 +74,29 @@ def test_readonly_from_a_demoted_primary_reads_the_slot_map_again(redis_cluster,
     with pytest.raises(redis.exceptions.ReadOnlyError):
         client.execute_command("EVAL", script, 1, key, target_nodes=node)
     assert client.route_refreshes == refreshes + 1
+
+
+def test_the_services_make_redis_count_no_errors_while_they_serve(stack, redis_server):
+    """Every connection the proxy, its rate limiter and the worker open, and a sync, an async and
+    a keyed request, leave Redis's errorstats without errors: each is a round trip wasted and
+    noise for whoever watches Redis (redis-py asks every new connection for maintenance
+    notices and sets its library name, both refused by Redis 7.0)."""
+    from tests.proxy.test_async import poll, submit
+
+    admin = redis_server.client()
+    admin.config_resetstat()
+    # The worker first: it creates the streams the proxy's admission reads (XINFO GROUPS of a
+    # stream no worker has created yet is an error, until one has).
+    stack.worker("w").wait_ready()
+    proxy = stack.proxy(RATE_LIMIT="1000/second").wait_ready()
+
+    assert proxy.ask("Oslo", "Norway").status_code == 200
+    accepted = submit(proxy.url, "respond-async")
+    assert poll(proxy.url, accepted.headers["Location"]).status_code == 200
+    assert submit(proxy.url, "", headers={"Idempotency-Key": "errorstats-1"}).status_code == 200
+
+    # NOSCRIPT is the one error a script cache has by design: each script's first EVALSHA on a
+    # Redis that has not seen it yet.
+    failed = {name: stats for name, stats in admin.info("commandstats").items()
+              if stats.get("failed_calls") or stats.get("rejected_calls")}
+    assert set(admin.info("errorstats")) <= {"errorstat_NOSCRIPT"}, (admin.info("errorstats"), failed)

@@ -78,3 +78,11 @@ def test_undecodable_entries_are_poison(changes, reason):
 
     with pytest.raises(contract.PoisonEntry, match=reason):
         contract.WeatherRequest.from_fields(_as_stored(fields))
+
+
+def test_a_record_tells_its_age_and_zero_when_it_lost_its_acceptance_time():
+    accepted = contract.ResultRecord.from_hash("x", {b"state": b"queued", b"accepted_ms": b"1000"})
+    assert accepted.age_seconds(3500) == 2.5
+    # A record without the proxy's fields must not claim to be 56 years old.
+    damaged = contract.ResultRecord.from_hash("x", {b"state": b"working"})
+    assert damaged.age_seconds(1_764_000_000_000) == 0.0
