@@ -56,6 +56,7 @@ class AfterRun:
     consumers_holding: dict[str, int] = field(default_factory=dict)  # consumer -> pending entries
     stream_overruns: dict[str, str] = field(default_factory=dict)  # stream -> how it exceeds its bound
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (after warm-up, at the end)
+    memory_midway: dict[str, int] = field(default_factory=dict)  # process -> halfway between (reported only)
     series: dict[str, tuple[int, int]] = field(default_factory=dict)  # process -> (after warm-up, at the end)
     id_labels: list[str] = field(default_factory=list)  # series whose labels carry a request id or key
     dead_letters: int = 0

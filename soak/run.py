@@ -112,6 +112,8 @@ class Sampler:
         self.first_seen: dict[str, float] = {}
         self.warm: dict[str, int] = {}
         self.last: dict[str, int] = {}
+        # Every sample after warm-up, to tell growth that levels off from growth that goes on.
+        self.sizes: dict[str, list[tuple[float, int]]] = {}
         self.series_warm: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
@@ -134,12 +136,20 @@ class Sampler:
                 self.first_seen.setdefault(key, now)
                 if key not in self.warm and now - self.first_seen[key] >= MEMORY_WARM_UP_SECONDS:
                     self.warm[key] = size
+                if key in self.warm:
+                    self.sizes.setdefault(key, []).append((now, size))
                 self.last[key] = size
             if not self.series_warm and now >= schedule.WARM_UP_SECONDS:
                 self.series_warm = {name: len(lines) for name, lines in self._system.metric_series().items()}
 
     def alive(self) -> set[str]:
         return set(self._system.service_processes())
+
+    def midway(self, key: str) -> int:
+        """The process's size halfway between its warm-up and its last sample."""
+        samples = self.sizes[key]
+        middle = (samples[0][0] + samples[-1][0]) / 2
+        return next(size for at, size in samples if at >= middle)
 
 
 def _read_results_again(traffic: Traffic, history: list[Request], clock, ttl: float) -> None:  # type: ignore[no-untyped-def]
@@ -199,6 +209,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings, traffic: Traf
     sampler.stop()
     alive = sampler.alive()
     after.memory = {name: (sampler.warm[name], sampler.last[name]) for name in sampler.warm if name in alive}
+    after.memory_midway = {name: sampler.midway(name) for name in after.memory}
     series_end = system.metric_series()
     after.series = {name: (sampler.series_warm[name], len(lines)) for name, lines in series_end.items()
                     if name in sampler.series_warm}
@@ -235,6 +246,11 @@ def _report(history: list[Request], happened: list[Happened], verdict: Verdict, 
               f"{loss.fault.target})")
     grown = max(((end / warm, name) for name, (warm, end) in after.memory.items()), default=(0.0, "-"))
     print(f"soak: memory of {len(after.memory)} service processes: largest growth {grown[0]:.2f}x ({grown[1]})")
+    # Flat or still growing: each process's second half of life against its first.
+    late = max(((end / after.memory_midway[name], name) for name, (_, end) in after.memory.items()), default=(0.0, "-"))
+    print(f"soak: memory growth in the second half of each process's life: largest {late[0]:.2f}x ({late[1]}); "
+          + ", ".join(f"{name} {warm / 2**20:.0f}/{after.memory_midway[name] / 2**20:.0f}/{end / 2**20:.0f} MiB"
+                      for name, (warm, end) in sorted(after.memory.items())) + " (warm/midway/end)")
     series = sum(end for _, end in after.series.values())
     print(f"soak: metric series {sum(w for w, _ in after.series.values())} after warm-up, {series} at the end")
     for violation in verdict.violations:
