@@ -110,9 +110,8 @@ class Sampler:
         self._system = system
         self._now = clock
         self.first_seen: dict[str, float] = {}
-        self.warm: dict[str, int] = {}
-        self.last: dict[str, int] = {}
-        # Every sample after warm-up, to tell growth that levels off from growth that goes on.
+        # Every sample after warm-up (the first is the size to grow from), to tell growth that
+        # levels off from growth that goes on.
         self.sizes: dict[str, list[tuple[float, int]]] = {}
         self.series_warm: dict[str, int] = {}
         self._stop = threading.Event()
@@ -134,11 +133,8 @@ class Sampler:
                 if size is None:
                     continue
                 self.first_seen.setdefault(key, now)
-                if key not in self.warm and now - self.first_seen[key] >= MEMORY_WARM_UP_SECONDS:
-                    self.warm[key] = size
-                if key in self.warm:
+                if key in self.sizes or now - self.first_seen[key] >= MEMORY_WARM_UP_SECONDS:
                     self.sizes.setdefault(key, []).append((now, size))
-                self.last[key] = size
             if not self.series_warm and now >= schedule.WARM_UP_SECONDS:
                 self.series_warm = {name: len(lines) for name, lines in self._system.metric_series().items()}
 
@@ -208,7 +204,7 @@ def _after_run(system: System, sampler: Sampler, timings: Timings, traffic: Traf
     after.redis_complaints = system.redis_complaints()
     sampler.stop()
     alive = sampler.alive()
-    after.memory = {name: (sampler.warm[name], sampler.last[name]) for name in sampler.warm if name in alive}
+    after.memory = {name: (samples[0][1], samples[-1][1]) for name, samples in sampler.sizes.items() if name in alive}
     after.memory_midway = {name: sampler.midway(name) for name in after.memory}
     series_end = system.metric_series()
     after.series = {name: (sampler.series_warm[name], len(lines)) for name, lines in series_end.items()
