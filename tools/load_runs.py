@@ -167,12 +167,15 @@ async def _submit_and_poll(session: aiohttp.ClientSession, url: str, payload: di
 
 async def run_load(url: str, *, count: int | None, concurrency: int, timeout: float, duration: float | None = None,
                    path: str = CITY_PATH, body: dict[str, Any] | None = None, progress: Progress | None = None,
-                   asynchronous: bool = False, key_prefix: str | None = None) -> LoadResult:
+                   asynchronous: bool = False, key_prefix: str | None = None, source: str | None = None
+                   ) -> LoadResult:
     """Closed loop: `concurrency` clients each send their next request when the last one answered.
-    ``key_prefix``: each request gets its own Idempotency-Key ``<prefix>-<index>``."""
+    ``key_prefix``: each request gets its own Idempotency-Key ``<prefix>-<index>``; ``source``:
+    the local address to send from (a caller of its own: 127.0.0.2, 127.0.0.3, ...)."""
     target = url.rstrip("/") + path
     result = LoadResult()
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300,
+                                     local_addr=(source, 0) if source else None)
     next_index = 0
     began = time.perf_counter()
     stop_at = began + duration if duration else None
@@ -201,15 +204,17 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
 async def run_open_loop(url: str | Sequence[str], *, rate: float, count: int | None, timeout: float,
                         duration: float | None = None, path: str = CITY_PATH, body: dict[str, Any] | None = None,
                         progress: Progress | None = None, max_connections: int = 4000, asynchronous: bool = False,
-                        urgency: Callable[[int], int | None] = lambda index: None) -> LoadResult:
+                        urgency: Callable[[int], int | None] = lambda index: None,
+                        source: str | None = None) -> LoadResult:
     """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
     ones answered; its latency counts from that due time (no coordinated omission).
     Several URLs (proxies) take the requests in turn; ``urgency(i)`` sets request i's
-    Priority (None: no header)."""
+    Priority (None: no header); ``source``: the local address to send from."""
     targets = [base.rstrip("/") + path for base in ([url] if isinstance(url, str) else url)]
     result = LoadResult()
     total = count if duration is None else math.ceil(duration * rate)
-    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300,
+                                     local_addr=(source, 0) if source else None)
     task = progress.add_task("requests", total=total) if progress else None
     began = time.perf_counter()
 

@@ -3,23 +3,37 @@
 Every proxy judges from what every proxy sees alike: each request stream shard's backlog
 (its consumer group's lag) and how fast the workers drain it (what each worker publishes
 under contract.drain_key). A background loop reads both every REFRESH_SECONDS in one
-pipeline per node; a request is judged from that copy plus what this process admitted since
-(never a Redis round trip on the request path).
+pipeline per node, with the callers' counts of app.proxy.fairness; a request is judged
+from that copy plus what this process admitted since (never a Redis round trip on the
+request path).
 
-A shard's expected wait is its backlog over its share of the drain rate. A request is
-admitted on a shard when that wait plus the work fits its limit:
+Where a request goes is app.proxy.fairness's decision: to its shard's prompt lane while
+its caller sends no more than its share, else to the shard. It is then admitted when the
+time it is expected to wait there fits what its deadline leaves after the work:
 
-- a share (ADMISSION_WAIT_SHARE) of the request's own deadline: room for a burst;
-- but once a shard's queue has not been empty for STANDING_INTERVAL_SECONDS (a standing
-  queue, CoDel's signal of overload rather than of a burst), only a smaller share
-  (ADMISSION_STANDING_SHARE): the queue then stays short but long enough to keep every
-  terminal busy, what cannot be served soon is refused at once instead of waiting for its
-  deadline, and latency is back soon after the overload. Async requests (their own, longer deadline) are not held to it:
-  queueing is what they asked for;
-- urgency (RFC 9218 u=0..7) moves the limit: u<=2 keep the burst limit when the queue
-  stands, u>=4 get a smaller share of it, so the least urgent are refused first. The
-  urgent (u<=2) go to the shard's urgent lane, which workers read first: their wait is
-  the lane's backlog alone; everyone else waits behind both.
+- an empty queue admits whatever the work takes: nothing waits ahead of it (the worker's
+  late skip judges the rest);
+- the lane's wait is its backlog over the shard's share of the drain rate; the shard's
+  adds its own backlog over what the lanes leave of that rate (at least SHARD_TURN_SHARE:
+  workers never starve the shard);
+- a share (ADMISSION_WAIT_SHARE) of the deadline less the work: room for a burst, and for
+  a closed loop, whose queue can never outgrow its own clients;
+- but under overload, when more is offered than the workers drain (by every proxy's count,
+  OVERLOAD_RATIO) and the shard's queue has not been empty for STANDING_INTERVAL_SECONDS
+  (CoDel's standing queue), a synchronous request beyond its caller's share may wait only
+  a smaller share (ADMISSION_STANDING_SHARE): what cannot be served soon is refused at once,
+  and latency is back soon after the overload. Async requests (their own, longer deadline)
+  are not held to it: queueing is what they asked for;
+- urgency (RFC 9218 u=0..7) beyond a caller's share moves the limit: u>=4 get a smaller
+  part of it, so the least urgent are refused first.
+
+The figures age: a queue whose figures cannot be read for FIGURES_STALE_SECONDS counts
+only what this process admitted since (admission then fails open, MAX_INFLIGHT_PER_PROCESS
+still bounds it), a drain unread for as long is no drain (cold), and a worker's drain field
+counts as live while it changes, judged on this process's own clock (never by comparing
+clocks of two hosts). Redis's lag is entries added less the group's read counter, which was
+seen to stay behind for good after failovers: what it says of a drained queue is learnt as
+that queue's phantom and taken off its lag until the next time it is drained.
 
 A backlog that has not moved for a second is a figure nobody reads: a primary Sentinel has
 replaced but not yet demoted still answers, and a process shedding on its frozen lag writes
@@ -35,6 +49,7 @@ pile up work nobody will do in time.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -44,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.proxy import metrics
+from app.proxy.fairness import CallerShares
 from app.proxy.priority import DEFAULT_URGENCY, is_urgent
 from app.shared import contract
 from app.shared.routing import NodeWriter, Routed
@@ -58,10 +74,18 @@ STANDING_INTERVAL_SECONDS = 1.0
 # The standing limit never goes below this: a queue must outlast a few reads (REFRESH_SECONDS)
 # to keep every terminal busy, and a short deadline's tenth would not.
 STANDING_FLOOR_SECONDS = 0.5
+# Offered (every proxy's count, refusals included) beyond this many times the drain rate is
+# overload. A closed loop offers what it is served, never more: it never counts as one.
+OVERLOAD_RATIO = 1.1
+# The share of a shard's drain its workers give the shard however busy its lane is
+# (app.worker.reading reads the shard first every few reads).
+SHARD_TURN_SHARE = 1 / 8
 # A non-empty backlog unchanged this long is read from a node nobody else uses any more.
 FROZEN_SECONDS = 1.0
-# A worker's figures older than this are of a worker that stopped or froze.
-DRAIN_STALE_MS = 10_000
+# A worker's drain field unchanged this long (on this process's clock) is a worker that
+# stopped or froze; figures not read for this long are not figures.
+DRAIN_STALE_SECONDS = 10.0
+FIGURES_STALE_SECONDS = 5.0
 # Retry-After when nothing says how long the backlog will take (no drain known).
 COLD_RETRY_AFTER_SECONDS = 5
 
@@ -69,16 +93,17 @@ COLD_RETRY_AFTER_SECONDS = 5
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Where a request may go: ``deep`` shards are over its limit; ``refused`` when every
-    shard it may use is. ``expected_wait`` is the shallowest usable shard's, in seconds."""
+    shard it may use is; ``prompt``: to the shard's lane (its caller is within its share).
+    ``expected_wait`` is the shallowest usable shard's, in seconds."""
 
     refused: bool
     deep: frozenset[str] = frozenset()
     expected_wait: float = 0.0
     retry_after: int = 1
     reason: str = ""
-
-
-ADMIT = Verdict(refused=False)
+    prompt: bool = False
+    # The queue an admitted request was counted on.
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,21 +115,24 @@ class AdmissionPolicy:
 
 class Admission:
     def __init__(self, reads: NodeWriter, streams: Sequence[str], drain_key: str, group: str,
-                 policy: AdmissionPolicy, clock: Callable[[], float] = time.monotonic,
-                 clock_ms: Callable[[], int] = contract.now_ms) -> None:
+                 policy: AdmissionPolicy, shares: CallerShares | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._reads = reads
         self.streams = list(streams)
         self._drain_key = drain_key
         self._group = group.encode()
         self._policy = policy
         self._clock = clock
-        self._clock_ms = clock_ms
-        # Each shard's urgent lane is a queue of its own, ahead of the shard.
+        self._shares = shares or CallerShares(drain_key, clock=clock)
+        # Each shard's prompt lane is a queue of its own, read before the shard.
         self._lanes = {stream: contract.urgent_lane(stream) for stream in self.streams}
         queues = [*self.streams, *self._lanes.values()]
         self._lag = dict.fromkeys(queues, 0)
+        # What Redis's lag says of a queue seen drained: its read counter's shortfall.
+        self._phantom = dict.fromkeys(queues, 0)
         # Admitted by this process since its last read of the lag.
         self._since_read = dict.fromkeys(queues, 0)
+        self._read_at = dict.fromkeys(queues, clock())
         # When each shard's queue was last seen empty.
         self._empty_at = dict.fromkeys(self.streams, clock())
         self._reconnected_at = -math.inf
@@ -113,6 +141,8 @@ class Admission:
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
+        # Each worker's field as last read, and when (this process's clock) it last changed.
+        self._drain_fields: dict[bytes, tuple[bytes, float]] = {}
         self._stopped = threading.Event()
 
     def start(self) -> Admission:
@@ -133,14 +163,18 @@ class Admission:
         queues = list(self._lag)
         items = [Routed(queue, _lag_of(queue)) for queue in queues]
         items.append(Routed(self._drain_key, _drain_of(self._drain_key)))
+        items += self._shares.sync_items()
         results = self._reads.execute(items)
         now = self._clock()
         for queue, result in zip(queues, results, strict=False):
             if isinstance(result, BaseException):
-                # A stream not created yet (ERR no such key), or its node is down: the
-                # last figure plus what was admitted since.
+                # A stream not created yet (ERR no such key), or its node is down: the last
+                # figure plus what was admitted since, until it is too old to be one.
+                if now - self._read_at[queue] > FIGURES_STALE_SECONDS:
+                    self._lag[queue] = self._since_read[queue] = 0
+                    self._moved_at[queue] = now
                 continue
-            lag = self._lag_from(*result)
+            lag = self._lag_from(queue, *result)
             # Redis gives no lag when entries were deleted in the undelivered range (or the
             # group's read counter was reset): unknown counts as none, so admission fails
             # open rather than refuse everything; MAX_INFLIGHT_PER_PROCESS still bounds it.
@@ -148,6 +182,7 @@ class Admission:
                 self._moved_at[queue] = now
             self._lag[queue] = lag or 0
             self._since_read[queue] = 0
+            self._read_at[queue] = now
         for stream in self.streams:
             if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
@@ -157,83 +192,113 @@ class Admission:
                 self._reconnected_at = now
                 log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})
                 self._reads.reconnect(stream)
-        drain = results[-1]
+        drain = results[len(queues)]
         if not isinstance(drain, BaseException):
             self._read_drain(drain[-1])
+        elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
+            self._per_second, self._work_seconds = 0.0, 0.0
+        self._shares.absorb(results[-2], results[-1])
         metrics.DRAIN_PER_SECOND.set(self._per_second)
-        metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream) for stream in self.streams))
+        metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
-    def _lag_from(self, groups: Any, length: Any, newest: Any) -> int | None:
+    def _lag_from(self, queue: str, groups: Any, length: Any, newest: Any) -> int | None:
         info = next((item for item in groups if item.get("name") == self._group), None) \
             if isinstance(groups, list) else None
         if info is None:
             return int(length or 0)  # no worker has ever read it: every entry waits
+        reported = info.get("lag")
         if not newest or _entry_id(newest[0][0]) <= _entry_id(info.get("last-delivered-id")):
-            # The newest entry is delivered: nothing waits, whatever the lag says. Redis's lag
-            # is entries added minus the group's read counter, and that counter can stay behind
-            # for good (seen after failovers: lag 113 on a drained stream), a backlog that
-            # refused every request of its shard's Idempotency-Keys.
+            # The newest entry is delivered: nothing waits, whatever the lag says; what it
+            # says is its read counter's shortfall (seen after failovers: lag 113 on a drained
+            # stream), taken off until the queue is next seen drained.
+            self._phantom[queue] = int(reported or 0)
             return 0
-        return None if info.get("lag") is None else int(info["lag"])
+        if reported is None:
+            return None
+        return max(1, min(int(reported) - self._phantom[queue], int(length or 0)))
 
     def _read_drain(self, fields: Any) -> None:
-        now_ms = self._clock_ms()
-        live = [drain for raw in (fields or {}).values()
-                if (drain := contract.Drain.decode(raw)) is not None and now_ms - drain.at_ms <= DRAIN_STALE_MS
-                and drain.per_second > 0]
+        now = self._clock()
+        known, self._drain_fields = self._drain_fields, {}
+        live = []
+        for name, raw in (fields or {}).items():
+            before = known.get(name)
+            changed_at = before[1] if before is not None and before[0] == raw else now
+            self._drain_fields[name] = (raw, changed_at)
+            drain = contract.Drain.decode(raw)
+            if drain is not None and now - changed_at <= DRAIN_STALE_SECONDS and drain.per_second > 0:
+                live.append(drain)
         self._per_second = sum(drain.per_second for drain in live)
         # The work of an average entry, weighted by how many each worker does.
         self._work_seconds = (sum(d.work_seconds * d.per_second for d in live) / self._per_second) if live else 0.0
-        self._drain_read_at = self._clock()
+        self._drain_read_at = now
 
     def admit(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
-              only: str | None = None) -> Verdict:
-        """``judge``, and an admitted request counted on its shard at once: requests judged
+              only: str | None = None, caller: str = "") -> Verdict:
+        """``judge``, and an admitted request counted on its queue at once: requests judged
         together (greenlets of one process) must see each other, not only what Redis showed."""
-        verdict = self.judge(deadline_seconds, urgency, patient=patient, only=only)
-        if not verdict.refused:
-            urgent = is_urgent(urgency)
-            usable = [s for s in ([only] if only is not None else self.streams) if s not in verdict.deep]
-            stream = min(usable, key=lambda s: self._backlog(s, urgent))
-            self._since_read[self._lanes[stream] if urgent else stream] += 1
-        return verdict
+        self._shares.offered(caller, urgency, synchronous=not patient)
+        verdict = self.judge(deadline_seconds, urgency, patient=patient, only=only, caller=caller)
+        if verdict.refused:
+            return verdict
+        usable = [s for s in ([only] if only is not None else self.streams) if s not in verdict.deep]
+        stream = min(usable, key=lambda s: self._wait_of(s, verdict.prompt))
+        queue = self._lanes[stream] if verdict.prompt else stream
+        self._since_read[queue] += 1
+        if verdict.prompt:
+            self._shares.prompted()
+        return dataclasses.replace(verdict, queue=queue)
 
-    def _backlog(self, stream: str, urgent: bool = False) -> int:
-        """Entries ahead of a new one: the urgent lane's, and unless urgent the shard's too."""
-        lane = self._lanes[stream]
-        ahead = self._lag[lane] + self._since_read[lane]
-        return ahead if urgent else ahead + self._lag[stream] + self._since_read[stream]
+    def withdraw(self, verdict: Verdict) -> None:
+        """An admitted request that queued nothing (an Idempotency-Key found there already)."""
+        if verdict.queue and self._since_read[verdict.queue] > 0:
+            self._since_read[verdict.queue] -= 1
 
-    def _wait_of(self, stream: str, urgent: bool = False) -> float:
+    def _wait_of(self, stream: str, prompt: bool) -> float:
+        """Seconds a new entry waits: the lane's backlog at the shard's share of the drain,
+        and unless prompt the shard's backlog at what the lanes leave of it."""
         if self._per_second <= 0:
             return 0.0
-        return self._backlog(stream, urgent) * len(self.streams) / self._per_second
+        per_shard = self._per_second / len(self.streams)
+        lane = self._lanes[stream]
+        wait = (self._lag[lane] + self._since_read[lane]) / per_shard
+        if prompt:
+            return wait
+        left = max(SHARD_TURN_SHARE, 1 - self._shares.prompt_per_second() / self._per_second)
+        return wait + (self._lag[stream] + self._since_read[stream]) / (per_shard * left)
+
+    def _backlog(self, stream: str, prompt: bool) -> int:
+        lane = self._lanes[stream]
+        ahead = self._lag[lane] + self._since_read[lane]
+        return ahead if prompt else ahead + self._lag[stream] + self._since_read[stream]
 
     def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
-              only: str | None = None) -> Verdict:
-        """Whether a request with this deadline may be queued now, and where not.
-        ``patient``: an async request, not held to the standing queue's limit.
+              only: str | None = None, caller: str = "") -> Verdict:
+        """Whether a request with this deadline may be queued now, where, and where not.
+        ``patient``: an async request (to the shard, not held to the standing limit).
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
-        urgent = is_urgent(urgency)
+        prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
         if self._per_second <= 0:
-            deep = frozenset(s for s in candidates if self._backlog(s) >= self._policy.cold_backlog)
+            deep = frozenset(s for s in candidates if self._backlog(s, prompt) >= self._policy.cold_backlog)
             if len(deep) < len(candidates):
-                return Verdict(refused=False, deep=deep)
-            return Verdict(refused=True, deep=deep, retry_after=COLD_RETRY_AFTER_SECONDS, reason="cold")
+                return Verdict(refused=False, deep=deep, prompt=prompt)
+            return Verdict(refused=True, deep=deep, retry_after=COLD_RETRY_AFTER_SECONDS, reason="cold",
+                           prompt=prompt)
         now = self._clock()
-        burst = self._policy.wait_share * deadline_seconds
-        scale = 1.0 if urgency <= DEFAULT_URGENCY else (8 - urgency) / (8 - DEFAULT_URGENCY)
+        limit = self._policy.wait_share * max(0.0, deadline_seconds - self._work_seconds)
+        held_short = not (prompt or patient) and urgency >= DEFAULT_URGENCY \
+            and self._shares.offered_per_second() > OVERLOAD_RATIO * self._per_second
+        if not prompt and urgency > DEFAULT_URGENCY:
+            limit *= (8 - urgency) / (8 - DEFAULT_URGENCY)
+        standing_limit = min(limit, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))
         deep_set = set()
         best_wait, best_excess = math.inf, math.inf
         for stream in candidates:
-            standing = now - self._empty_at[stream] > STANDING_INTERVAL_SECONDS
-            limit = burst
-            if standing and not patient and urgency >= DEFAULT_URGENCY:
-                limit = min(burst, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))
-            limit *= scale
-            wait = self._wait_of(stream, urgent)
-            excess = wait + self._work_seconds - limit
+            standing = held_short and now - self._empty_at[stream] > STANDING_INTERVAL_SECONDS
+            wait = self._wait_of(stream, prompt)
+            # An empty queue admits whatever the work takes: nothing waits ahead of it.
+            excess = wait - (standing_limit if standing else limit) if wait > 0 else 0.0
             if excess > 0:
                 deep_set.add(stream)
                 best_excess = min(best_excess, excess)
@@ -241,20 +306,24 @@ class Admission:
                 best_wait = min(best_wait, wait)
         deep = frozenset(deep_set)
         if len(deep) < len(candidates):
-            return Verdict(refused=False, deep=deep, expected_wait=best_wait)
-        wait = min(self._wait_of(stream, urgent) for stream in candidates)
-        return Verdict(refused=True, deep=deep, expected_wait=wait,
-                       retry_after=max(1, math.ceil(best_excess)), reason="wait")
+            return Verdict(refused=False, deep=deep, expected_wait=best_wait, prompt=prompt)
+        wait = min(self._wait_of(stream, prompt) for stream in candidates)
+        return Verdict(refused=True, deep=deep, expected_wait=wait, retry_after=max(1, math.ceil(best_excess)),
+                       reason="wait" if prompt or patient else "share", prompt=prompt)
 
 
 class AdmitEverything:
-    """ADMISSION_ENABLED=false: only MAX_INFLIGHT_PER_PROCESS limits what is queued."""
+    """ADMISSION_ENABLED=false: only MAX_INFLIGHT_PER_PROCESS limits what is queued; the
+    lane takes urgent synchronous requests, as their Priority asks."""
 
     def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
-              only: str | None = None) -> Verdict:
-        return ADMIT
+              only: str | None = None, caller: str = "") -> Verdict:
+        return Verdict(refused=False, prompt=is_urgent(urgency) and not patient)
 
     admit = judge
+
+    def withdraw(self, verdict: Verdict) -> None:
+        pass
 
 
 def _lag_of(stream: str) -> Callable[[Any], None]:

@@ -18,6 +18,7 @@ from app.proxy.docs import docs
 from app.proxy.edge import install_request_ids, install_tracing
 from app.proxy.enqueue import Enqueuer
 from app.proxy.errors import register_error_handlers
+from app.proxy.fairness import CallerShares
 from app.proxy.forecasts import MAX_BODY_BYTES, forecast_routes
 from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer
@@ -109,6 +110,7 @@ def create_app(settings: ProxySettings) -> Flask:
         contract.drain_key(settings.request_stream), settings.consumer_group,
         AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_share,
                         settings.admission_cold_backlog),
+        CallerShares(settings.request_stream, settings.priority_trusted_callers),
     ).start() if settings.admission_enabled else AdmitEverything()
     round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results, admission,
                              timeout_seconds=settings.request_timeout_seconds,
@@ -132,6 +134,7 @@ def create_app(settings: ProxySettings) -> Flask:
         app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))
 
-    app.register_blueprint(forecast_routes(round_trips, results, authenticated=authenticator is not None))
+    app.register_blueprint(forecast_routes(round_trips, results, authenticated=authenticator is not None,
+                                           caller_header=settings.caller_header))
 
     return app

@@ -102,13 +102,13 @@ class Enqueuer:
 
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float,
                 kept: KeptResult | None = None, deep: frozenset[str] = frozenset(),
-                urgent: bool = False) -> tuple[str, str]:
+                prompt: bool = False) -> tuple[str, str]:
         """Returns the shard and, with ``kept``, the async id naming the record (its shard's
         tag in it) once the entry is in Redis; raises a Redis error (CircuitOpen,
         NoShardAvailable, a timeout, or the error of a write whose fate is unknown) otherwise.
         ``deep`` shards (over admission's limit) are skipped while another can take it;
-        ``urgent`` entries go to the shard's urgent lane (read first by its workers)."""
-        return self.guarded(lambda deadline: self._enqueue_on_a_shard(request, minid, deadline, kept, deep, urgent),
+        ``prompt`` entries go to the shard's prompt lane (read first by its workers)."""
+        return self.guarded(lambda deadline: self._enqueue_on_a_shard(request, minid, deadline, kept, deep, prompt),
                             wait_seconds)
 
     def replicas_behind(self) -> None:
@@ -145,7 +145,7 @@ class Enqueuer:
             threading.Thread(target=self.guard.probe, name="enqueue-probe", daemon=True).start()
 
     def _enqueue_on_a_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
-                            kept: KeptResult | None, deep: frozenset[str], urgent: bool) -> tuple[str, str]:
+                            kept: KeptResult | None, deep: frozenset[str], prompt: bool) -> tuple[str, str]:
         # A failed write sends the entry to the next shard at once; when every shard is
         # paused (one Redis, or a whole cluster refusing), the request waits a backoff step
         # (REDIS_RETRY_BASE_SECONDS, doubling) and tries the shard whose pause ends first:
@@ -175,7 +175,7 @@ class Enqueuer:
                 reply_to = reply_to if kept.wants_reply else ""
             fields = dataclasses.replace(request, reply_to=reply_to).to_fields()
             try:
-                key = contract.urgent_lane(stream) if urgent else stream
+                key = contract.urgent_lane(stream) if prompt else stream
                 self._batcher.submit((key, fields, minid, record), timeout=max(0.0, deadline - time.monotonic()))
             except BatchTimeout:
                 self.shards.failed(stream)

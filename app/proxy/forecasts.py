@@ -11,6 +11,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.proxy import idempotency
+from app.proxy.callers import caller_of
 from app.proxy.errors import ApiError, failure_response, json_response
 from app.proxy.failures import NoReply, WorkerFailed
 from app.proxy.prefer import parse_prefer
@@ -71,7 +72,8 @@ def _pending(async_id: str, state: str, age_seconds: float, headers: dict[str, s
     return json_response(202, body, {"Location": location, "Retry-After": str(POLL_AFTER_SECONDS), **(headers or {})})
 
 
-def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated: bool) -> Blueprint:
+def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated: bool,
+                    caller_header: str = "") -> Blueprint:
     forecasts = Blueprint("forecasts", __name__)
     rng = random.Random()
 
@@ -88,15 +90,16 @@ def forecast_routes(round_trips: RoundTrips, results: Results, *, authenticated:
             raise ApiError(400, "idempotency_needs_subject",
                            f"{idempotency.HEADER} needs a token with a subject (sub): keys are scoped per caller")
         fingerprint = None if key is None else idempotency.fingerprint(key, g.subject, request.remote_addr or "")
+        caller = caller_of(caller_header)
         with round_trips.admitted():
             city, location = parse_city_query()
             if fingerprint is not None:
                 answer = round_trips.once(city, location, g.subject, g.request_id, preferences, fingerprint,
-                                          idempotency.body_hash(city, location), urgency)
+                                          idempotency.body_hash(city, location), urgency, caller)
             elif not (preferences.pollable and round_trips.async_enabled):
-                return json_response(200, round_trips.ask(city, location, g.subject, g.request_id, urgency))
+                return json_response(200, round_trips.ask(city, location, g.subject, g.request_id, urgency, caller))
             else:
-                answer = round_trips.accept(city, location, g.subject, g.request_id, preferences, urgency)
+                answer = round_trips.accept(city, location, g.subject, g.request_id, preferences, urgency, caller)
         if isinstance(answer, Accepted):
             return _pending(answer.async_id, contract.STATE_QUEUED, 0.0,
                             {"Preference-Applied": "respond-async"})

@@ -81,8 +81,10 @@ ADMISSION_ADMITTED = Counter(
 )
 SHED = Counter(
     "weather_proxy_shed",
-    "Requests refused with 503 over_capacity before they were queued, by reason (wait: the queue holds more "
-    "than they may wait; cold: no worker drain known and the backlog at ADMISSION_COLD_BACKLOG) and urgency.",
+    "Requests refused with 503 over_capacity before they were queued, by reason (share: a caller beyond its share of "
+    "the workers, whose surplus the others' leftover cannot serve in time; wait: the queue holds more than they "
+    "may wait, its caller within its share; cold: no worker drain known and the backlog at "
+    "ADMISSION_COLD_BACKLOG) and urgency.",
     ["reason", "urgency"],
 )
 EXPECTED_WAIT_SECONDS = Gauge(
@@ -108,4 +110,5 @@ def shard_states(shard: str) -> dict[str, Gauge]:
 # Created up front, so every series is exported from the start, and looked up here rather
 # than through labels() on every request.
 ADMITTED = {urgency: ADMISSION_ADMITTED.labels(str(urgency)) for urgency in range(8)}
-SHED_BY = {(reason, urgency): SHED.labels(reason, str(urgency)) for reason in ("wait", "cold") for urgency in range(8)}
+SHED_BY = {(reason, urgency): SHED.labels(reason, str(urgency))
+           for reason in ("wait", "share", "cold") for urgency in range(8)}

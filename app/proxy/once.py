@@ -77,14 +77,14 @@ class OnceEnqueuer:
         return _keys_shard(list(self._reply_streams), fingerprint)
 
     def enqueue(self, request: contract.WeatherRequest, minid: str, wait_seconds: float, kept: KeptResult,
-                once: OnceOnly, urgent: bool = False) -> Placed:
+                once: OnceOnly, prompt: bool = False) -> Placed:
         """Like Enqueuer.enqueue, on the shard the key maps to and only if the key is new."""
         return self._enqueuer.guarded(
-            lambda deadline: self._enqueue_on_the_keys_shard(request, minid, deadline, kept, once, urgent),
+            lambda deadline: self._enqueue_on_the_keys_shard(request, minid, deadline, kept, once, prompt),
             wait_seconds)
 
     def _enqueue_on_the_keys_shard(self, request: contract.WeatherRequest, minid: str, deadline: float,
-                                   kept: KeptResult, once: OnceOnly, urgent: bool) -> Placed:
+                                   kept: KeptResult, once: OnceOnly, prompt: bool) -> Placed:
         earlier = self._written_under_another_count(once)
         if earlier is not None:
             return earlier
@@ -105,7 +105,7 @@ class OnceEnqueuer:
                            len(record), *record]
         for name, value in request.to_fields().items():
             args += (name, value)
-        keys = [contract.urgent_lane(stream) if urgent else stream, key,
+        keys = [contract.urgent_lane(stream) if prompt else stream, key,
                 contract.idempotency_key(stream, once.fingerprint)]
 
         def add(pipe: Any) -> None:
@@ -133,6 +133,23 @@ class OnceEnqueuer:
                 break
             time.sleep(step)
         raise NoShardAvailable(policy.base_seconds)
+
+    def find(self, fingerprint: str) -> Placed | None:
+        """The request a key was first sent with, if any (a read only, on every shard count in
+        use): a repeat is answered from it when the load would refuse a new request. None
+        when the key is not there or cannot be read now."""
+        streams = [list(self._reply_streams), *self._other_shard_sets()]
+        items = []
+        for shard_set in streams:
+            key = contract.idempotency_key(_keys_shard(shard_set, fingerprint), fingerprint)
+            items.append(Routed(key, _hmget(key)))
+        for result in self._writer.execute(items):
+            if isinstance(result, BaseException):
+                continue
+            first_id, body_hash = result[0]
+            if first_id is not None:
+                return Placed("", first_id.decode(), False, (body_hash or b"").decode())
+        return None
 
     def _written_under_another_count(self, once: OnceOnly) -> Placed | None:
         """The key as proxies of another shard count wrote it, while the count changes: a

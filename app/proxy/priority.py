@@ -1,6 +1,7 @@
-"""The caller's urgency (RFC 9218 ``Priority: u=N``): under overload the least urgent are
-refused first (app.proxy.admission). Like a preference, a priority is a hint: a header
-this proxy cannot read, or an urgency out of range, means the default, never a 400."""
+"""The caller's urgency (RFC 9218 ``Priority: u=N``): it orders a caller's own requests
+within its share of the workers, and beyond it the least urgent are refused first
+(app.proxy.fairness, app.proxy.admission). Like a preference, a priority is a hint: a
+header this proxy cannot read, or an urgency out of range, means the default, never a 400."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import http_sf
 
 DEFAULT_URGENCY = 3
 MOST_URGENT, LEAST_URGENT = 0, 7
-# These go to their shard's urgent lane, which workers read first.
+# These keep their caller's whole share of its shard's prompt lane, which workers read first.
 MOST_URGENT_LANE = 2
 
 

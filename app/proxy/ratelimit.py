@@ -10,17 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Flask, g
+from flask import Flask
 from flask_limiter import HeaderNames, Limiter
-from flask_limiter.util import get_remote_address
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.proxy.callers import caller_of
 from app.shared.topology import Topology
-
-
-def _client_key() -> str:
-    subject = getattr(g, "subject", "")
-    return f"sub:{subject}" if subject else f"ip:{get_remote_address()}"
 
 
 def trust_forwarded_for(app: Flask, trusted_proxies: int) -> None:
@@ -37,7 +32,7 @@ def install_rate_limit(app: Flask, limit: str, topology: Topology,
     # A count that takes longer than half a second is given up on (swallow_errors lets the request in).
     storage_uri, storage_options = topology.limiter_storage()
     return Limiter(
-        _client_key,
+        caller_of,
         app=app,
         default_limits=[limit],
         default_limits_exempt_when=lambda: not is_limited(),

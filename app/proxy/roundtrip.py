@@ -15,14 +15,14 @@ import gevent
 import redis
 
 from app.proxy import metrics
-from app.proxy.admission import Admission, AdmitEverything
+from app.proxy.admission import Admission, AdmitEverything, Verdict
 from app.proxy.edge import RequestId
 from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
 from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, Shed, WorkerFailed
 from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer, OnceOnly, Placed
 from app.proxy.prefer import Preferences
-from app.proxy.priority import DEFAULT_URGENCY, is_urgent
+from app.proxy.priority import DEFAULT_URGENCY
 from app.proxy.replies import ReplyListener
 from app.proxy.results import Results
 from app.shared import contract
@@ -92,21 +92,22 @@ class RoundTrips:
         finally:
             self._admitted -= 1
 
-    def _admit(self, deadline_seconds: float, urgency: int, *, patient: bool, only: str | None = None
-               ) -> frozenset[str]:
-        """The shards too deep for this request; Shed when every one it may use is."""
-        verdict = self._admission.admit(deadline_seconds, urgency, patient=patient, only=only)
+    def _admit(self, deadline_seconds: float, urgency: int, caller: str, *, patient: bool,
+               only: str | None = None) -> Verdict:
+        """Where this request may go (not the ``deep`` shards; the lane if ``prompt``);
+        Shed when no shard it may use can serve it in time."""
+        verdict = self._admission.admit(deadline_seconds, urgency, patient=patient, only=only, caller=caller)
         if not verdict.refused:
             metrics.ADMITTED[urgency].inc()
-            return verdict.deep
+            return verdict
         metrics.SHED_BY[verdict.reason, urgency].inc()
         async_would_fit = not patient and self.async_enabled and not self._admission.judge(
-            self.async_deadline_seconds, urgency, patient=True, only=only).refused
+            self.async_deadline_seconds, urgency, patient=True, only=only, caller=caller).refused
         raise Shed(verdict.expected_wait, verdict.retry_after, verdict.reason == "cold", async_would_fit)
 
     def ask(self, city: str, location: str, subject: str, request_id: RequestId,
-            urgency: int = DEFAULT_URGENCY) -> dict[str, Any]:
-        deep = self._admit(self._timeout_seconds, urgency, patient=False)
+            urgency: int = DEFAULT_URGENCY, caller: str = "") -> dict[str, Any]:
+        verdict = self._admit(self._timeout_seconds, urgency, caller, patient=False)
         # Replies are routed by a correlation id; a generated request id is unique already
         # and serves as one (the entry then carries no separate cid).
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
@@ -117,7 +118,7 @@ class RoundTrips:
             city=city, location=location, traceparent=current_traceparent(),
             subject=subject, correlation_id=correlation_id,
         )
-        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None, deep, is_urgent(urgency))
+        reply, elapsed, _ = self._round_trip(entry, sent_ms, entry.deadline_ms, None, verdict.deep, verdict.prompt)
         if reply is None:
             metrics.TIMEOUTS.inc()
             _ROUNDTRIP["timeout"].observe(elapsed)
@@ -126,11 +127,11 @@ class RoundTrips:
         return self._body(reply, elapsed)
 
     def accept(self, city: str, location: str, subject: str, request_id: RequestId,
-               preferences: Preferences, urgency: int = DEFAULT_URGENCY) -> dict[str, Any] | Accepted:
+               preferences: Preferences, urgency: int = DEFAULT_URGENCY, caller: str = "") -> dict[str, Any] | Accepted:
         """A request whose answer may come later (RFC 7240): queued with a record any proxy
         reads, then its reply if it comes within the wait the caller allows (none with
         respond-async alone), else Accepted: the caller polls the record."""
-        deep = self._admit(self.async_deadline_seconds, urgency, patient=True)
+        verdict = self._admit(self.async_deadline_seconds, urgency, caller, patient=True)
         wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
         sent_ms = contract.now_ms()
@@ -142,25 +143,37 @@ class RoundTrips:
         kept = KeptResult(subject, self._async_deadline_ms + self._result_ttl_ms, self._result_ttl_ms,
                           wants_reply=wait > 0)
         self._horizon.issued(entry.deadline_ms)
-        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept, deep,
-                                                    is_urgent(urgency))
+        reply, elapsed, async_id = self._round_trip(entry, sent_ms, sent_ms + int(wait * 1000), kept,
+                                                    verdict.deep, verdict.prompt)
         if reply is None:
             metrics.ACCEPTED.inc()
             return Accepted(async_id)
         return self._body(reply, elapsed)
 
     def once(self, city: str, location: str, subject: str, request_id: RequestId, preferences: Preferences,
-             fingerprint: str, body_hash: str, urgency: int = DEFAULT_URGENCY) -> dict[str, Any] | Accepted:
+             fingerprint: str, body_hash: str, urgency: int = DEFAULT_URGENCY,
+             caller: str = "") -> dict[str, Any] | Accepted:
         """A request with an Idempotency-Key: done at most once per key and caller. The first
         is queued with the key (its result kept as long as the key); a repeat with the same
         body gets the first one's outcome, waiting for it as a call would (409 if async and
-        not done yet); a repeat with another body is refused."""
+        not done yet); a repeat with another body is refused. A repeat is answered whatever
+        the load: one admission refuses is looked up before the refusal stands, and one it
+        let in is taken off its count."""
         pollable = preferences.pollable and self.async_enabled
-        self._admit(self.async_deadline_seconds if pollable else self._timeout_seconds, urgency, patient=pollable,
-                    only=self._once.shard_of(fingerprint))
         wait = self._timeout_seconds
         if pollable:
             wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
+        try:
+            verdict = self._admit(self.async_deadline_seconds if pollable else self._timeout_seconds, urgency,
+                                  caller, patient=pollable, only=self._once.shard_of(fingerprint))
+        except Shed:
+            earlier = self._once.find(fingerprint)
+            if earlier is None:
+                raise
+            answer = self._repeat(earlier, body_hash, subject, pollable, wait)
+            if answer is None:  # the first was never done: this one would be, and cannot be now
+                raise
+            return answer
         replaces = ""
         for _ in range(2):  # the second time only to replace a first try that expired unseen
             correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
@@ -178,7 +191,7 @@ class RoundTrips:
             waiter = self._listener.expect(correlation_id) if wait > 0 else None
             started = time.perf_counter()
             try:
-                placed = self._enqueue_once(entry, sent_ms, kept, once, is_urgent(urgency))
+                placed = self._enqueue_once(entry, sent_ms, kept, once, verdict.prompt)
                 if placed.created:
                     remaining = sent_ms / 1000 + wait - time.time()
                     reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
@@ -197,20 +210,30 @@ class RoundTrips:
                     return Accepted(placed.async_id)
                 metrics.TIMEOUTS.inc()
                 raise NoReply(self._timeout_seconds)
-            if placed.body_hash != body_hash:
-                raise KeyReused("this Idempotency-Key came with another body")
-            metrics.IDEMPOTENT_REPEATS.inc()
-            record = self._await_record(placed.async_id, subject, 0.0 if pollable else wait)
-            if record is None or record.reply is None:
-                if pollable:
-                    raise InProgress(placed.async_id)
-                metrics.TIMEOUTS.inc()
-                raise NoReply(self._timeout_seconds)
-            if record.reply.body.get("error") == contract.ERROR_EXPIRED:
-                replaces = placed.async_id  # never done: this repeat does it
-                continue
-            return self._body(record.reply, time.perf_counter() - started)
+            self._admission.withdraw(verdict)
+            answer = self._repeat(placed, body_hash, subject, pollable, wait)
+            if answer is not None:
+                return answer
+            replaces = placed.async_id  # never done: this repeat does it
         raise NoReply(self._timeout_seconds)
+
+    def _repeat(self, placed: Placed, body_hash: str, subject: str, pollable: bool, wait: float
+                ) -> dict[str, Any] | Accepted | None:
+        """A repeat's answer: the first request's outcome, waited for as a call would; None
+        when the first expired before any worker took it (the repeat may do it)."""
+        if placed.body_hash != body_hash:
+            raise KeyReused("this Idempotency-Key came with another body")
+        metrics.IDEMPOTENT_REPEATS.inc()
+        started = time.perf_counter()
+        record = self._await_record(placed.async_id, subject, 0.0 if pollable else wait)
+        if record is None or record.reply is None:
+            if pollable:
+                raise InProgress(placed.async_id)
+            metrics.TIMEOUTS.inc()
+            raise NoReply(self._timeout_seconds)
+        if record.reply.body.get("error") == contract.ERROR_EXPIRED:
+            return None
+        return self._body(record.reply, time.perf_counter() - started)
 
     def _await_record(self, async_id: str, subject: str, wait_seconds: float) -> contract.ResultRecord | None:
         """The first request's record once done, polled until ``wait_seconds`` have passed."""
@@ -224,12 +247,12 @@ class RoundTrips:
             gevent.sleep(REPEAT_POLL_SECONDS)
 
     def _enqueue_once(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult,
-                      once: OnceOnly, urgent: bool) -> Placed:
+                      once: OnceOnly, prompt: bool) -> Placed:
         with self._queue_failures("the key's shard cannot take it"):
-            return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once, urgent)
+            return self._once.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, once, prompt)
 
     def _round_trip(self, entry: contract.WeatherRequest, sent_ms: int, wait_until_ms: int,
-                    kept: KeptResult | None, deep: frozenset[str], urgent: bool
+                    kept: KeptResult | None, deep: frozenset[str], prompt: bool
                     ) -> tuple[contract.Reply | None, float, str]:
         """The entry queued, then its reply if one comes before ``wait_until_ms`` (none is
         awaited for an async request nobody waits on)."""
@@ -238,7 +261,7 @@ class RoundTrips:
         started = time.perf_counter()
         metrics.INFLIGHT.inc()
         try:
-            async_id = self._enqueue(entry, sent_ms, kept, deep, urgent)
+            async_id = self._enqueue(entry, sent_ms, kept, deep, prompt)
             remaining = wait_until_ms / 1000 - time.time()
             reply = waiter.get(timeout=remaining, block=True) if waiter is not None and remaining > 0 else None
         except gevent.Timeout:
@@ -250,10 +273,10 @@ class RoundTrips:
         return reply, time.perf_counter() - started, async_id
 
     def _enqueue(self, entry: contract.WeatherRequest, sent_ms: int, kept: KeptResult | None,
-                 deep: frozenset[str], urgent: bool) -> str:
+                 deep: frozenset[str], prompt: bool) -> str:
         with self._queue_failures("no shard available"):
             return self._enqueuer.enqueue(entry, self._horizon.minid(sent_ms), self._enqueue_wait, kept, deep,
-                                          urgent)[1]
+                                          prompt)[1]
 
     @contextmanager
     def _queue_failures(self, no_shard: str) -> Iterator[None]:

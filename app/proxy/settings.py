@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -63,6 +64,13 @@ class ProxySettings(CommonSettings):
     # Entries per shard admitted while no worker has published a drain rate (none running
     # yet, scale from zero): enough to wake an autoscaler, no more.
     admission_cold_backlog: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    # Who a caller is, for its fair share of the workers (app.proxy.fairness) and the rate
+    # limiter: the JWT subject, else this header's value (an API key a gateway in front sets;
+    # empty: none), else the client address (TRUSTED_PROXIES).
+    caller_header: str = ""
+    # Callers whose urgent requests (Priority u<=2) take the prompt lane beyond their share,
+    # comma-separated as the proxy names them: sub:<subject>, key:<header value>, ip:<address>.
+    priority_trusted_callers: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # Flask-Limiter limits, e.g. "100/minute;10/second"; empty turns rate limiting off.
     rate_limit: str = ""
@@ -87,6 +95,24 @@ class ProxySettings(CommonSettings):
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("priority_trusted_callers", mode="before")
+    @classmethod
+    def _split_callers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        callers = [part.strip() for part in value.split(",") if part.strip()]
+        for caller in callers:
+            if not caller.startswith(("sub:", "key:", "ip:")):
+                raise ValueError(f"{caller!r} must be sub:<subject>, key:<header value> or ip:<address>")
+        return callers
+
+    @field_validator("caller_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+            raise ValueError("must be an HTTP header name")
+        return value
 
     @field_validator("rate_limit")
     @classmethod

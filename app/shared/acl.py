@@ -59,6 +59,7 @@ PROXY_COMMANDS = (
     "+hmget",  # Idempotency-Key records (in the enqueue script; read under another shard count)
     "+xinfo|groups", "+xlen", "+xrevrange",  # admission: each shard's lag and newest entry (drain rate: +hgetall)
     "+hdel",  # admission's proof that it reads a primary: a delete of a field that does not exist
+    "+hincrby", "+hlen", "+time",  # callers' counts per window (app.proxy.fairness; +hmget, +pexpire)
     *_SHARD_SETS_READ, *_SHARD_SETS_WRITE,
     # The rate limiter (moving window): its scripts, loaded on first use, and what they run.
     "+evalsha", "+script|load", "+lindex", "+lpush", "+ltrim", "+ttl",

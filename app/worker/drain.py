@@ -13,7 +13,10 @@ Two figures come from the same window of recent entries:
   meet. A completion rate would say only what was asked of it.
 
 Every PUBLISH_SECONDS the figures go to one hash field per worker (contract.drain_key),
-the key's TTL refreshed with it; fields of workers gone quiet are removed by the others.
+the key's TTL refreshed with it; fields of workers gone quiet are removed by the others:
+a field none of them has seen change for STALE_SECONDS on its own clock (never by its
+time stamp, written on another host's clock, nor by whether it can decode it: a worker of
+another release writes another format).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,8 +47,8 @@ RECOMPUTE_AFTER = 16
 # Fewer entries than this say too little: the worker publishes no rate (admission then
 # treats the system as cold) and skips nothing.
 MIN_SAMPLES = 8
-# A field not refreshed for this long is a worker that stopped or froze.
-STALE_MS = 10_000
+# A field unchanged for this long is of a worker that stopped or froze.
+STALE_SECONDS = 10.0
 KEY_TTL_MS = 60_000
 
 
@@ -87,13 +91,17 @@ class DrainMeter:
 
 class DrainPublisher:
     def __init__(self, client: RedisClient, meter: DrainMeter, key: str, consumer: str,
-                 stopping: threading.Event, clock_ms: Callable[[], int] = contract.now_ms) -> None:
+                 stopping: threading.Event, clock_ms: Callable[[], int] = contract.now_ms,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = client
         self._meter = meter
         self._key = key
         self._consumer = consumer
         self._stopping = stopping
         self._clock_ms = clock_ms
+        self._clock = clock
+        # The others' fields as last read, and when (this worker's clock) each last changed.
+        self._others: dict[bytes, tuple[bytes, float]] = {}
 
     def run(self) -> None:
         while not self._stopping.wait(PUBLISH_SECONDS):
@@ -113,10 +121,18 @@ class DrainPublisher:
         pipe.pexpire(self._key, KEY_TTL_MS)
         pipe.hgetall(self._key)
         *_, fields = pipe.execute()
-        stale = [name for name, raw in fields.items()
-                 if (other := contract.Drain.decode(raw)) is None or now_ms - other.at_ms > STALE_MS]
+        now = self._clock()
+        mine = self._consumer.encode()
+        known, self._others = self._others, {}
+        for name, raw in fields.items():
+            if name != mine:
+                before = known.get(name)
+                self._others[name] = (raw, before[1] if before is not None and before[0] == raw else now)
+        stale = [name for name, (_, changed_at) in self._others.items() if now - changed_at > STALE_SECONDS]
         if stale:
             self._redis.hdel(self._key, *stale)
+            for name in stale:
+                del self._others[name]
 
     def withdraw(self) -> None:
         """A stopping worker drains nothing more: the proxies stop counting on it at once."""

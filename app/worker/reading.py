@@ -1,13 +1,16 @@
 """Reading one request stream shard: XREADGROUP for as many entries as there are idle
 terminals, taking over orphans of dead consumers, recreating a group Redis lost.
 
-A shard has an urgent lane (contract.urgent_lane: RFC 9218 u<=2). While the lane is in use
-(an urgent entry read in the last LANE_ACTIVE_SECONDS) a read takes the lane's entries first
-and fills the rest from the shard: an urgent entry waits only behind urgent ones. Otherwise
-one XREADGROUP reads both (no extra round trip), so an urgent entry still wakes a blocked
-read. Redis may then return up to COUNT of each: the shard's entries beyond the terminals
-taken wait here for a terminal (rare: both must have entries at that moment) instead of
-being read again.
+A shard has a prompt lane (contract.urgent_lane): the requests of callers within their
+share of the workers (app.proxy.fairness), read before the shard, which holds what callers
+send beyond their share and async work. While the shard has had entries of late (one read
+from it without waiting in the last SHARD_ACTIVE_SECONDS) a read takes the lane's entries first and fills
+the rest from the shard, so a prompt entry waits only behind prompt ones; every
+SHARD_TURN_EVERY-th such read takes the shard's first, so a busy lane never starves it
+(admission counts on that share: app.proxy.admission SHARD_TURN_SHARE). Otherwise one
+XREADGROUP reads both (no extra round trip). Redis may then return up to COUNT of each: the
+shard's entries beyond the terminals taken wait here for a terminal (rare: both must have
+entries at that moment) instead of being read again.
 
 A reader asks Redis only for as many entries as there are idle terminals, so an entry
 never waits in this process while a terminal of another worker is free, and one
@@ -42,8 +45,10 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-# After an urgent entry, the lane is read on its own first for this long.
-LANE_ACTIVE_SECONDS = 2.0
+# After an entry of the shard, the lane is read on its own first for this long.
+SHARD_ACTIVE_SECONDS = 2.0
+# Of the reads that take the lane first, every this many takes the shard first.
+SHARD_TURN_EVERY = 8
 # Clocks of Redis and this host further apart than this: the arrival test is not trusted.
 _CLOCK_TOLERANCE_MS = 50
 
@@ -82,7 +87,8 @@ class ShardReader:
         self._backoff = LoopBackoff(0.05, reconnect_max_seconds)
         self.group_ready = False
         self._claim_cursors = {self.lane: b"0-0", stream: b"0-0"}
-        self._lane_active_until = 0.0
+        self._shard_active_until = 0.0
+        self._lane_first_reads = 0
         self._next_claim = 0.0
         self.last_loop = time.monotonic()
 
@@ -158,15 +164,26 @@ class ShardReader:
             claimed = self.claim_orphans(count)
             if claimed:
                 return claimed
-        urgent: list[Delivery] = []
-        if time.monotonic() < self._lane_active_until:
-            urgent = self._read((self.lane,), count, block=False)
-            if len(urgent) >= count:
-                return urgent
-        queues = (self.stream,) if urgent else self.streams
-        deliveries = urgent + self._read(queues, count - len(urgent), block and not urgent)
-        if any(delivery.stream == self.lane for delivery in deliveries):
-            self._lane_active_until = time.monotonic() + LANE_ACTIVE_SECONDS
+        first: list[Delivery] = []
+        rest: tuple[str, ...] = self.streams
+        if time.monotonic() < self._shard_active_until:
+            self._lane_first_reads += 1
+            rest = (self.lane,) if self._lane_first_reads % SHARD_TURN_EVERY == 0 else (self.stream,)
+            first = self._read((self.stream if rest == (self.lane,) else self.lane,), count, block=False)
+            if len(first) >= count:
+                return self._noted(first, blocked=False)
+            if not first:
+                rest = self.streams
+        blocks = block and not first
+        deliveries = first + self._read(rest, count - len(first), blocks)
+        return self._noted(deliveries, blocks)
+
+    def _noted(self, deliveries: list[Delivery], blocked: bool) -> list[Delivery]:
+        """Entries of the shard found without waiting (or several in one wait) are a backlog
+        the lane must not queue behind; one that arrived while a read waited is not."""
+        from_shard = sum(delivery.stream == self.stream for delivery in deliveries)
+        if from_shard > (1 if blocked else 0):
+            self._shard_active_until = time.monotonic() + SHARD_ACTIVE_SECONDS
         return deliveries
 
     def _read(self, streams: tuple[str, ...], count: int, block: bool) -> list[Delivery]:

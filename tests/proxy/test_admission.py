@@ -9,7 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from app.proxy.admission import STANDING_INTERVAL_SECONDS, Admission, AdmissionPolicy
+from app.proxy.admission import (
+    DRAIN_STALE_SECONDS,
+    FIGURES_STALE_SECONDS,
+    STANDING_INTERVAL_SECONDS,
+    Admission,
+    AdmissionPolicy,
+)
+from app.proxy.fairness import CallerShares
 from app.shared import contract
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
@@ -31,11 +38,12 @@ class Clock:
         return self.now
 
 
-def _admission(redis_server, streams: list[str], clock: Clock) -> Admission:
+def _admission(redis_server, streams: list[str], clock: Clock, **policy: float) -> Admission:
     topology = CommonSettings(redis_url=redis_server.url).topology
     client = topology.client(client_name="test-admission")
     return Admission(NodeWriter(topology, client, ReplicaWait(0, 0)), streams, contract.drain_key("weather-requests"),
-                     GROUP, POLICY, clock=clock)
+                     GROUP, AdmissionPolicy(**{**POLICY.__dict__, **policy}) if policy else POLICY,
+                     CallerShares("weather-requests", clock=clock), clock=clock)
 
 
 def _backlog(client, stream: str, entries: int) -> None:
@@ -44,45 +52,79 @@ def _backlog(client, stream: str, entries: int) -> None:
         client.xadd(stream, {"n": index})
 
 
-def _publish(client, per_second: float, work_seconds: float, name: str = "w1") -> None:
-    drain = contract.Drain(contract.now_ms(), per_second, work_seconds, 5)
+def _publish(client, per_second: float, work_seconds: float, name: str = "w1", at_ms: int | None = None) -> None:
+    drain = contract.Drain(contract.now_ms() if at_ms is None else at_ms, per_second, work_seconds, 5)
     client.hset(contract.drain_key("weather-requests"), name, drain.encode())
 
 
-def test_a_burst_may_wait_half_its_deadline_a_standing_queue_a_tenth(redis_server):
+def _surge(admission: Admission, caller: str, requests: int) -> None:
+    """A caller that offered this many requests in the last second (counted, not queued)."""
+    for _ in range(requests):
+        admission._shares.offered(caller, 3, synchronous=True)
+
+
+NOISY, POLITE = "ip:127.0.0.2", "ip:127.0.0.3"
+
+
+def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis_server):
     client, clock = redis_server.client(), Clock()
-    _backlog(client, "weather-requests", 40)  # 40 entries at 20 a second: 2 s of wait
+    _backlog(client, "weather-requests", 40)  # 40 entries in the shard at 20 a second: 2 s of wait
     _publish(client, per_second=20, work_seconds=0.3)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
+    _surge(admission, NOISY, 20)  # its share: 0.9 x 20 a second
 
-    # The queue was empty a moment ago: a burst, which a 10 s deadline may wait through.
-    assert not admission.judge(10).refused
-    assert admission.judge(10).expected_wait == pytest.approx(2.0)
-    # A 4 s deadline may wait 2 s in all: 2 s of wait plus 0.3 s of work is too much.
-    refused = admission.judge(4)
-    assert refused.refused and refused.reason == "wait" and refused.retry_after == 1
+    verdict = admission.judge(10, caller=NOISY)
+    assert not verdict.refused and not verdict.prompt and verdict.expected_wait == pytest.approx(2.0)
+    # A 4 s deadline less 0.3 s of work leaves 3.7 s, half of it 1.85 s: less than 2 s.
+    refused = admission.judge(4, caller=NOISY)
+    assert refused.refused and refused.reason == "share" and refused.retry_after == 1
+    # A caller within its share goes to the lane, ahead of the shard's backlog.
+    polite = admission.judge(4, caller=POLITE)
+    assert not polite.refused and polite.prompt and polite.expected_wait == 0
 
-    clock.now += STANDING_INTERVAL_SECONDS + 0.1  # not empty since: a standing queue
-    assert admission.judge(10).refused
-    # The urgent keep the burst limit; an async request is not held to the standing wait.
-    assert not admission.judge(10, urgency=1).refused
-    assert not admission.judge(3600, patient=True).refused
+    # Not empty for a while, but offered no faster than drained (a closed loop): not overload.
+    clock.now += STANDING_INTERVAL_SECONDS + 0.1
+    assert not admission.judge(10, caller=NOISY).refused
+    _surge(admission, NOISY, 5)  # 25 a second offered, 20 drained: overload
+    assert admission.judge(10, caller=NOISY).refused
+    # The urgent within their share, and async requests, are not held to the standing limit.
+    assert not admission.judge(10, urgency=1, caller=NOISY).refused
+    assert not admission.judge(3600, patient=True, caller=NOISY).refused
 
     client.xreadgroup(GROUP, "c", {"weather-requests": ">"}, count=40)
     admission.refresh()  # drained: empty again
-    assert not admission.judge(10).refused
+    assert not admission.judge(10, caller=NOISY).refused
 
 
-def test_the_least_urgent_are_refused_first(redis_server):
+def test_an_empty_queue_admits_whatever_the_work_takes(redis_server):
+    """Work of 6 s (or 12 s) under a 10 s deadline: nothing waits ahead, so it is admitted."""
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 0)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    for work_seconds in (6.0, 12.0):
+        _publish(client, per_second=3.3, work_seconds=work_seconds)
+        admission.refresh()
+        _surge(admission, NOISY, 10)
+        assert not admission.judge(10, caller=NOISY).refused
+    _backlog_more = [client.xadd("weather-requests", {"n": index}) for index in range(10)]
+    admission.refresh()
+    assert len(_backlog_more) == 10 and admission.judge(10, caller=NOISY).refused
+
+
+def test_the_least_urgent_beyond_their_share_are_refused_first(redis_server):
     client, clock = redis_server.client(), Clock()
     _backlog(client, "weather-requests", 30)  # 1.5 s of wait at 20 a second
     _publish(client, per_second=20, work_seconds=0.2)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
+    _surge(admission, NOISY, 30)
 
-    # Limit 5 s at u=3; u=7 gets a fifth of it (1 s), u=5 three fifths (3 s).
-    assert [admission.judge(10, urgency=u).refused for u in (0, 3, 5, 7)] == [False, False, False, True]
+    # Limit 4.9 s at u=3; u=7 gets a fifth of it (0.98 s), u=5 three fifths (2.94 s); its
+    # urgent requests are within its share of them (it sent none): the lane.
+    verdicts = [admission.judge(10, urgency=u, caller=NOISY) for u in (0, 3, 5, 7)]
+    assert [verdict.refused for verdict in verdicts] == [False, False, False, True]
+    assert [verdict.prompt for verdict in verdicts] == [True, False, False, False]
 
 
 def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
@@ -92,7 +134,8 @@ def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
     admitted = 0
-    while not admission.admit(4).refused:  # 2 s in all: 19 ahead (1.9 s) and its own 0.1 s fit
+    # Each from a caller of its own, so each within its share: the lane, 1.95 s of wait allowed.
+    while not admission.admit(4, caller=f"ip:10.0.0.{admitted}").refused:
         admitted += 1
     assert admitted == 20
 
@@ -105,14 +148,15 @@ def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own
     _publish(client, per_second=40, work_seconds=0.1)  # 20 a second per shard
     admission = _admission(redis_server, streams, clock)
     admission.refresh()
+    _surge(admission, NOISY, 40)
 
-    verdict = admission.judge(10)
+    verdict = admission.judge(10, caller=NOISY)
     assert not verdict.refused and verdict.deep == {streams[0]}
-    assert admission.judge(10, only=streams[0]).refused
-    assert not admission.judge(10, only=streams[1]).refused
+    assert admission.judge(10, only=streams[0], caller=NOISY).refused
+    assert not admission.judge(10, only=streams[1], caller=NOISY).refused
 
 
-def test_a_drained_shard_has_no_backlog_whatever_its_lag_says(redis_server):
+def test_a_drained_shards_phantom_lag_is_never_a_backlog(redis_server):
     """Redis's lag is entries added minus the group's read counter; after failovers the soak
     found the counter behind for good (lag 113 on a drained stream), and every request of
     that shard's Idempotency-Keys was refused. Set here as a replica's stale counter would be."""
@@ -127,13 +171,15 @@ def test_a_drained_shard_has_no_backlog_whatever_its_lag_says(redis_server):
     _publish(client, per_second=40, work_seconds=0.1)
     admission = _admission(redis_server, streams, clock)
     admission.refresh()
+    _surge(admission, NOISY, 40)
 
-    assert not admission.judge(10, only=streams[0]).refused
-    assert admission.judge(10).deep == frozenset()
-    # A real backlog still counts: the lag is the figure while entries wait.
+    assert not admission.judge(10, only=streams[0], caller=NOISY).refused
+    assert admission.judge(10, caller=NOISY).deep == frozenset()
+    # A real backlog counts, and only it: one entry waits, not 114.
     client.xadd(streams[0], {"n": "new"})
+    assert client.xinfo_groups(streams[0])[0]["lag"] == 114
     admission.refresh()
-    assert admission.judge(10, only=streams[0]).expected_wait > 0
+    assert admission.judge(10, only=streams[0], caller=NOISY).expected_wait == pytest.approx(1 / 20)
 
 
 def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
@@ -143,14 +189,47 @@ def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
     admission.refresh()
     assert not admission.admit(10).refused  # the 20th: ADMISSION_COLD_BACKLOG
     cold = admission.judge(10)
-    assert cold.refused and cold.reason == "cold" and cold.retry_after >= 1
+    assert cold.refused and cold.reason == "cold" and cold.retry_after == 5
 
-    # A worker that stopped publishing long ago counts as none.
-    client.xadd("weather-requests", {"n": "the 20th, now in Redis"})
-    stale = contract.Drain(contract.now_ms() - 60_000, 50.0, 0.1, 5)
-    client.hset(contract.drain_key("weather-requests"), "gone", stale.encode())
+
+def test_a_worker_counts_while_its_figures_change_whatever_its_clock_says(redis_server):
+    """Judged on the proxy's own clock: a worker host 10 s behind (or a proxy 10 s ahead)
+    is live while it publishes, and one that stopped is gone 10 s later, whatever its time."""
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 0)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    behind_ms = contract.now_ms() - 60_000
+    for second in range(12):
+        _publish(client, per_second=20, work_seconds=0.1, at_ms=behind_ms + second * 1000)
+        admission.refresh()
+        clock.now += 1
+        assert admission._per_second == 20
+    for _ in range(11):  # it stops publishing
+        admission.refresh()
+        clock.now += 1
     admission.refresh()
-    assert admission.judge(10).reason == "cold"
+    assert admission.judge(10).reason == "" and admission._per_second == 0
+
+
+def test_figures_that_cannot_be_read_age_instead_of_latching(redis_server, tmp_path):
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 200)  # 10 s of wait at 20 a second
+    _publish(client, per_second=20, work_seconds=0.1)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+    _surge(admission, NOISY, 20)
+    assert admission.judge(10, caller=NOISY).refused
+
+    redis_server.stop()  # nothing can be read any more
+    clock.now += 1
+    admission.refresh()
+    assert admission.judge(10, caller=NOISY).refused  # the last figures, for a while
+    clock.now += FIGURES_STALE_SECONDS
+    admission.refresh()
+    assert not admission.judge(10, caller=NOISY).refused  # the backlog is not known: fail open
+    clock.now += DRAIN_STALE_SECONDS
+    admission.refresh()
+    assert admission._per_second == 0  # nor the drain: cold, bounded by ADMISSION_COLD_BACKLOG
 
 
 def test_overload_is_refused_at_once_and_what_is_admitted_is_served_in_time(stack):
@@ -201,7 +280,8 @@ def test_a_refusal_is_a_problem_with_retry_after_that_says_async_would_be_accept
     assert "Prefer: respond-async" in problem.json()["detail"]
     assert max(a.elapsed.total_seconds() for a in refused) < 0.5
     metrics = requests.get(proxy.metrics_url + "/metrics", timeout=5).text
-    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "wait", "urgency": "3"}) == len(refused)
+    # One caller sending 20 at once is beyond its share: refused as such, not as plain overload.
+    assert metric_value(metrics, "weather_proxy_shed_total", {"reason": "share", "urgency": "3"}) == len(refused)
 
 
 def test_with_no_worker_a_bounded_backlog_is_admitted_and_served_once_one_comes(stack):
