@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.costs import child_pids, process_cpu_seconds
 from tests.support.processes import ROOT, Proxy, RedisServer, Worker, wait_until
-from tools.load_runs import LoadResult, run_open_loop
+from tools.load_runs import LoadResult, run_load, run_open_loop
 
 TERMINALS, WORK_MS = 5, "100-500"
 CAPACITY = TERMINALS / 0.3
@@ -150,6 +150,41 @@ def admission_cost(workdir: Path, redis: RedisServer, rate: float = 300, seconds
             "median_on_us": round(on, 1), "median_off_us": round(off, 1), "ratio": round(on / off, 3)}
 
 
+POLITE_SOURCES = ("127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+def fairness(urls: list[str], redis: RedisServer, seconds: float, noisy_async: bool = False) -> dict[str, Any]:
+    """A noisy caller (127.0.0.2) at 2x capacity, plain or async, and three polite ones at
+    0.1x each, callers told apart by their address as a proxy without auth sees them."""
+    async def together() -> list[LoadResult]:
+        return list(await asyncio.gather(
+            run_open_loop(urls, rate=2 * CAPACITY, count=None, timeout=TIMEOUT_SECONDS + 5, duration=seconds,
+                          source="127.0.0.2", asynchronous=noisy_async),
+            *(run_open_loop(urls, rate=0.1 * CAPACITY, count=None, timeout=TIMEOUT_SECONDS + 5, duration=seconds,
+                            source=source) for source in POLITE_SOURCES)))
+
+    noisy, *polite = asyncio.run(together())
+    if not noisy_async:
+        wait_until(lambda: _drained(redis), 60, interval=0.5, what="queue drained")
+    polite_figures = [{"sent": len(run.samples),
+                       "ok_share": round(sum(s.status == 200 for s in run.samples) / max(1, len(run.samples)), 4),
+                       "ok_p99_s": _quantile([s.seconds for s in run.samples if s.status == 200], 0.99)}
+                      for run in polite]
+    in_time = sum(1 for run in (noisy, *polite) for s in run.samples
+                  if s.status in (200, 202) and s.started + s.seconds <= seconds)
+    return {"polite": polite_figures, "noisy": figures(noisy, seconds),
+            "goodput_share": round(in_time / seconds / CAPACITY, 3)}
+
+
+def closed_loops(urls: list[str]) -> dict[str, Any]:
+    """20 and 50 clients that each wait for their answer: never more queued than clients."""
+    runs = {}
+    for clients in (20, 50):
+        result = asyncio.run(run_load(urls[0], count=6 * clients, concurrency=clients, timeout=TIMEOUT_SECONDS + 5))
+        runs[str(clients)] = figures(result, max(result.wall_seconds, 1.0))
+    return runs
+
+
 def scenario_overload(workdir: Path, redis: RedisServer, seconds: float) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     with overload_services(workdir, redis) as (urls, worker):
@@ -165,6 +200,8 @@ def scenario_overload(workdir: Path, redis: RedisServer, seconds: float) -> dict
             "sent": len(urgent), "ok_share": round(sum(s.status == 200 for s in urgent) / max(1, len(urgent)), 4),
             "ok_p99_s": _quantile([s.seconds for s in urgent if s.status == 200], 0.99)}
         runs["recovery"] = recovery(urls, redis, runs["below"]["ok_p99_s"] or 1.0)
+        runs["closed_loops"] = closed_loops(urls)
+        runs["fair"] = fairness(urls, redis, max(seconds, 30))
     runs["admission_cost"] = admission_cost(workdir, redis)
     return {"capacity_per_second": round(CAPACITY, 2), "timeout_seconds": TIMEOUT_SECONDS, "runs": runs}
 
@@ -199,6 +236,19 @@ def overload_rows(table: Any, overload: dict[str, Any], verdict: Callable[[bool]
     table.add_row("7. after 20 s at 2.4x, back to 12/s: latency back to the 12/s p99 (x1.2) after",
                   f"{back['back_after_seconds']} s (p99 after: {back['p99_after_s']} s)", "<= 7 s (target + 2)",
                   verdict(back["back_after_seconds"] <= TIMEOUT_SECONDS / 2 + 2))
+    loops = runs["closed_loops"]
+    table.add_row("7. closed loops of 20 and of 50 clients: refusals",
+                  f"{loops['20']['refused_503']} of {loops['20']['sent']}, {loops['50']['refused_503']} of "
+                  f"{loops['50']['sent']} (p99 {loops['20']['ok_p99_s']} / {loops['50']['ok_p99_s']} s)", "0",
+                  verdict(loops["20"]["refused_503"] == 0 and loops["50"]["refused_503"] == 0))
+    fair = runs["fair"]
+    worst = min(polite["ok_share"] for polite in fair["polite"])
+    slowest = max(polite["ok_p99_s"] or 99 for polite in fair["polite"])
+    table.add_row("7. a noisy caller at 2x + 3 polite at 0.1x each: polite 200s, their p99, goodput",
+                  f"worst {worst:.1%} x 200, p99 up to {slowest} s (1.5x the 12/s p99: {limit:.2f} s); goodput "
+                  f"{fair['goodput_share']:.0%} of capacity",
+                  ">= 99%, <= 1.5x, >= 85%",
+                  verdict(worst >= 0.99 and slowest <= limit and fair["goodput_share"] >= 0.85))
     cost = runs["admission_cost"]
     table.add_row("7. admission's cost: proxy CPU per request at 300/s, zero work, on vs off (median of 3)",
                   f"{cost['median_on_us']} vs {cost['median_off_us']} us = {cost['ratio']:.3f}x", "<= 1.05x",

@@ -75,8 +75,9 @@ STANDING_INTERVAL_SECONDS = 1.0
 # to keep every terminal busy, and a short deadline's tenth would not.
 STANDING_FLOOR_SECONDS = 0.5
 # Offered (every proxy's count, refusals included) beyond this many times the drain rate is
-# overload. A closed loop offers what it is served, never more: it never counts as one.
-OVERLOAD_RATIO = 1.1
+# overload. A closed loop offers what it is served, never more: it never counts as one
+# (the margin covers the drain figure's own error, which a closed loop at capacity meets).
+OVERLOAD_RATIO = 1.2
 # The share of a shard's drain its workers give the shard however busy its lane is
 # (app.worker.reading reads the shard first every few reads).
 SHARD_TURN_SHARE = 1 / 8

@@ -55,11 +55,12 @@ class CallerShares:
         self._pending: Counter[tuple[str, bool]] = Counter()
         self._pending_totals: Counter[str] = Counter()
         self._pending_since = clock()
-        # As of the last sync: each caller's requests over the last window (sliding), all and urgent.
-        self._rates: dict[str, tuple[float, float]] = {}
+        # As of the last sync: each caller's requests (all, urgent) in the previous and the
+        # current window, and the totals (offered, prompt) alike; read as a sliding second.
+        self._counts: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+        self._totals: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+        self._window_fraction = 0.0
         self._callers = 0
-        self._offered = 0.0
-        self._prompt = 0.0
         self._synced_at = -math.inf
         self._seen: dict[str, float] = {}
         # Redis's clock (seconds) minus this process's monotonic clock; None until first read.
@@ -95,13 +96,24 @@ class CallerShares:
         self._pending_totals[_PROMPT] += 1
 
     def offered_per_second(self) -> float:
-        return self._offered + self._pending_totals[_OFFERED] / WINDOW_SECONDS
+        return self._total(0, _OFFERED)
 
     def prompt_per_second(self) -> float:
-        return self._prompt + self._pending_totals[_PROMPT] / WINDOW_SECONDS
+        return self._total(1, _PROMPT)
+
+    def _total(self, index: int, name: str) -> float:
+        synced = 0.0
+        if self._fresh():
+            earlier, later = self._totals
+            synced = earlier[index] * self._earlier_weight() + later[index]
+        return (synced + self._pending_totals[name]) / WINDOW_SECONDS
 
     def _rate_of(self, caller: str, urgent: bool) -> float:
-        synced = self._rates.get(caller, (0.0, 0.0))[urgent] if self._fresh() else 0.0
+        """Its requests in the sliding second ending now (what every process counted)."""
+        synced = 0.0
+        if self._fresh() and caller in self._counts:
+            earlier, later = self._counts[caller]
+            synced = earlier[urgent] * self._earlier_weight() + later[urgent]
         return synced + self._pending[caller, urgent]
 
     def _active_callers(self) -> int:
@@ -163,19 +175,22 @@ class CallerShares:
         self._pending_since = sent_at
         now_reads = self._parse(current[-self._read_count():])
         before = self._parse(previous[-self._read_count():]) if not isinstance(previous, BaseException) else None
-        elapsed = ((self._redis_offset + self._clock()) / WINDOW_SECONDS) - self._sync_window
-        weight = 1.0 - min(1.0, max(0.0, elapsed))
-        rates: dict[str, tuple[float, float]] = {}
+        # How far into the current window the counts were read: the previous window's part
+        # of a sliding second, which shrinks as time goes on until the next sync.
+        self._window_fraction = min(1.0, max(0.0, (self._redis_offset + self._clock()) / WINDOW_SECONDS
+                                             - self._sync_window))
+        counts: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
         for index, caller in enumerate(self._sync_callers):
-            earlier = before[0][index] if before else (0, 0)
-            later = now_reads[0][index]
-            rates[caller] = (earlier[0] * weight + later[0], earlier[1] * weight + later[1])
-        self._rates = rates
+            counts[caller] = (before[0][index] if before else (0, 0), now_reads[0][index])
+        self._counts = counts
         self._callers = max(now_reads[1], before[1] if before else 0)
-        totals_before = before[2] if before else (0, 0)
-        self._offered = (totals_before[0] * weight + now_reads[2][0]) / WINDOW_SECONDS
-        self._prompt = (totals_before[1] * weight + now_reads[2][1]) / WINDOW_SECONDS
+        self._totals = (before[2] if before else (0, 0), now_reads[2])
         self._synced_at = self._clock()
+
+    def _earlier_weight(self) -> float:
+        """The previous window's weight in a sliding second ending now."""
+        since = (self._clock() - self._synced_at) / WINDOW_SECONDS
+        return max(0.0, 1.0 - self._window_fraction - since)
 
     def _keys(self, window: int) -> tuple[str, str, str]:
         # One hash tag per window: a window's three hashes share a slot, so a node.

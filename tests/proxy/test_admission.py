@@ -307,3 +307,25 @@ def test_with_no_worker_a_bounded_backlog_is_admitted_and_served_once_one_comes(
                    what="an admitted request served")
     # New work is admitted again once a read (every 0.2 s) shows the backlog served.
     wait_until(lambda: _post(proxy).status_code == 200, 3, what="admitted again")
+
+
+def test_a_closed_loop_within_its_deadline_is_never_refused(stack):
+    """The defaults (5 terminals at 100-500 ms, 30 s deadline) and 50 clients that each wait
+    for their answer: about 3 s each, never more queued than clients. It had 220 of 300 refused."""
+    from tools.load_runs import run_load
+
+    proxy = stack.proxy().wait_ready()
+    stack.worker("w", WORKER_TERMINALS="5", PROCESSING_DELAY_MS="100-500").wait_ready()
+    result = asyncio.run(run_load(proxy.url, count=300, concurrency=50, timeout=35))
+    statuses = [sample.status for sample in result.samples]
+    assert statuses.count(200) == 300, sorted(set(statuses))
+
+
+def test_work_that_takes_most_of_its_deadline_is_admitted_at_low_load(stack):
+    """20 terminals whose work takes 6 s of a 10 s deadline, 1 a second: the queue is empty
+    whenever a request comes. It had every request refused once the first answers came."""
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="10").wait_ready()
+    stack.worker("w", WORKER_TERMINALS="20", PROCESSING_DELAY_MS="6000").wait_ready()
+    result = asyncio.run(run_open_loop(proxy.url, rate=1, count=None, timeout=15, duration=24))
+    statuses = [sample.status for sample in result.samples]
+    assert statuses.count(200) == len(statuses), statuses

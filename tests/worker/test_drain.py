@@ -3,6 +3,7 @@ reason it does not start an entry it cannot finish in time."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,8 @@ import pytest
 import requests
 
 from app.shared import contract
-from app.worker.drain import MIN_SAMPLES, DrainMeter
+from app.worker.drain import MIN_SAMPLES, DrainMeter, DrainPublisher
+from app.worker.handling import _made_late_by_waiting
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.system
@@ -73,3 +75,40 @@ def test_an_entry_with_less_time_left_than_its_work_is_answered_at_once_without_
     assert worker.metric("weather_worker_processed_total", {"outcome": "late"}) == len(late)
     assert time.monotonic() - started < 3
     assert requests.get(proxy.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_the_late_skip_judges_only_entries_their_wait_made_late():
+    """A work figure above the whole deadline (work that once took 12 s under a 10 s
+    deadline) must not skip every entry for good: no wait made those late."""
+    added_ms = 1_000_000
+    entry_id = f"{added_ms}-0".encode()
+    deadline_ms = added_ms + 10_000
+    # Waited 5 s, 6 s of work: late. Fresh, 6 s of work: in time.
+    assert _made_late_by_waiting(deadline_ms, entry_id, added_ms + 5_000, 6.0)
+    assert not _made_late_by_waiting(deadline_ms, entry_id, added_ms + 10, 6.0)
+    # A figure of 12 s: no entry of a 10 s deadline could be done in time, so none is skipped.
+    assert not _made_late_by_waiting(deadline_ms, entry_id, added_ms + 5_000, 12.0)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_workers_remove_only_fields_that_stopped_changing_whatever_their_clock_or_format(redis_server):
+    """A worker whose clock is 60 s behind, or a newer release's format, is live while it
+    publishes; a field unchanged for 10 s (on the publisher's own clock) is removed."""
+    client, clock = redis_server.client(), _Clock()
+    key = contract.drain_key("weather-requests")
+    publisher = DrainPublisher(client, DrainMeter(5), key, "me", threading.Event(), clock=clock)
+    behind_ms = contract.now_ms() - 60_000
+    for second in range(12):
+        client.hset(key, "behind", contract.Drain(behind_ms + second * 1000, 10.0, 0.1, 5).encode())
+        client.hset(key, "next-release", f"v2 {second} whatever it writes")
+        client.hset(key, "gone", "1 10.0 0.1 5")  # never changes again
+        publisher.publish_once()
+        clock.now += 1
+    assert set(client.hkeys(key)) == {b"me", b"behind", b"next-release"}
