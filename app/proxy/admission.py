@@ -166,6 +166,9 @@ class Admission:
         items.append(Routed(self._drain_key, _drain_of(self._drain_key)))
         items += self._shares.sync_items()
         results = self._reads.execute(items)
+        drain = results[len(queues)]
+        # At once: whatever fails below, the counts sent are accounted for.
+        self._shares.absorb(results[-2], results[-1], drain if isinstance(drain, BaseException) else drain[0])
         now = self._clock()
         for queue, result in zip(queues, results, strict=False):
             if isinstance(result, BaseException):
@@ -193,12 +196,10 @@ class Admission:
                 self._reconnected_at = now
                 log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})
                 self._reads.reconnect(stream)
-        drain = results[len(queues)]
         if not isinstance(drain, BaseException):
             self._read_drain(drain[-1])
         elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
             self._per_second, self._work_seconds = 0.0, 0.0
-        self._shares.absorb(results[-2], results[-1])
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
@@ -254,6 +255,8 @@ class Admission:
         """An admitted request that queued nothing (an Idempotency-Key found there already)."""
         if verdict.queue and self._since_read[verdict.queue] > 0:
             self._since_read[verdict.queue] -= 1
+        if verdict.prompt:
+            self._shares.prompted(-1)
 
     def _wait_of(self, stream: str, prompt: bool) -> float:
         """Seconds a new entry waits: the lane's backlog at the shard's share of the drain,
@@ -348,6 +351,7 @@ def _drain_of(key: str) -> Callable[[Any], None]:
         # READONLY, which sends the next round to the new primary. Reads alone would go on
         # reading a demoted primary's frozen figures, and a process shedding on them writes
         # nothing that could find out.
+        pipe.time()  # Redis's clock, always of this node, names the callers' windows (app.proxy.fairness)
         pipe.hdel(key, _PRIMARY_PROBE_FIELD)
         pipe.hgetall(key)
     return add

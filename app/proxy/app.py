@@ -129,7 +129,7 @@ def create_app(settings: ProxySettings) -> Flask:
             g.subject = authenticator.subject(request.headers.get("Authorization"))
 
     trust_forwarded_for(app, settings.trusted_proxies)
-    install_rate_limit(app, settings.rate_limit, topology, is_api_call)
+    install_rate_limit(app, settings.rate_limit, topology, is_api_call, settings.caller_header)
     if settings.docs_enabled:
         app.register_blueprint(docs)
     app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))

@@ -14,14 +14,18 @@ class Overloaded(RoundTripFailure):
 
 class Shed(RoundTripFailure):
     """Refused by admission: the queue holds more than this request could wait through.
-    ``retry_after`` in seconds; ``async_would_fit``: Prefer: respond-async would be accepted."""
+    ``retry_after`` in seconds; ``async_would_fit``: Prefer: respond-async would be accepted;
+    ``reason`` and ``urgency`` as weather_proxy_shed_total counts it."""
 
-    def __init__(self, expected_wait: float, retry_after: int, cold: bool, async_would_fit: bool) -> None:
+    def __init__(self, expected_wait: float, retry_after: int, cold: bool, async_would_fit: bool,
+                 reason: str = "wait", urgency: int = 3) -> None:
         super().__init__("no worker has drained the queue yet and it holds as much as may wait for one" if cold
                          else f"the queue holds about {expected_wait:.1f} s of work, more than this request "
                          "may wait")
         self.retry_after = retry_after
         self.async_would_fit = async_would_fit
+        self.reason = reason
+        self.urgency = urgency
 
 
 class QueueUnavailable(RoundTripFailure):

@@ -34,13 +34,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from app.proxy.priority import DEFAULT_URGENCY, is_urgent
-from app.shared.routing import Routed
+from app.shared.routing import Routed, is_not_sent
 
 WINDOW_SECONDS = 1.0
 # A caller's lane share, of an equal part of the drain: the lanes together stay below capacity.
 PROMPT_SHARE = 0.9
-# Callers not seen by this process for this long are not read back any more.
-FORGET_SECONDS = 3 * WINDOW_SECONDS
+# Callers not seen by this process for this long are not read back any more, and no more
+# than this many are (the most recent): beyond, a caller is judged by this process's count.
+FORGET_SECONDS = 2 * WINDOW_SECONDS
+MOST_READ_BACK = 2000
 # The hashes outlive the two windows they are read in.
 KEY_TTL_MS = int(4 * WINDOW_SECONDS * 1000)
 _OFFERED, _PROMPT = "offered", "prompt"
@@ -74,8 +76,9 @@ class CallerShares:
     def offered(self, caller: str, urgency: int, *, synchronous: bool) -> None:
         """Counts a request before it is judged: refused ones are demand too."""
         self._pending_totals[_OFFERED] += 1
-        self._seen[caller] = self._clock()
         if synchronous:
+            self._seen.pop(caller, None)  # re-inserted last: the dict stays in order of recency
+            self._seen[caller] = self._clock()
             self._pending[caller, False] += 1
             if is_urgent(urgency):
                 self._pending[caller, True] += 1
@@ -90,10 +93,16 @@ class CallerShares:
         share = PROMPT_SHARE * drain_per_second / max(1, self._active_callers())
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)
-        return self._rate_of(caller, urgent) <= max(1.0, share * WINDOW_SECONDS)
+        rate = self._rate_of(caller, urgent)
+        if rate <= share * WINDOW_SECONDS:
+            return True
+        # A caller's first request of a second, when there are more callers than the workers
+        # drain a second: the lane while the lanes in all stay below capacity.
+        return rate <= 1 and self.prompt_per_second() < PROMPT_SHARE * drain_per_second
 
-    def prompted(self) -> None:
-        self._pending_totals[_PROMPT] += 1
+    def prompted(self, count: int = 1) -> None:
+        """A request admitted to the lane (-1: one that queued nothing after all)."""
+        self._pending_totals[_PROMPT] += count
 
     def offered_per_second(self) -> float:
         return self._total(0, _OFFERED)
@@ -139,12 +148,11 @@ class CallerShares:
             self._pending_since = now
         offset = time.time() - now if self._redis_offset is None else self._redis_offset
         window = math.floor((offset + now) / WINDOW_SECONDS)
-        callers = list(self._seen)
+        callers = list(self._seen)[-MOST_READ_BACK:]
         pending, totals = dict(self._pending), dict(self._pending_totals)
         self._sync_window, self._sync_callers = window, callers
 
         def current(pipe: Any) -> None:
-            pipe.time()
             keys = self._keys(window)
             for (caller, urgent), count in pending.items():
                 pipe.hincrby(keys[urgent], caller, count)
@@ -160,19 +168,26 @@ class CallerShares:
         self._sent = (pending, totals, now)
         return [Routed(self._keys(window)[0], current), Routed(self._keys(window - 1)[0], previous)]
 
-    def absorb(self, current: Any, previous: Any) -> None:
-        """The sync's answers (each a list of replies, or an error): the counts it sent are
-        taken off what is pending only when they were written."""
+    def absorb(self, current: Any, previous: Any, redis_time: Any = None) -> None:
+        """The sync's answers (each a list of replies, or an error) and Redis's TIME, read
+        from one node (the drain key's: another node's clock may differ). The counts sent
+        are taken off what is pending unless they surely were not written (an unknown fate
+        counts as written: counting a surge twice would push callers off their lane)."""
         pending, totals, sent_at = self._sent
-        if isinstance(current, BaseException):
+        if not isinstance(redis_time, BaseException) and redis_time:
+            seconds, microseconds = redis_time
+            self._redis_offset = int(seconds) + int(microseconds) / 1e6 - self._clock()
+        if isinstance(current, BaseException) and is_not_sent(current):
             return
-        seconds, microseconds = current[0]
-        self._redis_offset = seconds + microseconds / 1e6 - self._clock()
         self._pending.subtract(pending)
         self._pending_totals.subtract(totals)
         self._pending = +self._pending
         self._pending_totals = +self._pending_totals
         self._pending_since = sent_at
+        if self._redis_offset is None:  # no TIME read yet: this host's wall clock meanwhile
+            self._redis_offset = time.time() - self._clock()
+        if isinstance(current, BaseException):
+            return
         now_reads = self._parse(current[-self._read_count():])
         before = self._parse(previous[-self._read_count():]) if not isinstance(previous, BaseException) else None
         # How far into the current window the counts were read: the previous window's part

@@ -1,9 +1,10 @@
 """Rate limiting with Flask-Limiter, counted in Redis so every proxy replica shares it.
 
-Off unless RATE_LIMIT is set (e.g. "100/minute;10/second"). The client is the JWT
-subject when there is one, else the client address, honouring TRUSTED_PROXIES
-X-Forwarded-For hops. If Redis cannot count, requests pass: the limiter must not turn
-a Redis hiccup into an outage of its own.
+Off unless RATE_LIMIT is set (e.g. "100/minute;10/second"). The client is the caller
+admission shares the workers by (app.proxy.callers): the JWT subject, else CALLER_HEADER's
+value, else the client address, honouring TRUSTED_PROXIES X-Forwarded-For hops. If Redis
+cannot count, requests pass: the limiter must not turn a Redis hiccup into an outage of
+its own.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def trust_forwarded_for(app: Flask, trusted_proxies: int) -> None:
 
 
 def install_rate_limit(app: Flask, limit: str, topology: Topology,
-                       is_limited: Callable[[], bool]) -> Limiter | None:
+                       is_limited: Callable[[], bool], caller_header: str = "") -> Limiter | None:
     if not limit:
         return None
     # A count that takes longer than half a second is given up on (swallow_errors lets the request in).
     storage_uri, storage_options = topology.limiter_storage()
     return Limiter(
-        caller_of,
+        lambda: caller_of(caller_header),
         app=app,
         default_limits=[limit],
         default_limits_exempt_when=lambda: not is_limited(),

@@ -18,7 +18,16 @@ from app.proxy import metrics
 from app.proxy.admission import Admission, AdmitEverything, Verdict
 from app.proxy.edge import RequestId
 from app.proxy.enqueue import Enqueuer, KeptResult, NoShardAvailable
-from app.proxy.failures import InProgress, KeyReused, NoReply, Overloaded, QueueUnavailable, Shed, WorkerFailed
+from app.proxy.failures import (
+    InProgress,
+    KeyReused,
+    NoReply,
+    Overloaded,
+    QueueUnavailable,
+    RoundTripFailure,
+    Shed,
+    WorkerFailed,
+)
 from app.proxy.horizon import Horizon
 from app.proxy.once import OnceEnqueuer, OnceOnly, Placed
 from app.proxy.prefer import Preferences
@@ -95,19 +104,26 @@ class RoundTrips:
     def _admit(self, deadline_seconds: float, urgency: int, caller: str, *, patient: bool,
                only: str | None = None) -> Verdict:
         """Where this request may go (not the ``deep`` shards; the lane if ``prompt``);
-        Shed when no shard it may use can serve it in time."""
+        Shed when no shard it may use can serve it in time (counted by ``_shed``)."""
         verdict = self._admission.admit(deadline_seconds, urgency, patient=patient, only=only, caller=caller)
         if not verdict.refused:
             metrics.ADMITTED[urgency].inc()
             return verdict
-        metrics.SHED_BY[verdict.reason, urgency].inc()
         async_would_fit = not patient and self.async_enabled and not self._admission.judge(
             self.async_deadline_seconds, urgency, patient=True, only=only, caller=caller).refused
-        raise Shed(verdict.expected_wait, verdict.retry_after, verdict.reason == "cold", async_would_fit)
+        raise Shed(verdict.expected_wait, verdict.retry_after, verdict.reason == "cold", async_would_fit,
+                   reason=verdict.reason, urgency=urgency)
+
+    def _shed(self, refusal: Shed) -> Shed:
+        metrics.SHED_BY[refusal.reason, refusal.urgency].inc()
+        return refusal
 
     def ask(self, city: str, location: str, subject: str, request_id: RequestId,
             urgency: int = DEFAULT_URGENCY, caller: str = "") -> dict[str, Any]:
-        verdict = self._admit(self._timeout_seconds, urgency, caller, patient=False)
+        try:
+            verdict = self._admit(self._timeout_seconds, urgency, caller, patient=False)
+        except Shed as refusal:
+            raise self._shed(refusal) from None
         # Replies are routed by a correlation id; a generated request id is unique already
         # and serves as one (the entry then carries no separate cid).
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
@@ -131,7 +147,10 @@ class RoundTrips:
         """A request whose answer may come later (RFC 7240): queued with a record any proxy
         reads, then its reply if it comes within the wait the caller allows (none with
         respond-async alone), else Accepted: the caller polls the record."""
-        verdict = self._admit(self.async_deadline_seconds, urgency, caller, patient=True)
+        try:
+            verdict = self._admit(self.async_deadline_seconds, urgency, caller, patient=True)
+        except Shed as refusal:
+            raise self._shed(refusal) from None
         wait = 0.0 if preferences.wait_seconds is None else min(preferences.wait_seconds, self._timeout_seconds)
         correlation_id = request_id.value if request_id.generated else uuid.uuid4().hex
         sent_ms = contract.now_ms()
@@ -166,13 +185,11 @@ class RoundTrips:
         try:
             verdict = self._admit(self.async_deadline_seconds if pollable else self._timeout_seconds, urgency,
                                   caller, patient=pollable, only=self._once.shard_of(fingerprint))
-        except Shed:
+        except Shed as refusal:
             earlier = self._once.find(fingerprint)
-            if earlier is None:
-                raise
-            answer = self._repeat(earlier, body_hash, subject, pollable, wait)
-            if answer is None:  # the first was never done: this one would be, and cannot be now
-                raise
+            answer = None if earlier is None else self._repeat(earlier, body_hash, subject, pollable, wait)
+            if answer is None:  # new, or the first never done: this one would be, and cannot be now
+                raise self._shed(refusal) from None
             return answer
         replaces = ""
         for _ in range(2):  # the second time only to replace a first try that expired unseen
@@ -210,11 +227,15 @@ class RoundTrips:
                     return Accepted(placed.async_id)
                 metrics.TIMEOUTS.inc()
                 raise NoReply(self._timeout_seconds)
-            self._admission.withdraw(verdict)
-            answer = self._repeat(placed, body_hash, subject, pollable, wait)
+            try:
+                answer = self._repeat(placed, body_hash, subject, pollable, wait)
+            except RoundTripFailure:
+                self._admission.withdraw(verdict)  # it queued nothing
+                raise
             if answer is not None:
+                self._admission.withdraw(verdict)
                 return answer
-            replaces = placed.async_id  # never done: this repeat does it
+            replaces = placed.async_id  # never done: this repeat does it, as admitted
         raise NoReply(self._timeout_seconds)
 
     def _repeat(self, placed: Placed, body_hash: str, subject: str, pollable: bool, wait: float

@@ -3,8 +3,8 @@ terminals, taking over orphans of dead consumers, recreating a group Redis lost.
 
 A shard has a prompt lane (contract.urgent_lane): the requests of callers within their
 share of the workers (app.proxy.fairness), read before the shard, which holds what callers
-send beyond their share and async work. While the shard has had entries of late (one read
-from it without waiting in the last SHARD_ACTIVE_SECONDS) a read takes the lane's entries first and fills
+send beyond their share and async work. While the shard has a backlog (an entry read from
+it in the last SHARD_ACTIVE_SECONDS was there before its read began) a read takes the lane's entries first and fills
 the rest from the shard, so a prompt entry waits only behind prompt ones; every
 SHARD_TURN_EVERY-th such read takes the shard's first, so a busy lane never starves it
 (admission counts on that share: app.proxy.admission SHARD_TURN_SHARE). Otherwise one
@@ -137,7 +137,7 @@ class ShardReader:
                 if not deliveries:
                     blocked_at_ms = time.time() * 1000
                     deliveries = self._guard.call_from_loop(self.next_deliveries, taken, True)
-                    self._maybe_more = len(deliveries) == taken and not (
+                    self._maybe_more = len(deliveries) >= taken and not (
                         taken == 1 and _arrived_while_blocked(deliveries[0].entry_id, blocked_at_ms))
                 else:
                     self._maybe_more = len(deliveries) >= taken
@@ -171,18 +171,18 @@ class ShardReader:
             rest = (self.lane,) if self._lane_first_reads % SHARD_TURN_EVERY == 0 else (self.stream,)
             first = self._read((self.stream if rest == (self.lane,) else self.lane,), count, block=False)
             if len(first) >= count:
-                return self._noted(first, blocked=False)
+                return self._noted(first, time.time() * 1000)
             if not first:
                 rest = self.streams
-        blocks = block and not first
-        deliveries = first + self._read(rest, count - len(first), blocks)
-        return self._noted(deliveries, blocks)
+        read_at_ms = time.time() * 1000
+        deliveries = first + self._read(rest, count - len(first), block and not first)
+        return self._noted(deliveries, read_at_ms)
 
-    def _noted(self, deliveries: list[Delivery], blocked: bool) -> list[Delivery]:
-        """Entries of the shard found without waiting (or several in one wait) are a backlog
-        the lane must not queue behind; one that arrived while a read waited is not."""
-        from_shard = sum(delivery.stream == self.stream for delivery in deliveries)
-        if from_shard > (1 if blocked else 0):
+    def _noted(self, deliveries: list[Delivery], read_at_ms: float) -> list[Delivery]:
+        """An entry of the shard that was there before the read began is a backlog the lane
+        must not queue behind; one that arrived while a read waited is not."""
+        if any(delivery.stream == self.stream and not _arrived_while_blocked(delivery.entry_id, read_at_ms)
+               for delivery in deliveries):
             self._shard_active_until = time.monotonic() + SHARD_ACTIVE_SECONDS
         return deliveries
 

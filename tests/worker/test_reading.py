@@ -135,3 +135,28 @@ def test_a_read_beyond_the_terminals_taken_waits_for_a_terminal_for_the_rest(red
     finally:
         reader.retired.set()
         thread.join(timeout=5)
+
+
+def test_with_a_backlog_in_the_shard_the_lane_is_read_first_and_the_shard_every_eighth_read(redis_server):
+    """One terminal at a time (a saturated worker): the lane's entries are not held behind
+    the shard's backlog, and the shard still gets its turn (admission counts on an eighth)."""
+    from app.shared import contract
+    from app.worker.reading import SHARD_TURN_EVERY
+
+    client = redis_server.client()
+    reader = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
+                         group=GROUP, consumer="me", read_block_ms=100, claim_idle_seconds=60,
+                         reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
+                         on_group_lost=lambda: None)
+    reader.ensure_group()
+    lane = contract.urgent_lane(STREAM)
+    for index in range(40):
+        client.xadd(STREAM, _request(f"n{index}"))
+        client.xadd(lane, _request(f"p{index}"))
+    time.sleep(0.01)
+
+    first = reader.next_deliveries(1, block=True)  # both at once: the shard has a backlog
+    assert [delivery.stream for delivery in first] == [lane, STREAM]
+    streams = [delivery.stream for _ in range(2 * SHARD_TURN_EVERY)
+               for delivery in reader.next_deliveries(1, block=True)]
+    assert streams.count(STREAM) == 2 and streams.count(lane) == 2 * SHARD_TURN_EVERY - 2
