@@ -9,6 +9,12 @@ One worker of 5 terminals at 100-500 ms (about 16.7 requests a second), REQUEST_
 - 5x (80/s): goodput still near capacity;
 - 2.4x with a quarter of the requests at Priority u=1: how those fare;
 - recovery: 2.4x for 20 s, then 12/s: how long after the overload latencies are back;
+- closed loops of 20 and 50 clients: nothing refused;
+- fairness: a noisy caller at 2x (plain, then async) beside three polite ones at 0.1x each,
+  callers told apart by their loopback address (127.0.0.2-5);
+- retry storms: every refused request retried up to 3 times (half after Retry-After, half
+  at once) at 2.4x, and at 1.5x with the worker stopped for 10 s;
+- 4 proxies of 2 processes at 10x; work of 0.6x the deadline at 0.3x capacity;
 - admission's own cost: proxy CPU per request at 300/s, zero work, on vs off (median of three
   alternating runs).
 
@@ -22,6 +28,7 @@ import asyncio
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,12 +45,13 @@ SWEEP_SHARES = (0.5, 1.0, 1.5, 2.4, 3.5, 5.0)
 
 
 @contextmanager
-def overload_services(workdir: Path, redis: RedisServer, code: Path = ROOT, **proxy_env: str
+def overload_services(workdir: Path, redis: RedisServer, code: Path = ROOT, proxies_count: int = 2,
+                      terminals: int = TERMINALS, work_ms: str = WORK_MS, **proxy_env: str
                       ) -> Iterator[tuple[list[str], Worker]]:
     proxies = [Proxy(workdir, redis.url, code, REQUEST_TIMEOUT_SECONDS=f"{TIMEOUT_SECONDS:g}", LOG_LEVEL="WARNING",
-                     WEB_CONCURRENCY="2", **proxy_env) for _ in range(2)]
-    worker = Worker(workdir, redis.url, f"overload-{proxies[0].port}", code, WORKER_TERMINALS=str(TERMINALS),
-                    PROCESSING_DELAY_MS=WORK_MS, LOG_LEVEL="WARNING")
+                     WEB_CONCURRENCY="2", **proxy_env) for _ in range(proxies_count)]
+    worker = Worker(workdir, redis.url, f"overload-{proxies[0].port}", code, WORKER_TERMINALS=str(terminals),
+                    PROCESSING_DELAY_MS=work_ms, LOG_LEVEL="WARNING")
     try:
         for proxy in proxies:
             proxy.wait_ready()
@@ -153,7 +161,8 @@ def admission_cost(workdir: Path, redis: RedisServer, rate: float = 300, seconds
 POLITE_SOURCES = ("127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 
-def fairness(urls: list[str], redis: RedisServer, seconds: float, noisy_async: bool = False) -> dict[str, Any]:
+def fairness(urls: list[str], worker: Worker, redis: RedisServer, seconds: float,
+             noisy_async: bool = False) -> dict[str, Any]:
     """A noisy caller (127.0.0.2) at 2x capacity, plain or async, and three polite ones at
     0.1x each, callers told apart by their address as a proxy without auth sees them."""
     async def together() -> list[LoadResult]:
@@ -163,7 +172,9 @@ def fairness(urls: list[str], redis: RedisServer, seconds: float, noisy_async: b
             *(run_open_loop(urls, rate=0.1 * CAPACITY, count=None, timeout=TIMEOUT_SECONDS + 5, duration=seconds,
                             source=source) for source in POLITE_SOURCES)))
 
+    done_before = worker.metric("weather_worker_processed_total", {"outcome": "ok"})
     noisy, *polite = asyncio.run(together())
+    done = worker.metric("weather_worker_processed_total", {"outcome": "ok"}) - done_before
     if not noisy_async:
         wait_until(lambda: _drained(redis), 60, interval=0.5, what="queue drained")
     polite_figures = [{"sent": len(run.samples),
@@ -171,9 +182,65 @@ def fairness(urls: list[str], redis: RedisServer, seconds: float, noisy_async: b
                        "ok_p99_s": _quantile([s.seconds for s in run.samples if s.status == 200], 0.99)}
                       for run in polite]
     in_time = sum(1 for run in (noisy, *polite) for s in run.samples
-                  if s.status in (200, 202) and s.started + s.seconds <= seconds)
+                  if s.status == 200 and s.started + s.seconds <= seconds)
+    polite_ok = sum(s.status == 200 for run in polite for s in run.samples)
+    left = (CAPACITY - 0.1 * CAPACITY * len(POLITE_SOURCES)) * seconds
     return {"polite": polite_figures, "noisy": figures(noisy, seconds),
-            "goodput_share": round(in_time / seconds / CAPACITY, 3)}
+            "goodput_share": round(in_time / seconds / CAPACITY, 3),
+            # The async caller's work done while the load lasted, of what the polite ones left.
+            "noisy_work_share_of_left": round((done - polite_ok) / left, 3)}
+
+
+def retry_storm(urls: list[str], redis: RedisServer, seconds: float) -> dict[str, Any]:
+    """2.4x from clients that send a refused request again up to 3 times: half after its
+    Retry-After, half at once."""
+    result = asyncio.run(run_open_loop(urls, rate=40, count=None, timeout=TIMEOUT_SECONDS + 5, duration=seconds,
+                                       retry=lambda index: "after" if index % 2 else "at-once"))
+    wait_until(lambda: _drained(redis), 60, interval=0.5, what="queue drained")
+    return {**figures(result, seconds), "retries": result.retries}
+
+
+def workers_stopped(urls: list[str], worker: Worker, redis: RedisServer) -> dict[str, Any]:
+    """1.5x from such retrying clients for 45 s; the worker stopped (SIGSTOP) from 10 s to
+    20 s: how long after its return until goodput is back to 0.85x capacity."""
+    import signal
+    import threading
+
+    def stop_for_a_while() -> None:
+        time.sleep(10)
+        worker.signal(signal.SIGSTOP)
+        time.sleep(10)
+        worker.signal(signal.SIGCONT)
+
+    pause = threading.Thread(target=stop_for_a_while)
+    pause.start()
+    try:
+        result = asyncio.run(run_open_loop(urls, rate=1.5 * CAPACITY, count=None, timeout=TIMEOUT_SECONDS + 5,
+                                           duration=45, retry=lambda index: "after" if index % 2 else "at-once"))
+    finally:
+        pause.join()
+        worker.signal(signal.SIGCONT)
+    wait_until(lambda: _drained(redis), 60, interval=0.5, what="queue drained")
+    answered = [s.started + s.seconds for s in result.samples if s.status == 200]
+    per_second = [sum(1 for at in answered if second <= at < second + 1) for second in range(45)]
+    # From the first second after the return on which every 3 s window until the end holds it.
+    back = next((second - 20 for second in range(20, 42)
+                 if all(sum(per_second[t:t + 3]) >= 3 * 0.85 * CAPACITY for t in range(second, 42))), None)
+    return {"goodput_per_second": per_second, "back_after_seconds": back, "retries": result.retries}
+
+
+def many_proxies(workdir: Path, redis: RedisServer, seconds: float) -> dict[str, Any]:
+    """4 proxies of 2 processes each at 10x: they must not admit four times what one would."""
+    with overload_services(workdir, redis, proxies_count=4) as (urls, worker):
+        _, run = measured(urls, worker, redis, 10 * CAPACITY, seconds)
+    return run
+
+
+def slow_work(workdir: Path, redis: RedisServer) -> dict[str, Any]:
+    """Work of 6 s (0.6x the 10 s deadline) on 20 terminals, at 1 a second (0.3x) for 60 s."""
+    with overload_services(workdir, redis, proxies_count=1, terminals=20, work_ms="6000") as (urls, worker):
+        _, run = measured(urls, worker, redis, 1.0, 60)
+    return run
 
 
 def closed_loops(urls: list[str]) -> dict[str, Any]:
@@ -201,7 +268,14 @@ def scenario_overload(workdir: Path, redis: RedisServer, seconds: float) -> dict
             "ok_p99_s": _quantile([s.seconds for s in urgent if s.status == 200], 0.99)}
         runs["recovery"] = recovery(urls, redis, runs["below"]["ok_p99_s"] or 1.0)
         runs["closed_loops"] = closed_loops(urls)
-        runs["fair"] = fairness(urls, redis, max(seconds, 30))
+        runs["fair"] = fairness(urls, worker, redis, max(seconds, 30))
+        runs["retry_storm"] = retry_storm(urls, redis, max(seconds, 30))
+        runs["workers_stopped"] = workers_stopped(urls, worker, redis)
+        runs["fair_async"] = fairness(urls, worker, redis, max(seconds, 30), noisy_async=True)
+    # The async caller's backlog (an hour's worth) is nobody's work any more.
+    redis.client().delete("weather-requests", "weather-requests:urgent")
+    runs["many_proxies"] = many_proxies(workdir, redis, max(seconds, 20))
+    runs["slow_work"] = slow_work(workdir, redis)
     runs["admission_cost"] = admission_cost(workdir, redis)
     return {"capacity_per_second": round(CAPACITY, 2), "timeout_seconds": TIMEOUT_SECONDS, "runs": runs}
 
@@ -249,6 +323,30 @@ def overload_rows(table: Any, overload: dict[str, Any], verdict: Callable[[bool]
                   f"{fair['goodput_share']:.0%} of capacity",
                   ">= 99%, <= 1.5x, >= 85%",
                   verdict(worst >= 0.99 and slowest <= limit and fair["goodput_share"] >= 0.85))
+    fair_async = runs["fair_async"]
+    worst_async = min(polite["ok_share"] for polite in fair_async["polite"])
+    table.add_row("7. the same, the noisy caller async (Prefer: respond-async): polite 200s, async work done",
+                  f"worst {worst_async:.1%} x 200; async work {fair_async['noisy_work_share_of_left']:.0%} of the "
+                  "capacity the polite callers leave", ">= 99%, >= 80%",
+                  verdict(worst_async >= 0.99 and fair_async["noisy_work_share_of_left"] >= 0.8))
+    storm = runs["retry_storm"]
+    table.add_row("7. 2.4x, every refused request retried up to 3 times (half after Retry-After, half at once)",
+                  f"goodput {storm['goodput_share']:.0%} of capacity ({storm['retries']} retries, "
+                  f"{storm['timed_out_504']} x 504)", ">= 85%", verdict(storm["goodput_share"] >= 0.85))
+    stopped = runs["workers_stopped"]
+    table.add_row("7. 1.5x with such clients, the worker stopped 10 s: goodput back to 85% after its return",
+                  f"{stopped['back_after_seconds']} s", "<= 10 s",
+                  verdict(stopped["back_after_seconds"] is not None and stopped["back_after_seconds"] <= 10))
+    many = runs["many_proxies"]
+    table.add_row("7. 4 proxies x 2 processes at 10x: goodput, refusals' p99, 504s",
+                  f"{many['goodput_share']:.0%} of capacity; 503 p99 {many['refused_p99_s']} s; "
+                  f"{many['timed_out_504']} x 504 of {many['sent']}", ">= 85%, <= 0.2 s, <= 2%",
+                  verdict(many["goodput_share"] >= 0.85 and (many["refused_p99_s"] or 0) <= 0.2
+                          and many["timed_out_504"] <= 0.02 * many["sent"]))
+    slow = runs["slow_work"]
+    table.add_row("7. work of 0.6x the deadline at 0.3x capacity for 60 s: 200s",
+                  f"{slow['ok']}/{slow['sent']} ({slow['refused_503']} refused)", "every one",
+                  verdict(slow["ok"] == slow["sent"]))
     cost = runs["admission_cost"]
     table.add_row("7. admission's cost: proxy CPU per request at 300/s, zero work, on vs off (median of 3)",
                   f"{cost['median_on_us']} vs {cost['median_off_us']} us = {cost['ratio']:.3f}x", "<= 1.05x",

@@ -54,6 +54,8 @@ def _quantile(values: list[float], fraction: float) -> float:
 class LoadResult:
     samples: list[Sample] = field(default_factory=list)
     wall_seconds: float = 0.0
+    # Open loop with retries: refused requests sent again.
+    retries: int = 0
 
     @property
     def ok(self) -> list[Sample]:
@@ -201,15 +203,21 @@ async def run_load(url: str, *, count: int | None, concurrency: int, timeout: fl
     return result
 
 
+RETRIES = 3
+
+
 async def run_open_loop(url: str | Sequence[str], *, rate: float, count: int | None, timeout: float,
                         duration: float | None = None, path: str = CITY_PATH, body: dict[str, Any] | None = None,
                         progress: Progress | None = None, max_connections: int = 4000, asynchronous: bool = False,
                         urgency: Callable[[int], int | None] = lambda index: None,
-                        source: str | None = None) -> LoadResult:
+                        source: str | None = None,
+                        retry: Callable[[int], str] = lambda index: "never") -> LoadResult:
     """Open loop: request i is due at i / rate seconds, sent then whether or not earlier
     ones answered; its latency counts from that due time (no coordinated omission).
     Several URLs (proxies) take the requests in turn; ``urgency(i)`` sets request i's
-    Priority (None: no header); ``source``: the local address to send from."""
+    Priority (None: no header); ``source``: the local address to send from; ``retry(i)``:
+    what request i's client does with a 503, up to RETRIES more times: "never", "after" its
+    Retry-After, or "at-once" (a sample is the last answer, its latency from the due time)."""
     targets = [base.rstrip("/") + path for base in ([url] if isinstance(url, str) else url)]
     result = LoadResult()
     total = count if duration is None else math.ceil(duration * rate)
@@ -219,8 +227,16 @@ async def run_open_loop(url: str | Sequence[str], *, rate: float, count: int | N
     began = time.perf_counter()
 
     async def fire(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
-        result.samples.append(await _one(session, targets[index % len(targets)], index, timeout, began, body,
-                                         scheduled, asynchronous, urgency=urgency(index)))
+        way = retry(index)
+        for attempt in range(RETRIES + 1):
+            sample = await _one(session, targets[index % len(targets)], index, timeout, began, body,
+                                scheduled, asynchronous, urgency=urgency(index))
+            if sample.status != 503 or way == "never" or attempt == RETRIES:
+                break
+            result.retries += 1
+            if way == "after" and sample.retry_after:
+                await asyncio.sleep(sample.retry_after)
+        result.samples.append(sample)
         if progress is not None and task is not None:
             progress.advance(task)
 

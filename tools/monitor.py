@@ -92,7 +92,9 @@ def take_snapshot(client: RedisClient, streams: list[str], group: str, services:
                 snapshot.shard_sets.append(ShardSetRow(shards, (announced.now_ms - last_ms) / 1000,
                                                        not announced.stale(shards, retire_after_ms)))
                 streams = [*streams, *(s for s in registry.streams(shards) if s not in streams)]
-        snapshot.shards = [_read_shard(client, stream, group, snapshot.consumers) for stream in streams]
+        # Each shard and its prompt lane (where requests of callers within their share wait).
+        queues = [queue for stream in streams for queue in (stream, contract.urgent_lane(stream))]
+        snapshot.shards = [_read_shard(client, queue, group, snapshot.consumers) for queue in queues]
     except redis.RedisError as error:
         snapshot.redis_error = f"{type(error).__name__}: {error}"
     snapshot.services = [(kind, url, scrape(url)) for kind, url in services]

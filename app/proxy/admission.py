@@ -18,8 +18,8 @@ time it is expected to wait there fits what its deadline leaves after the work:
   workers never starve the shard);
 - a share (ADMISSION_WAIT_SHARE) of the deadline less the work: room for a burst, and for
   a closed loop, whose queue can never outgrow its own clients;
-- but under overload, when more is offered than the workers drain (by every proxy's count,
-  OVERLOAD_RATIO) and the shard's queue has not been empty for STANDING_INTERVAL_SECONDS
+- but under overload sustained for OVERLOAD_SUSTAINED_SECONDS, more offered than the
+  workers drain (by every proxy's count, app.proxy.fairness OVERLOAD_RATIO), once the shard's queue has not been empty for STANDING_INTERVAL_SECONDS
   (CoDel's standing queue), a synchronous request beyond its caller's share may wait only
   a smaller share (ADMISSION_STANDING_SHARE): what cannot be served soon is refused at once,
   and latency is back soon after the overload. Async requests (their own, longer deadline)
@@ -74,10 +74,9 @@ STANDING_INTERVAL_SECONDS = 1.0
 # The standing limit never goes below this: a queue must outlast a few reads (REFRESH_SECONDS)
 # to keep every terminal busy, and a short deadline's tenth would not.
 STANDING_FLOOR_SECONDS = 0.5
-# Offered (every proxy's count, refusals included) beyond this many times the drain rate is
-# overload. A closed loop offers what it is served, never more: it never counts as one
-# (the margin covers the drain figure's own error, which a closed loop at capacity meets).
-OVERLOAD_RATIO = 1.2
+# Overload (app.proxy.fairness OVERLOAD_RATIO) this long is not a closed loop's first burst,
+# which reads as overload for as long as the counts remember it (up to two windows).
+OVERLOAD_SUSTAINED_SECONDS = 3.0
 # The share of a shard's drain its workers give the shard however busy its lane is
 # (app.worker.reading reads the shard first every few reads).
 SHARD_TURN_SHARE = 1 / 8
@@ -103,8 +102,10 @@ class Verdict:
     retry_after: int = 1
     reason: str = ""
     prompt: bool = False
-    # The queue an admitted request was counted on.
+    # The queue an admitted request was counted on, for whom, at which urgency.
     queue: str = ""
+    caller: str = ""
+    urgency: int = DEFAULT_URGENCY
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,8 @@ class Admission:
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
+        # Since when every read found more offered than drained (inf: not now).
+        self._overloaded_since = math.inf
         # Each worker's field as last read, and when (this process's clock) it last changed.
         self._drain_fields: dict[bytes, tuple[bytes, float]] = {}
         self._stopped = threading.Event()
@@ -200,6 +203,10 @@ class Admission:
             self._read_drain(drain[-1])
         elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
             self._per_second, self._work_seconds = 0.0, 0.0
+        if self._per_second > 0 and self._shares.overloaded(self._per_second):
+            self._overloaded_since = min(self._overloaded_since, now)
+        else:
+            self._overloaded_since = math.inf
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
@@ -248,15 +255,15 @@ class Admission:
         queue = self._lanes[stream] if verdict.prompt else stream
         self._since_read[queue] += 1
         if verdict.prompt:
-            self._shares.prompted()
-        return dataclasses.replace(verdict, queue=queue)
+            self._shares.prompted(caller, urgency)
+        return dataclasses.replace(verdict, queue=queue, caller=caller, urgency=urgency)
 
     def withdraw(self, verdict: Verdict) -> None:
         """An admitted request that queued nothing (an Idempotency-Key found there already)."""
         if verdict.queue and self._since_read[verdict.queue] > 0:
             self._since_read[verdict.queue] -= 1
         if verdict.prompt:
-            self._shares.prompted(-1)
+            self._shares.prompted(verdict.caller, verdict.urgency, -1)
 
     def _wait_of(self, stream: str, prompt: bool) -> float:
         """Seconds a new entry waits: the lane's backlog at the shard's share of the drain,
@@ -282,9 +289,14 @@ class Admission:
         ``patient``: an async request (to the shard, not held to the standing limit).
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
-        prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
+        standing_limit = max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds)
+        # Shares apply when the lanes would make a request wait: a closed loop, which never
+        # offers more than it is served, keeps its lane in arrival order.
+        lanes_wait = any(self._wait_of(stream, True) > standing_limit for stream in candidates)
+        prompt = not patient and (not lanes_wait or self._shares.within_share(caller, urgency, self._per_second))
         if self._per_second <= 0:
-            deep = frozenset(s for s in candidates if self._backlog(s, prompt) >= self._policy.cold_backlog)
+            # Whatever its queue, what waits for a first worker is both queues' entries.
+            deep = frozenset(s for s in candidates if self._backlog(s, False) >= self._policy.cold_backlog)
             if len(deep) < len(candidates):
                 return Verdict(refused=False, deep=deep, prompt=prompt)
             return Verdict(refused=True, deep=deep, retry_after=COLD_RETRY_AFTER_SECONDS, reason="cold",
@@ -292,10 +304,10 @@ class Admission:
         now = self._clock()
         limit = self._policy.wait_share * max(0.0, deadline_seconds - self._work_seconds)
         held_short = not (prompt or patient) and urgency >= DEFAULT_URGENCY \
-            and self._shares.offered_per_second() > OVERLOAD_RATIO * self._per_second
+            and now - self._overloaded_since >= OVERLOAD_SUSTAINED_SECONDS
         if not prompt and urgency > DEFAULT_URGENCY:
             limit *= (8 - urgency) / (8 - DEFAULT_URGENCY)
-        standing_limit = min(limit, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))
+        standing_limit = min(limit, standing_limit)
         deep_set = set()
         best_wait, best_excess = math.inf, math.inf
         for stream in candidates:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,38 +58,50 @@ def _publish(client, per_second: float, work_seconds: float, name: str = "w1", a
     client.hset(contract.drain_key("weather-requests"), name, drain.encode())
 
 
-def _surge(admission: Admission, caller: str, requests: int) -> None:
-    """A caller that offered this many requests in the last second (counted, not queued)."""
-    for _ in range(requests):
-        admission._shares.offered(caller, 3, synchronous=True)
-
-
 NOISY, POLITE = "ip:127.0.0.2", "ip:127.0.0.3"
+
+
+def _beyond_its_share(admission: Admission, caller: str = NOISY, drain: float = 20) -> int:
+    """Overload (async work offered at 5x the drain), ten callers active in the last second
+    (a share is 0.9/10 of the drain), and this one took more places in the lane than its
+    share. Judged from this process's counts alone, so the rates are exact (as between two
+    reads before any sync). Returns its places."""
+    admission._shares._synced_at = -math.inf
+    for _ in range(int(5 * drain)):
+        admission._shares.offered("ip:127.0.0.9", 3, synchronous=False)
+    for other in range(9):
+        admission._shares.offered(f"ip:10.0.0.{other}", 3, synchronous=True)
+    places = int(0.09 * drain) + 1
+    for _ in range(places):
+        admission._shares.offered(caller, 3, synchronous=True)
+        admission._shares.prompted(caller, 3)
+    return places
 
 
 def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis_server):
     client, clock = redis_server.client(), Clock()
-    _backlog(client, "weather-requests", 40)  # 40 entries in the shard at 20 a second: 2 s of wait
+    # 40 entries in the shard at the 18 a second the lanes leave of 20: 2.2 s of wait.
+    _backlog(client, "weather-requests", 40)
     _publish(client, per_second=20, work_seconds=0.3)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
-    _surge(admission, NOISY, 20)  # its share: 0.9 x 20 a second
+    # No overload (a burst, a closed loop): one queue, the lane, for everyone.
+    assert admission.judge(10, caller=NOISY).prompt
+    _beyond_its_share(admission)
 
     verdict = admission.judge(10, caller=NOISY)
-    assert not verdict.refused and not verdict.prompt and verdict.expected_wait == pytest.approx(2.0)
-    # A 4 s deadline less 0.3 s of work leaves 3.7 s, half of it 1.85 s: less than 2 s.
+    assert not verdict.refused and not verdict.prompt and verdict.expected_wait == pytest.approx(40 / 18)
+    # A 4 s deadline less 0.3 s of work leaves 3.7 s, half of it 1.85 s: less than 2.2 s.
     refused = admission.judge(4, caller=NOISY)
     assert refused.refused and refused.reason == "share" and refused.retry_after == 1
     # A caller within its share goes to the lane, ahead of the shard's backlog.
     polite = admission.judge(4, caller=POLITE)
     assert not polite.refused and polite.prompt and polite.expected_wait == 0
 
-    # Not empty for a while, but offered no faster than drained (a closed loop): not overload.
+    # Overload, and the queue not empty for a while (standing): a tenth of the deadline.
     clock.now += STANDING_INTERVAL_SECONDS + 0.1
-    assert not admission.judge(10, caller=NOISY).refused
-    _surge(admission, NOISY, 5)  # 25 a second offered, 20 drained: overload
     assert admission.judge(10, caller=NOISY).refused
-    # The urgent within their share, and async requests, are not held to the standing limit.
+    # The urgent, and async requests, are not held to the standing limit.
     assert not admission.judge(10, urgency=1, caller=NOISY).refused
     assert not admission.judge(3600, patient=True, caller=NOISY).refused
 
@@ -105,26 +118,29 @@ def test_an_empty_queue_admits_whatever_the_work_takes(redis_server):
     for work_seconds in (6.0, 12.0):
         _publish(client, per_second=3.3, work_seconds=work_seconds)
         admission.refresh()
-        _surge(admission, NOISY, 10)
+        _beyond_its_share(admission, drain=3.3)
         assert not admission.judge(10, caller=NOISY).refused
     _backlog_more = [client.xadd("weather-requests", {"n": index}) for index in range(10)]
     admission.refresh()
+    _beyond_its_share(admission, drain=3.3)
     assert len(_backlog_more) == 10 and admission.judge(10, caller=NOISY).refused
 
 
 def test_the_least_urgent_beyond_their_share_are_refused_first(redis_server):
     client, clock = redis_server.client(), Clock()
-    _backlog(client, "weather-requests", 30)  # 1.5 s of wait at 20 a second
+    _backlog(client, "weather-requests", 27)  # 1.5 s of wait at the 18 a second the lanes leave
     _publish(client, per_second=20, work_seconds=0.2)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
-    _surge(admission, NOISY, 30)
+    _beyond_its_share(admission)
+    admission._shares.offered(NOISY, 0, synchronous=True)
 
     # Limit 4.9 s at u=3; u=7 gets a fifth of it (0.98 s), u=5 three fifths (2.94 s); its
-    # urgent requests are within its share of them (it sent none): the lane.
+    # urgent requests may take its whole share, which its default ones took: u=0 waits in
+    # the shard too, with the default's limit.
     verdicts = [admission.judge(10, urgency=u, caller=NOISY) for u in (0, 3, 5, 7)]
     assert [verdict.refused for verdict in verdicts] == [False, False, False, True]
-    assert [verdict.prompt for verdict in verdicts] == [True, False, False, False]
+    assert [verdict.prompt for verdict in verdicts] == [False, False, False, False]
 
 
 def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
@@ -148,7 +164,7 @@ def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own
     _publish(client, per_second=40, work_seconds=0.1)  # 20 a second per shard
     admission = _admission(redis_server, streams, clock)
     admission.refresh()
-    _surge(admission, NOISY, 40)
+    _beyond_its_share(admission, drain=40)
 
     verdict = admission.judge(10, caller=NOISY)
     assert not verdict.refused and verdict.deep == {streams[0]}
@@ -171,7 +187,7 @@ def test_a_drained_shards_phantom_lag_is_never_a_backlog(redis_server):
     _publish(client, per_second=40, work_seconds=0.1)
     admission = _admission(redis_server, streams, clock)
     admission.refresh()
-    _surge(admission, NOISY, 40)
+    _beyond_its_share(admission, drain=40)
 
     assert not admission.judge(10, only=streams[0], caller=NOISY).refused
     assert admission.judge(10, caller=NOISY).deep == frozenset()
@@ -179,7 +195,10 @@ def test_a_drained_shards_phantom_lag_is_never_a_backlog(redis_server):
     client.xadd(streams[0], {"n": "new"})
     assert client.xinfo_groups(streams[0])[0]["lag"] == 114
     admission.refresh()
-    assert admission.judge(10, only=streams[0], caller=NOISY).expected_wait == pytest.approx(1 / 20)
+    places = _beyond_its_share(admission, drain=40)
+    # 20 a second per shard, of which the lanes take their part.
+    assert admission.judge(10, only=streams[0], caller=NOISY).expected_wait == pytest.approx(
+        1 / (20 * (1 - places / 40)))
 
 
 def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
@@ -217,13 +236,14 @@ def test_figures_that_cannot_be_read_age_instead_of_latching(redis_server, tmp_p
     _publish(client, per_second=20, work_seconds=0.1)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
-    _surge(admission, NOISY, 20)
+    places = _beyond_its_share(admission)
     assert admission.judge(10, caller=NOISY).refused
 
     redis_server.stop()  # nothing can be read any more
     clock.now += 1
     admission.refresh()
-    assert admission.judge(10, patient=True).expected_wait == pytest.approx(10)  # the last figures, for a while
+    # The last figures, for a while: 200 entries at what the lanes leave of 20 a second.
+    assert admission.judge(10, patient=True).expected_wait == pytest.approx(200 / (20 - places))
     clock.now += FIGURES_STALE_SECONDS
     admission.refresh()
     # The backlog is not known any more: admission fails open.

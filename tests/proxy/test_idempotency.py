@@ -24,7 +24,8 @@ def post(base_url: str, key: str, body: dict | None = None, headers: dict[str, s
 
 
 def _entries(stack) -> int:
-    return stack.redis.client().xlen("weather-requests")
+    client = stack.redis.client()
+    return client.xlen("weather-requests") + client.xlen("weather-requests:urgent")
 
 
 def test_fifty_concurrent_posts_with_one_key_are_one_execution_and_fifty_identical_answers(stack):

@@ -9,6 +9,7 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
+from app.shared import contract
 from tests.support.netns import IsolatedNetwork
 from tests.support.processes import RedisServer, free_port, wait_until
 
@@ -125,7 +126,8 @@ class RedisClusterSet:
     def stream_lengths(self, streams: list[str]) -> dict[str, int]:
         client = self.client()
         try:
-            return {stream: client.xlen(stream) for stream in streams}
+            # A shard's entries: its own and its prompt lane's.
+            return {stream: client.xlen(stream) + client.xlen(contract.urgent_lane(stream)) for stream in streams}
         finally:
             client.close()
 
