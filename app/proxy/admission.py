@@ -18,11 +18,14 @@ time it is expected to wait there fits what its deadline leaves after the work:
   workers never starve the shard);
 - a share (ADMISSION_WAIT_SHARE) of the deadline less the work: room for a burst, and for
   a closed loop, whose queue can never outgrow its own clients;
-- but under overload sustained for OVERLOAD_SUSTAINED_SECONDS, more offered than the
-  workers drain (by every proxy's count, app.proxy.fairness OVERLOAD_RATIO), once the shard's queue has not been empty for STANDING_INTERVAL_SECONDS
-  (CoDel's standing queue), a synchronous request beyond its caller's share may wait only
-  a smaller share (ADMISSION_STANDING_SHARE): what cannot be served soon is refused at once,
-  and latency is back soon after the overload. Async requests (their own, longer deadline)
+- but under overload sustained for OVERLOAD_SUSTAINED_SECONDS (more offered than the
+  workers drain, by every proxy's count: app.proxy.fairness OVERLOAD_RATIO), once the
+  shard's queue has not been empty for STANDING_INTERVAL_SECONDS (CoDel's standing queue),
+  a synchronous request beyond its caller's share may wait only a smaller share
+  (ADMISSION_STANDING_SHARE) of its deadline: what cannot be served soon is refused at
+  once, and latency is back soon after the overload. Shares themselves apply only while
+  the lanes would make a request wait longer than that (a closed loop, which never offers
+  more than it is served, keeps one queue in arrival order). Async requests (their own, longer deadline)
   are not held to it: queueing is what they asked for;
 - urgency (RFC 9218 u=0..7) beyond a caller's share moves the limit: u>=4 get a smaller
   part of it, so the least urgent are refused first.
