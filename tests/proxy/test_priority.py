@@ -26,7 +26,9 @@ def test_urgency(headers, urgency):
 
 
 @pytest.mark.system
-def test_an_urgent_request_is_served_ahead_of_the_backlog(stack):
+def test_synchronous_requests_are_served_ahead_of_an_async_backlog(stack):
+    """A caller's async work waits in the shard; its synchronous requests, urgent or not,
+    take the prompt lane ahead of it (and of its urgent ones' lane before shares applied)."""
     import requests
 
     proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="30").wait_ready()
@@ -42,4 +44,4 @@ def test_an_urgent_request_is_served_ahead_of_the_backlog(stack):
     assert urgent.status_code == 200 and urgent.json()["city"] == "Now"
     # One entry in work ahead of it at most, then its own: not the 3 s of the backlog.
     assert urgent.elapsed.total_seconds() < 1.0, urgent.elapsed
-    assert normal.status_code == 200 and normal.elapsed.total_seconds() > 1.5, normal.elapsed
+    assert normal.status_code == 200 and normal.elapsed.total_seconds() < 1.0, normal.elapsed
