@@ -208,7 +208,7 @@ class System:
 
     def request_streams(self) -> list[str]:
         streams = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagged=self.cluster is not None)
-        return [*streams, *(contract.urgent_lane(stream) for stream in streams)]
+        return [*streams, *(contract.prompt_lane(stream) for stream in streams)]
 
     def stop(self) -> None:
         for process in [*self.workers, *self.proxies]:

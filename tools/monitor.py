@@ -93,7 +93,7 @@ def take_snapshot(client: RedisClient, streams: list[str], group: str, services:
                                                        not announced.stale(shards, retire_after_ms)))
                 streams = [*streams, *(s for s in registry.streams(shards) if s not in streams)]
         # Each shard and its prompt lane (where requests of callers within their share wait).
-        queues = [queue for stream in streams for queue in (stream, contract.urgent_lane(stream))]
+        queues = [queue for stream in streams for queue in (stream, contract.prompt_lane(stream))]
         snapshot.shards = [_read_shard(client, queue, group, snapshot.consumers) for queue in queues]
     except redis.RedisError as error:
         snapshot.redis_error = f"{type(error).__name__}: {error}"

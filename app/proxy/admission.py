@@ -130,7 +130,7 @@ class Admission:
         self._clock = clock
         self._shares = shares or CallerShares(drain_key, clock=clock)
         # Each shard's prompt lane is a queue of its own, read before the shard.
-        self._lanes = {stream: contract.urgent_lane(stream) for stream in self.streams}
+        self._lanes = {stream: contract.prompt_lane(stream) for stream in self.streams}
         queues = [*self.streams, *self._lanes.values()]
         self._lag = dict.fromkeys(queues, 0)
         # What Redis's lag says of a queue seen drained: its read counter's shortfall.

@@ -175,7 +175,7 @@ class Enqueuer:
                 reply_to = reply_to if kept.wants_reply else ""
             fields = dataclasses.replace(request, reply_to=reply_to).to_fields()
             try:
-                key = contract.urgent_lane(stream) if prompt else stream
+                key = contract.prompt_lane(stream) if prompt else stream
                 self._batcher.submit((key, fields, minid, record), timeout=max(0.0, deadline - time.monotonic()))
             except BatchTimeout:
                 self.shards.failed(stream)

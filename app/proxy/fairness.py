@@ -1,6 +1,6 @@
 """Fair shares of the workers among callers, counted alike by every proxy process.
 
-Each shard has two queues: its prompt lane (contract.urgent_lane), which workers read
+Each shard has two queues: its prompt lane (contract.prompt_lane), which workers read
 first, and the shard itself. Below capacity every synchronous request takes the lane (one
 queue in arrival order: everything admitted is served in time, and a closed loop never
 offers more than it is served). Under overload, when every proxy together counts more

@@ -105,7 +105,7 @@ class OnceEnqueuer:
                            len(record), *record]
         for name, value in request.to_fields().items():
             args += (name, value)
-        keys = [contract.urgent_lane(stream) if prompt else stream, key,
+        keys = [contract.prompt_lane(stream) if prompt else stream, key,
                 contract.idempotency_key(stream, once.fingerprint)]
 
         def add(pipe: Any) -> None:

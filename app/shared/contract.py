@@ -27,7 +27,7 @@ PROTOCOL_VERSION = "1"
 DEFAULT_REQUEST_STREAM = "weather-requests"
 DEFAULT_CONSUMER_GROUP = "weather-workers"
 DEAD_LETTER_SUFFIX = ":dlq"
-URGENT_LANE_SUFFIX = ":urgent"
+PROMPT_LANE_SUFFIX = ":urgent"
 REPLY_STREAM_PREFIX = "weather-responses:"
 
 # A reply stream belongs to one proxy process. The owner refreshes this TTL while it
@@ -125,11 +125,14 @@ def dead_letter_stream(request_stream: str) -> str:
     return request_stream + DEAD_LETTER_SUFFIX
 
 
-def urgent_lane(request_stream: str) -> str:
-    """A shard's lane for urgent requests (RFC 9218 u=0..2): its hash tag kept, so it lives on
-    the shard's node; the shard's workers read it before the shard itself, in the same
-    XREADGROUP, and acknowledge, claim and dead-letter its entries there like the shard's."""
-    return request_stream + URGENT_LANE_SUFFIX
+def prompt_lane(request_stream: str) -> str:
+    """A shard's prompt lane: the synchronous requests of callers within their share of the
+    workers (app.proxy.fairness; below capacity, every synchronous request). Its hash tag is
+    kept, so it lives on the shard's node; the shard's workers read it before the shard
+    itself, and acknowledge, claim and dead-letter its entries there like the shard's. Its
+    name ends in ":urgent" (it once held urgent requests only): kept, so that workers,
+    KEDA triggers and ACL rules of earlier releases go on reading it through an upgrade."""
+    return request_stream + PROMPT_LANE_SUFFIX
 
 
 def shard_sets_key(base: str) -> str:

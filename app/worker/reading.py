@@ -1,7 +1,7 @@
 """Reading one request stream shard: XREADGROUP for as many entries as there are idle
 terminals, taking over orphans of dead consumers, recreating a group Redis lost.
 
-A shard has a prompt lane (contract.urgent_lane): the requests of callers within their
+A shard has a prompt lane (contract.prompt_lane): the requests of callers within their
 share of the workers (app.proxy.fairness), read before the shard, which holds what callers
 send beyond their share and async work. While the shard has a backlog (an entry read from
 it in the last SHARD_ACTIVE_SECONDS was there before its read began) a read takes the lane's entries first and fills
@@ -67,7 +67,7 @@ class ShardReader:
                  reconnect_max_seconds: float, shares_terminals: bool, stopping: threading.Event,
                  on_group_lost: Callable[[], None]) -> None:
         self.stream = stream
-        self.lane = contract.urgent_lane(stream)
+        self.lane = contract.prompt_lane(stream)
         self._redis = client
         self._guard = guard
         self._terminals = terminals
@@ -94,7 +94,7 @@ class ShardReader:
 
     @property
     def streams(self) -> tuple[str, str]:
-        """What this reader reads: the urgent lane, then the shard."""
+        """What this reader reads: the prompt lane, then the shard."""
         return self.lane, self.stream
 
     def ensure_group(self) -> None:
@@ -175,7 +175,13 @@ class ShardReader:
             if not first:
                 rest = self.streams
         read_at_ms = time.time() * 1000
-        deliveries = first + self._read(rest, count - len(first), block and not first)
+        try:
+            deliveries = first + self._read(rest, count - len(first), block and not first)
+        except redis.RedisError:
+            if not first:
+                raise
+            # Those read are this consumer's now: handed over, not left for a claim much later.
+            deliveries = first
         return self._noted(deliveries, read_at_ms)
 
     def _noted(self, deliveries: list[Delivery], read_at_ms: float) -> list[Delivery]:

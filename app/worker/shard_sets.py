@@ -62,7 +62,7 @@ class ShardSetFollower:
             if not announced.stale(shards, self.retire_after_ms):
                 continue
             streams = self._only_in(shards)
-            lanes = [contract.urgent_lane(stream) for stream in streams]
+            lanes = [contract.prompt_lane(stream) for stream in streams]
             if self._drained([*streams, *lanes], newest_before_ms=announced.now_ms - self.retire_after_ms):
                 self._retire(shards, streams, announced.now_ms - self.retire_after_ms)
 

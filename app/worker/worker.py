@@ -73,7 +73,7 @@ class Worker:
 
     @property
     def queues(self) -> list[str]:
-        """Every stream read: each shard's urgent lane and the shard."""
+        """Every stream read: each shard's prompt lane and the shard."""
         return [stream for reader in self.readers for stream in reader.streams]
 
     @property

@@ -451,8 +451,8 @@ def lag_triggers(docs: list[dict]) -> list[dict]:
 
 
 def with_lanes(streams: list[str]) -> list[str]:
-    """Each shard followed by its urgent lane, as the workers read them."""
-    return [queue for stream in streams for queue in (stream, contract.urgent_lane(stream))]
+    """Each shard followed by its prompt lane, as the workers read them."""
+    return [queue for stream in streams for queue in (stream, contract.prompt_lane(stream))]
 
 
 def test_keda_uses_the_sentinel_streams_scaler_with_both_passwords():
@@ -461,7 +461,7 @@ def test_keda_uses_the_sentinel_streams_scaler_with_both_passwords():
     auth = one(docs, "TriggerAuthentication", "-worker")
 
     assert trigger["type"] == lane["type"] == "redis-sentinel-streams"
-    assert lane["metadata"]["stream"] == contract.urgent_lane(trigger["metadata"]["stream"])
+    assert lane["metadata"]["stream"] == contract.prompt_lane(trigger["metadata"]["stream"])
     assert trigger["metadata"]["addresses"] == ",".join(f"redis-node-{n}.redis-headless:26379" for n in range(3))
     assert trigger["metadata"]["sentinelMaster"] == "mymaster"
     assert "address" not in trigger["metadata"]

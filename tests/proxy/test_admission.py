@@ -79,7 +79,7 @@ def _beyond_its_share(admission: Admission, caller: str = NOISY, drain: float = 
     return places
 
 
-LANE = contract.urgent_lane("weather-requests")
+LANE = contract.prompt_lane("weather-requests")
 
 
 def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis_server):
@@ -173,7 +173,7 @@ def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own
     _backlog(client, streams[0], 200)
     _backlog(client, streams[1], 0)
     for stream in streams:
-        _backlog(client, contract.urgent_lane(stream), 30)  # 1.5 s in each lane: shares apply
+        _backlog(client, contract.prompt_lane(stream), 30)  # 1.5 s in each lane: shares apply
     _publish(client, per_second=40, work_seconds=0.1)  # 20 a second per shard
     admission = _admission(redis_server, streams, clock)
     admission.refresh()

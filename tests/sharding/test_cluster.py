@@ -68,7 +68,7 @@ def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis
     assert len(per_primary) == 3
     assert all(count >= 0.2 * 600 for count in per_primary.values())
     exposition = requests.get(workers[0].url + "/metrics", timeout=5).text
-    # Each shard and its urgent lane.
+    # Each shard and its prompt lane.
     assert sum(line.startswith("weather_worker_shard_lag_entries{") for line in exposition.splitlines()) == 2 * SHARDS
 
 

@@ -127,7 +127,7 @@ class RedisClusterSet:
         client = self.client()
         try:
             # A shard's entries: its own and its prompt lane's.
-            return {stream: client.xlen(stream) + client.xlen(contract.urgent_lane(stream)) for stream in streams}
+            return {stream: client.xlen(stream) + client.xlen(contract.prompt_lane(stream)) for stream in streams}
         finally:
             client.close()
 

@@ -88,14 +88,14 @@ def test_a_reader_sharing_terminals_spends_one_read_per_entry_on_a_quiet_shard(r
     assert reads <= 22, f"{reads} XREADGROUPs for 20 entries arriving one at a time"
 
 
-def test_the_urgent_lane_is_read_before_the_shard_and_its_orphans_claimed_first(redis_server):
+def test_the_prompt_lane_is_read_before_the_shard_and_its_orphans_claimed_first(redis_server):
     from app.shared import contract
 
     client = redis_server.client()
     terminals = Terminals(2)
     reader = reader_of(client, terminals)
     reader.ensure_group()
-    lane = contract.urgent_lane(STREAM)
+    lane = contract.prompt_lane(STREAM)
     normal = [client.xadd(STREAM, _request(f"n{i}")) for i in range(3)]
     urgent = client.xadd(lane, _request("urgent"))
 
@@ -119,13 +119,13 @@ def test_a_read_beyond_the_terminals_taken_waits_for_a_terminal_for_the_rest(red
     terminals = Terminals(1)
     reader = reader_of(client, terminals)
     reader.ensure_group()
-    client.xadd(contract.urgent_lane(STREAM), _request("urgent"))
+    client.xadd(contract.prompt_lane(STREAM), _request("urgent"))
     client.xadd(STREAM, _request("normal"))
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
     try:
         first = terminals.next_delivery()
-        assert first is not None and first.stream == contract.urgent_lane(STREAM)
+        assert first is not None and first.stream == contract.prompt_lane(STREAM)
         time.sleep(0.3)
         assert terminals.in_hand() == [first.key]  # the shard's entry waits: no terminal is free
         terminals.finished(first)
@@ -149,7 +149,7 @@ def test_with_a_backlog_in_the_shard_the_lane_is_read_first_and_the_shard_every_
                          reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
                          on_group_lost=lambda: None)
     reader.ensure_group()
-    lane = contract.urgent_lane(STREAM)
+    lane = contract.prompt_lane(STREAM)
     for index in range(40):
         client.xadd(STREAM, _request(f"n{index}"))
         client.xadd(lane, _request(f"p{index}"))
