@@ -23,9 +23,10 @@ time it is expected to wait there fits what its deadline leaves after the work:
   shard's queue has not been empty for STANDING_INTERVAL_SECONDS (CoDel's standing queue),
   a synchronous request beyond its caller's share may wait only a smaller share
   (ADMISSION_STANDING_SHARE) of its deadline: what cannot be served soon is refused at
-  once, and latency is back soon after the overload. Shares themselves apply only while
-  the lanes would make a request wait longer than that (a closed loop, which never offers
-  more than it is served, keeps one queue in arrival order). Async requests (their own, longer deadline)
+  once, and latency is back soon after the overload. Shares themselves apply under
+  overload from when a lane makes requests wait while several callers are active, or once
+  the overload is sustained, until it ends (a closed loop, which never offers more than it
+  is served, keeps one queue in arrival order). Async requests (their own, longer deadline)
   are not held to it: queueing is what they asked for;
 - urgency (RFC 9218 u=0..7) beyond a caller's share moves the limit: u>=4 get a smaller
   part of it, so the least urgent are refused first.
@@ -146,8 +147,9 @@ class Admission:
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
-        # Since when every read found more offered than drained (inf: not now).
-        self._overloaded_since = math.inf
+        # Since when every read found more offered than drained, and since when callers'
+        # shares apply (inf: not now).
+        self._overloaded_since = self._shared_since = math.inf
         # Each worker's field as last read, and when (this process's clock) it last changed.
         self._drain_fields: dict[bytes, tuple[bytes, float]] = {}
         self._stopped = threading.Event()
@@ -208,8 +210,16 @@ class Admission:
             self._per_second, self._work_seconds = 0.0, 0.0
         if self._per_second > 0 and self._shares.overloaded(self._per_second):
             self._overloaded_since = min(self._overloaded_since, now)
+            # Shares apply from when a lane makes requests wait while several callers are
+            # active (one caller's surge must not queue the others), or once the overload
+            # is sustained (a lone caller's urgent requests then pass its others), and stay
+            # for the rest of the overload: a lane relieved by them must not end them.
+            lanes_wait = any(self._wait_of(stream, True) > STANDING_FLOOR_SECONDS for stream in self.streams)
+            if (lanes_wait and self._shares.active_callers() > 1) \
+                    or now - self._overloaded_since >= OVERLOAD_SUSTAINED_SECONDS:
+                self._shared_since = min(self._shared_since, now)
         else:
-            self._overloaded_since = math.inf
+            self._overloaded_since = self._shared_since = math.inf
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
@@ -292,11 +302,8 @@ class Admission:
         ``patient``: an async request (to the shard, not held to the standing limit).
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
-        standing_limit = max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds)
-        # Shares apply when the lanes would make a request wait: a closed loop, which never
-        # offers more than it is served, keeps its lane in arrival order.
-        lanes_wait = any(self._wait_of(stream, True) > standing_limit for stream in candidates)
-        prompt = not patient and (not lanes_wait or self._shares.within_share(caller, urgency, self._per_second))
+        shared = self._shared_since < math.inf
+        prompt = not patient and (not shared or self._shares.within_share(caller, urgency, self._per_second))
         if self._per_second <= 0:
             # Whatever its queue, what waits for a first worker is both queues' entries.
             deep = frozenset(s for s in candidates if self._backlog(s, False) >= self._policy.cold_backlog)
@@ -310,7 +317,7 @@ class Admission:
             and now - self._overloaded_since >= OVERLOAD_SUSTAINED_SECONDS
         if not prompt and urgency > DEFAULT_URGENCY:
             limit *= (8 - urgency) / (8 - DEFAULT_URGENCY)
-        standing_limit = min(limit, standing_limit)
+        standing_limit = min(limit, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))
         deep_set = set()
         best_wait, best_excess = math.inf, math.inf
         for stream in candidates:

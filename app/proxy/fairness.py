@@ -99,6 +99,8 @@ class CallerShares:
         self._clock = clock
         self._pending = _Counts()
         self._pending_since = clock()
+        # The last sync's counts surely not written (its node unreachable): pending ages out.
+        self._unsynced = False
         self._sent = (_Counts(), clock())
         # As of the last sync: the previous window and the current one, and how far into
         # the current one (seconds) they were read.
@@ -132,7 +134,7 @@ class CallerShares:
             # arrival order serves everyone in time; a caller's surplus put behind the lanes
             # would wait there for what its own requests in the lane leave.
             return True
-        share = PROMPT_SHARE * drain_per_second / max(1, self._active_callers())
+        share = PROMPT_SHARE * drain_per_second / max(1, self.active_callers())
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)
         taken = self._rate_of(caller, _PROMPT)
@@ -174,7 +176,8 @@ class CallerShares:
         span = WINDOW_SECONDS + min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)
         return (count(self._earlier) + count(self._later) + pending) / span
 
-    def _active_callers(self) -> int:
+    def active_callers(self) -> int:
+        """Callers with synchronous requests in the last one to two seconds."""
         here = len(self._pending.callers[_OFFERED])
         if self._fresh():
             return max(self._earlier.active, self._later.active, here)
@@ -190,7 +193,7 @@ class CallerShares:
         now = self._clock()
         for caller in [caller for caller, seen in self._seen.items() if now - seen > FORGET_SECONDS]:
             del self._seen[caller]
-        if now - self._pending_since > 2 * WINDOW_SECONDS:
+        if self._unsynced and now - self._pending_since > 2 * WINDOW_SECONDS:
             # Not synced for this long: counts of windows gone by, that would read as a surge.
             self._pending = _Counts()
             self._pending_since = now
@@ -224,7 +227,8 @@ class CallerShares:
         if redis_time and not isinstance(redis_time, BaseException):
             seconds, microseconds = redis_time
             self._redis_offset = int(seconds) + int(microseconds) / 1e6 - self._clock()
-        if isinstance(current, BaseException) and is_not_sent(current):
+        self._unsynced = isinstance(current, BaseException) and is_not_sent(current)
+        if self._unsynced:
             return
         sent, sent_at = self._sent
         self._pending.taken_off(sent)

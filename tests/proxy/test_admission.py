@@ -68,6 +68,7 @@ def _beyond_its_share(admission: Admission, caller: str = NOISY, drain: float = 
     share. Judged from this process's counts alone, so the rates are exact (as between two
     reads before any sync). Returns its places."""
     admission._shares._synced_at = -math.inf
+    admission._shared_since = admission._clock()  # as a read under such overload decides
     for _ in range(int(5 * drain)):
         admission._shares.offered("ip:127.0.0.9", 3, synchronous=False)
     for other in range(9):
@@ -360,3 +361,38 @@ def test_work_that_takes_most_of_its_deadline_is_admitted_at_low_load(stack):
     result = asyncio.run(run_open_loop(proxy.url, rate=1, count=None, timeout=15, duration=24))
     statuses = [sample.status for sample in result.samples]
     assert statuses.count(200) == len(statuses), statuses
+
+
+def test_shares_apply_under_overload_once_a_lane_waits_for_several_callers_or_it_lasts(redis_server):
+    """A closed loop's first burst (one caller, all its clients at once) reads as overload
+    for a moment: it keeps one queue in arrival order. Several callers with a lane that
+    makes them wait, or an overload that lasts, get their shares until the overload ends.
+    On this host's clock: the callers' windows are Redis's seconds."""
+    client = redis_server.client()
+    _backlog(client, LANE, 30)  # 1.5 s of wait in the lane at 20 a second
+    _backlog(client, "weather-requests", 0)
+    admission = _admission(redis_server, ["weather-requests"], time.monotonic)
+    admission._shares = CallerShares("weather-requests")
+
+    def run(seconds: float, callers: list[str], per_read: int) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            _publish(client, per_second=20, work_seconds=0.1)
+            for caller in callers:
+                for _ in range(per_read):
+                    admission.admit(10, caller=caller)
+            admission.refresh()
+            time.sleep(0.2)
+
+    run(1.5, [NOISY], 10)  # one caller at 50 a second, 2.5x the drain, for 1.5 s
+    assert admission._overloaded_since < math.inf and admission._shared_since == math.inf
+    assert admission.judge(10, caller=NOISY).prompt
+    run(OVERLOAD_SUSTAINED_SECONDS, [NOISY], 10)  # on and on: shares, even for one caller
+    assert admission._shared_since < math.inf and not admission.judge(10, caller=NOISY).prompt
+
+    run(2.5, [], 0)  # nothing offered for two windows: the overload is over
+    assert admission._overloaded_since == admission._shared_since == math.inf
+
+    run(0.6, [NOISY, POLITE], 10)  # two callers, each 2.5x, and a lane that waits: at once
+    assert admission._shared_since < math.inf
+    assert not admission.judge(10, caller=NOISY).prompt
