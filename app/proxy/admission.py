@@ -18,15 +18,12 @@ time it is expected to wait there fits what its deadline leaves after the work:
   workers never starve the shard);
 - a share (ADMISSION_WAIT_SHARE) of the deadline less the work: room for a burst, and for
   a closed loop, whose queue can never outgrow its own clients;
-- but under overload sustained for OVERLOAD_SUSTAINED_SECONDS (more offered than the
-  workers drain, by every proxy's count: app.proxy.fairness OVERLOAD_RATIO), once the
-  shard's queue has not been empty for STANDING_INTERVAL_SECONDS (CoDel's standing queue),
-  a synchronous request beyond its caller's share may wait only a smaller share
-  (ADMISSION_STANDING_SHARE) of its deadline: what cannot be served soon is refused at
-  once, and latency is back soon after the overload. Shares themselves apply under
-  overload from when a lane makes requests wait while several callers are active, or once
-  the overload is sustained, until it ends (a closed loop, which never offers more than it
-  is served, keeps one queue in arrival order). Async requests (their own, longer deadline)
+- but under overload (more offered than the workers drain, two windows running, by every
+  proxy's count: app.proxy.fairness OVERLOAD_RATIO; a closed loop never counts as one),
+  once the shard's queue has not been empty for STANDING_INTERVAL_SECONDS (CoDel's
+  standing queue), a synchronous request beyond its caller's share may wait only a smaller
+  share (ADMISSION_STANDING_SHARE) of its deadline: what cannot be served soon is refused
+  at once, and latency is back soon after the overload. Async requests (their own, longer deadline)
   are not held to it: queueing is what they asked for;
 - urgency (RFC 9218 u=0..7) beyond a caller's share moves the limit: u>=4 get a smaller
   part of it, so the least urgent are refused first.
@@ -78,9 +75,6 @@ STANDING_INTERVAL_SECONDS = 1.0
 # The standing limit never goes below this: a queue must outlast a few reads (REFRESH_SECONDS)
 # to keep every terminal busy, and a short deadline's tenth would not.
 STANDING_FLOOR_SECONDS = 0.5
-# Overload (app.proxy.fairness OVERLOAD_RATIO) this long is not a closed loop's first burst,
-# which reads as overload for as long as the counts remember it (up to two windows).
-OVERLOAD_SUSTAINED_SECONDS = 3.0
 # The share of a shard's drain its workers give the shard however busy its lane is
 # (app.worker.reading reads the shard first every few reads).
 SHARD_TURN_SHARE = 1 / 8
@@ -147,9 +141,8 @@ class Admission:
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
-        # Since when every read found more offered than drained, and since when callers'
-        # shares apply (inf: not now).
-        self._overloaded_since = self._shared_since = math.inf
+        # More offered than drained, two windows running (app.proxy.fairness), at the last read.
+        self._overloaded = False
         # Each worker's field as last read, and when (this process's clock) it last changed.
         self._drain_fields: dict[bytes, tuple[bytes, float]] = {}
         self._stopped = threading.Event()
@@ -208,18 +201,7 @@ class Admission:
             self._read_drain(drain[-1])
         elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
             self._per_second, self._work_seconds = 0.0, 0.0
-        if self._per_second > 0 and self._shares.overloaded(self._per_second):
-            self._overloaded_since = min(self._overloaded_since, now)
-            # Shares apply from when a lane makes requests wait while several callers are
-            # active (one caller's surge must not queue the others), or once the overload
-            # is sustained (a lone caller's urgent requests then pass its others), and stay
-            # for the rest of the overload: a lane relieved by them must not end them.
-            lanes_wait = any(self._wait_of(stream, True) > STANDING_FLOOR_SECONDS for stream in self.streams)
-            if (lanes_wait and self._shares.active_callers() > 1) \
-                    or now - self._overloaded_since >= OVERLOAD_SUSTAINED_SECONDS:
-                self._shared_since = min(self._shared_since, now)
-        else:
-            self._overloaded_since = self._shared_since = math.inf
+        self._overloaded = self._per_second > 0 and self._shares.overloaded(self._per_second)
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
@@ -302,8 +284,7 @@ class Admission:
         ``patient``: an async request (to the shard, not held to the standing limit).
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
-        shared = self._shared_since < math.inf
-        prompt = not patient and (not shared or self._shares.within_share(caller, urgency, self._per_second))
+        prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
         if self._per_second <= 0:
             # Whatever its queue, what waits for a first worker is both queues' entries.
             deep = frozenset(s for s in candidates if self._backlog(s, False) >= self._policy.cold_backlog)
@@ -313,8 +294,7 @@ class Admission:
                            prompt=prompt)
         now = self._clock()
         limit = self._policy.wait_share * max(0.0, deadline_seconds - self._work_seconds)
-        held_short = not (prompt or patient) and urgency >= DEFAULT_URGENCY \
-            and now - self._overloaded_since >= OVERLOAD_SUSTAINED_SECONDS
+        held_short = not (prompt or patient) and urgency >= DEFAULT_URGENCY and self._overloaded
         if not prompt and urgency > DEFAULT_URGENCY:
             limit *= (8 - urgency) / (8 - DEFAULT_URGENCY)
         standing_limit = min(limit, max(STANDING_FLOOR_SECONDS, self._policy.standing_share * deadline_seconds))

@@ -1,11 +1,10 @@
 """Fair shares of the workers among callers, counted alike by every proxy process.
 
 Each shard has two queues: its prompt lane (contract.prompt_lane), which workers read
-first, and the shard itself. Below capacity every synchronous request takes the lane (one
-queue in arrival order: everything admitted is served in time, and a closed loop never
-offers more than it is served). Under overload, when every proxy together counts more
-requests offered than OVERLOAD_RATIO times the drain, a caller's synchronous requests take
-the lane up to its share:
+first, and the shard itself. With one caller active (by every proxy's count) there is
+nobody to share with: its urgent requests (u<=2) take the lane, its others wait in the
+shard in arrival order. With several, a caller's synchronous requests take the lane up to
+its share:
 PROMPT_SHARE of an equal part of the drain rate (every live worker's, summed) among the
 callers active now. What a caller sends beyond that, and every async request, goes to the
 shard: it is served from what the lanes leave, and admitted only while it can still be
@@ -44,10 +43,10 @@ from app.shared.routing import Routed, is_not_sent
 WINDOW_SECONDS = 1.0
 # A caller's lane share, of an equal part of the drain: the lanes together stay below capacity.
 PROMPT_SHARE = 0.9
-# Offered beyond this many times the drain rate is overload, when shares apply. A closed loop
-# offers what it is served, never more: it never counts as one (the margin covers the error
-# of the drain figure and of the rate, counted in batches of admission's reads). Below it,
-# one queue in arrival order is fair enough: everything admitted is served in time.
+# Offered beyond this many times the drain rate, two windows running, is overload (admission
+# then holds what callers send beyond their share to a short wait). A closed loop offers
+# what it is served, never more: it never counts as one (the margin covers the error of the
+# drain figure and of the rate, counted in batches of admission's reads).
 OVERLOAD_RATIO = 1.5
 # Callers not seen by this process for this long are not read back any more, and no more
 # than this many are (the most recent): beyond, a caller is judged by this process's count.
@@ -119,21 +118,20 @@ class CallerShares:
     def offered(self, caller: str, urgency: int, *, synchronous: bool) -> None:
         """Counts a request before it is judged: refused ones are demand too."""
         self._pending.totals[_TOTAL_FIELDS[_OFFERED]] += 1
+        self._pending.callers[_OFFERED][caller] += 1  # an active caller, async work too
         if synchronous:
             self._seen.pop(caller, None)  # re-inserted last: the dict stays in order of recency
             self._seen[caller] = self._clock()
-            self._pending.callers[_OFFERED][caller] += 1
 
     def within_share(self, caller: str, urgency: int, drain_per_second: float) -> bool:
         """Whether a synchronous request (counted by ``offered`` already) may take the lane."""
         urgent = is_urgent(urgency)
         if urgent and caller in self._trusted:
             return True
-        if drain_per_second <= 0 or not self.overloaded(drain_per_second):
-            # Below capacity (a closed loop too: it offers what it is served) one queue in
-            # arrival order serves everyone in time; a caller's surplus put behind the lanes
-            # would wait there for what its own requests in the lane leave.
-            return True
+        if drain_per_second <= 0 or self.active_callers() <= 1:
+            # Nobody to share with (or no capacity known): its urgent requests pass its
+            # others, which wait in the shard in arrival order (a closed loop's included).
+            return urgent
         share = PROMPT_SHARE * drain_per_second / max(1, self.active_callers())
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)
@@ -154,8 +152,17 @@ class CallerShares:
             self._pending.callers[_URGENT][caller] += count
 
     def overloaded(self, drain_per_second: float) -> bool:
-        """More offered (by every proxy, refusals included) than OVERLOAD_RATIO times the drain."""
-        return self.offered_per_second() > OVERLOAD_RATIO * drain_per_second
+        """More offered (by every proxy, refusals included) than OVERLOAD_RATIO times the
+        drain, in the previous window and in the current one so far (at least half a window
+        of it): a closed loop's first burst (all its clients at once) fills one window only,
+        and what it offers after is what it is served."""
+        if not self._fresh():
+            return self._pending.totals[_TOTAL_FIELDS[_OFFERED]] / WINDOW_SECONDS > OVERLOAD_RATIO * drain_per_second
+        into = min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)
+        earlier = self._earlier.totals[_OFFERED] / WINDOW_SECONDS
+        later = (self._later.totals[_OFFERED] + self._pending.totals[_TOTAL_FIELDS[_OFFERED]]) \
+            / max(into, WINDOW_SECONDS / 2)
+        return min(earlier, later) > OVERLOAD_RATIO * drain_per_second
 
     def offered_per_second(self) -> float:
         """Requests a second offered to every proxy, over the last one to two seconds."""

@@ -13,7 +13,6 @@ import requests
 from app.proxy.admission import (
     DRAIN_STALE_SECONDS,
     FIGURES_STALE_SECONDS,
-    OVERLOAD_SUSTAINED_SECONDS,
     STANDING_INTERVAL_SECONDS,
     Admission,
     AdmissionPolicy,
@@ -68,7 +67,6 @@ def _beyond_its_share(admission: Admission, caller: str = NOISY, drain: float = 
     share. Judged from this process's counts alone, so the rates are exact (as between two
     reads before any sync). Returns its places."""
     admission._shares._synced_at = -math.inf
-    admission._shared_since = admission._clock()  # as a read under such overload decides
     for _ in range(int(5 * drain)):
         admission._shares.offered("ip:127.0.0.9", 3, synchronous=False)
     for other in range(9):
@@ -91,8 +89,8 @@ def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis
     _publish(client, per_second=20, work_seconds=0.3)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
-    # No overload (a burst, a closed loop): one queue, the lane, for everyone.
-    assert admission.judge(10, caller=NOISY).prompt
+    # One caller: nobody to share with; its default requests wait in the shard.
+    assert not admission.judge(10, caller=NOISY).prompt
     _beyond_its_share(admission)
 
     verdict = admission.judge(10, caller=NOISY)
@@ -104,12 +102,12 @@ def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis
     polite = admission.judge(4, caller=POLITE)
     assert not polite.refused and polite.prompt and polite.expected_wait == pytest.approx(1.5)
 
-    # The queue not empty for a while (standing), but the overload is new (a closed loop's
-    # first burst looks like one for as long as the counts remember it): the burst limit.
+    # The queue not empty for a while (standing), but no overload (a closed loop): the
+    # burst limit still.
     clock.now += STANDING_INTERVAL_SECONDS + 0.1
     assert not admission.judge(10, caller=NOISY).refused
-    # Overload for 3 s and a standing queue: a tenth of the deadline.
-    admission._overloaded_since = clock.now - OVERLOAD_SUSTAINED_SECONDS
+    # Overload (as a read finds it: two windows running) and a standing queue: a tenth.
+    admission._overloaded = True
     assert admission.judge(10, caller=NOISY).refused
     # The urgent, and async requests, are not held to the standing limit.
     assert not admission.judge(10, urgency=1, caller=NOISY).refused
@@ -361,38 +359,3 @@ def test_work_that_takes_most_of_its_deadline_is_admitted_at_low_load(stack):
     result = asyncio.run(run_open_loop(proxy.url, rate=1, count=None, timeout=15, duration=24))
     statuses = [sample.status for sample in result.samples]
     assert statuses.count(200) == len(statuses), statuses
-
-
-def test_shares_apply_under_overload_once_a_lane_waits_for_several_callers_or_it_lasts(redis_server):
-    """A closed loop's first burst (one caller, all its clients at once) reads as overload
-    for a moment: it keeps one queue in arrival order. Several callers with a lane that
-    makes them wait, or an overload that lasts, get their shares until the overload ends.
-    On this host's clock: the callers' windows are Redis's seconds."""
-    client = redis_server.client()
-    _backlog(client, LANE, 30)  # 1.5 s of wait in the lane at 20 a second
-    _backlog(client, "weather-requests", 0)
-    admission = _admission(redis_server, ["weather-requests"], time.monotonic)
-    admission._shares = CallerShares("weather-requests")
-
-    def run(seconds: float, callers: list[str], per_read: int) -> None:
-        until = time.monotonic() + seconds
-        while time.monotonic() < until:
-            _publish(client, per_second=20, work_seconds=0.1)
-            for caller in callers:
-                for _ in range(per_read):
-                    admission.admit(10, caller=caller)
-            admission.refresh()
-            time.sleep(0.2)
-
-    run(1.5, [NOISY], 10)  # one caller at 50 a second, 2.5x the drain, for 1.5 s
-    assert admission._overloaded_since < math.inf and admission._shared_since == math.inf
-    assert admission.judge(10, caller=NOISY).prompt
-    run(OVERLOAD_SUSTAINED_SECONDS, [NOISY], 10)  # on and on: shares, even for one caller
-    assert admission._shared_since < math.inf and not admission.judge(10, caller=NOISY).prompt
-
-    run(2.5, [], 0)  # nothing offered for two windows: the overload is over
-    assert admission._overloaded_since == admission._shared_since == math.inf
-
-    run(0.6, [NOISY, POLITE], 10)  # two callers, each 2.5x, and a lane that waits: at once
-    assert admission._shared_since < math.inf
-    assert not admission.judge(10, caller=NOISY).prompt
