@@ -7,9 +7,10 @@ pipeline per node, with the callers' counts of app.proxy.fairness; a request is 
 from that copy plus what this process admitted since (never a Redis round trip on the
 request path).
 
-Where a request goes is app.proxy.fairness's decision: to its shard's prompt lane while
-its caller sends no more than its share, else to the shard. It is then admitted when the
-time it is expected to wait there fits what its deadline leaves after the work:
+Where a request goes is app.proxy.fairness's decision: a synchronous one to its shard's
+prompt lane while its caller has taken less than its share (alone, only its urgent ones),
+else, and every async one, to the shard. It is then admitted when the time it is expected
+to wait there fits what its deadline leaves after the work:
 
 - an empty queue admits whatever the work takes: nothing waits ahead of it (the worker's
   late skip judges the rest);
@@ -18,15 +19,18 @@ time it is expected to wait there fits what its deadline leaves after the work:
   workers never starve the shard);
 - a share (ADMISSION_WAIT_SHARE) of the deadline less the work: room for a burst, and for
   a closed loop, whose queue can never outgrow its own clients;
-- but under overload (more offered than the workers drain, two windows running, by every
-  proxy's count: app.proxy.fairness OVERLOAD_RATIO; a closed loop never counts as one),
-  once the shard's queue has not been empty for STANDING_INTERVAL_SECONDS (CoDel's
-  standing queue), a synchronous request beyond its caller's share may wait only a smaller
-  share (ADMISSION_STANDING_SHARE) of its deadline: what cannot be served soon is refused
-  at once, and latency is back soon after the overload. Async requests (their own, longer deadline)
-  are not held to it: queueing is what they asked for;
-- urgency (RFC 9218 u=0..7) beyond a caller's share moves the limit: u>=4 get a smaller
-  part of it, so the least urgent are refused first.
+- but under overload (more offered than OVERLOAD_RATIO times what the workers drain, two
+  windows running, by every proxy's count: app.proxy.fairness; a closed loop never counts
+  as one), once the shard's queue has not been empty for STANDING_INTERVAL_SECONDS
+  (CoDel's standing queue), a synchronous request off the lane of default or lower urgency
+  may wait only a smaller share (ADMISSION_STANDING_SHARE) of its deadline: what cannot be
+  served soon is refused at once, and latency is back soon after the overload. Async
+  requests (their own, longer deadline) are not held to it: queueing is what they asked for;
+- urgency (RFC 9218 u=0..7) off the lane moves the limit: u>=4 get a smaller part of it,
+  so the least urgent are refused first.
+
+A refusal is counted as "share" when its caller was off the lane because others have their
+shares, else as "wait".
 
 The figures age: a queue whose figures cannot be read for FIGURES_STALE_SECONDS counts
 only what this process admitted since (admission then fails open, MAX_INFLIGHT_PER_PROCESS
@@ -66,6 +70,7 @@ from app.shared import contract
 from app.shared.routing import NodeWriter, Routed
 
 log = logging.getLogger("app.proxy")
+_FAIRNESS_ERRORS = metrics.REDIS_ERRORS.labels("fairness")
 
 REFRESH_SECONDS = 0.2
 # A field no worker writes (consumer names have no spaces).
@@ -169,7 +174,14 @@ class Admission:
         results = self._reads.execute(items)
         drain = results[len(queues)]
         # At once: whatever fails below, the counts sent are accounted for.
-        self._shares.absorb(results[-2], results[-1], drain if isinstance(drain, BaseException) else drain[0])
+        try:
+            self._shares.absorb(results[-2], results[-1], drain if isinstance(drain, BaseException) else drain[0])
+        except Exception:  # a bad answer must not stop the lag and the drain being read
+            log.exception("callers' counts not read")
+        for reply in results[-2:]:
+            if isinstance(reply, BaseException):
+                _FAIRNESS_ERRORS.inc()
+                log.debug("callers' counts not synced", extra={"error": repr(reply)})
         now = self._clock()
         for queue, result in zip(queues, results, strict=False):
             if isinstance(result, BaseException):
@@ -253,12 +265,13 @@ class Admission:
             self._shares.prompted(caller, urgency)
         return dataclasses.replace(verdict, queue=queue, caller=caller, urgency=urgency)
 
-    def withdraw(self, verdict: Verdict) -> None:
-        """An admitted request that queued nothing (an Idempotency-Key found there already)."""
-        if verdict.queue and self._since_read[verdict.queue] > 0:
-            self._since_read[verdict.queue] -= 1
+    def withdraw(self, verdict: Verdict, count: int = -1) -> None:
+        """An admitted request that queued nothing (an Idempotency-Key found there already),
+        given back at once; ``count=1`` counts it again (it queues after all)."""
+        if verdict.queue:
+            self._since_read[verdict.queue] = max(0, self._since_read[verdict.queue] + count)
         if verdict.prompt:
-            self._shares.prompted(verdict.caller, verdict.urgency, -1)
+            self._shares.prompted(verdict.caller, verdict.urgency, count)
 
     def _wait_of(self, stream: str, prompt: bool) -> float:
         """Seconds a new entry waits: the lane's backlog at the shard's share of the drain,
@@ -285,6 +298,8 @@ class Admission:
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
         prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
+        # Off the lane because other callers have their shares (else: alone, or async).
+        beyond_share = not (prompt or patient) and self._shares.sharing(caller, self._per_second)
         if self._per_second <= 0:
             # Whatever its queue, what waits for a first worker is both queues' entries.
             deep = frozenset(s for s in candidates if self._backlog(s, False) >= self._policy.cold_backlog)
@@ -315,7 +330,7 @@ class Admission:
             return Verdict(refused=False, deep=deep, expected_wait=best_wait, prompt=prompt)
         wait = min(self._wait_of(stream, prompt) for stream in candidates)
         return Verdict(refused=True, deep=deep, expected_wait=wait, retry_after=max(1, math.ceil(best_excess)),
-                       reason="wait" if prompt or patient else "share", prompt=prompt)
+                       reason="share" if beyond_share else "wait", prompt=prompt)
 
 
 class AdmitEverything:
@@ -328,7 +343,7 @@ class AdmitEverything:
 
     admit = judge
 
-    def withdraw(self, verdict: Verdict) -> None:
+    def withdraw(self, verdict: Verdict, count: int = -1) -> None:
         pass
 
 

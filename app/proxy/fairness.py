@@ -10,11 +10,12 @@ callers active now. What a caller sends beyond that, and every async request, go
 shard: it is served from what the lanes leave, and admitted only while it can still be
 served in time there. So a caller within its share is never queued behind another's surge,
 whatever a caller leaves of its share goes to whoever has more to send, and a lone caller
-has all of it (PROMPT_SHARE keeps the lanes together below capacity, so they never stand).
+has all of it (through the shard). PROMPT_SHARE keeps the lanes together below capacity;
+only a trusted caller's urgent requests may take more.
 
 A caller's share is taken in order of its own urgency (RFC 9218): its urgent requests
 (u<=2) may fill the whole share, its default ones leave room for as many urgent ones again
-as it sent of late, its least urgent (u>=4) take only (8-u)/5 of what is left. Urgency thus orders a
+as it sent of late, its least urgent (u>=4) have (8-u)/5 of the share. Urgency thus orders a
 caller's own requests and never lets it pass another's share, unless the operator trusts
 the caller (PRIORITY_TRUSTED_CALLERS): that caller's urgent requests always take the lane.
 
@@ -54,8 +55,8 @@ FORGET_SECONDS = 2 * WINDOW_SECONDS
 MOST_READ_BACK = 2000
 # The hashes outlive the two windows they are read in.
 KEY_TTL_MS = int(4 * WINDOW_SECONDS * 1000)
-# What each window counts: synchronous requests offered per caller (how many callers are
-# active), lane admissions per caller, urgent lane admissions per caller; and in all.
+# What each window counts: requests offered per caller (how many callers are active, async
+# work included), lane places taken per caller, urgent ones per caller; and in all.
 _OFFERED, _PROMPT, _URGENT = 0, 1, 2
 _TOTAL_FIELDS = ("offered", "prompt")
 
@@ -108,6 +109,7 @@ class CallerShares:
         self._synced_at = -math.inf
         # Synchronous callers this process saw, most recent last, and when.
         self._seen: dict[str, float] = {}
+        self._was_overloaded = False
         # Redis's clock (seconds) minus this process's monotonic clock; None until first read.
         self._redis_offset: float | None = None
         self._sync_window = 0
@@ -128,11 +130,11 @@ class CallerShares:
         urgent = is_urgent(urgency)
         if urgent and caller in self._trusted:
             return True
-        if drain_per_second <= 0 or self.active_callers() <= 1:
+        if not self.sharing(caller, drain_per_second):
             # Nobody to share with (or no capacity known): its urgent requests pass its
             # others, which wait in the shard in arrival order (a closed loop's included).
             return urgent
-        share = PROMPT_SHARE * drain_per_second / max(1, self.active_callers())
+        share = PROMPT_SHARE * drain_per_second / self.active_callers(caller)
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)
         taken = self._rate_of(caller, _PROMPT)
@@ -145,7 +147,7 @@ class CallerShares:
         return taken < 1 / WINDOW_SECONDS and self.prompt_per_second() < PROMPT_SHARE * drain_per_second
 
     def prompted(self, caller: str, urgency: int, count: int = 1) -> None:
-        """A synchronous request admitted to the lane (-1: one that queued nothing after all)."""
+        """A synchronous request admitted to the lane (-1: one given back: it queued nothing)."""
         self._pending.totals[_TOTAL_FIELDS[_PROMPT]] += count
         self._pending.callers[_PROMPT][caller] += count
         if is_urgent(urgency):
@@ -156,13 +158,18 @@ class CallerShares:
         drain, in the previous window and in the current one so far (at least half a window
         of it): a closed loop's first burst (all its clients at once) fills one window only,
         and what it offers after is what it is served."""
+        limit = OVERLOAD_RATIO * drain_per_second
         if not self._fresh():
-            return self._pending.totals[_TOTAL_FIELDS[_OFFERED]] / WINDOW_SECONDS > OVERLOAD_RATIO * drain_per_second
-        into = min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)
-        earlier = self._earlier.totals[_OFFERED] / WINDOW_SECONDS
-        later = (self._later.totals[_OFFERED] + self._pending.totals[_TOTAL_FIELDS[_OFFERED]]) \
-            / max(into, WINDOW_SECONDS / 2)
-        return min(earlier, later) > OVERLOAD_RATIO * drain_per_second
+            verdict = self.offered_per_second() > limit
+        else:
+            into = min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)
+            earlier = self._earlier.totals[_OFFERED] / WINDOW_SECONDS
+            later = (self._later.totals[_OFFERED] + self._pending.totals[_TOTAL_FIELDS[_OFFERED]]) / max(into, 1e-3)
+            # Early in a window its count says little yet: the verdict of before stands
+            # while the previous window agrees with it.
+            verdict = earlier > limit and (later > limit if into >= WINDOW_SECONDS / 2 else self._was_overloaded)
+        self._was_overloaded = verdict
+        return verdict
 
     def offered_per_second(self) -> float:
         """Requests a second offered to every proxy, over the last one to two seconds."""
@@ -178,17 +185,25 @@ class CallerShares:
     def _rate(self, count: Callable[[_Window], int], pending: int) -> float:
         """Counted in the previous window and the current one so far, over the time they
         span (at least a window: a burst within the first moments is not a rate yet)."""
-        if not self._fresh():
-            return pending / WINDOW_SECONDS
+        if not self._fresh():  # this process's own counts, over the time they cover
+            return max(0, pending) / max(WINDOW_SECONDS, self._clock() - self._pending_since)
         span = WINDOW_SECONDS + min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)
-        return (count(self._earlier) + count(self._later) + pending) / span
+        return max(0, count(self._earlier) + count(self._later) + pending) / span
 
-    def active_callers(self) -> int:
-        """Callers with synchronous requests in the last one to two seconds."""
+    def active_callers(self, caller: str = "") -> int:
+        """Callers with requests in the last one to two seconds (by every proxy's count),
+        ``caller`` among them even when the counts read back do not know it yet."""
         here = len(self._pending.callers[_OFFERED])
-        if self._fresh():
-            return max(self._earlier.active, self._later.active, here)
-        return here
+        if not self._fresh():
+            return max(here, 1 if caller else 0)
+        known = max(self._earlier.active, self._later.active)
+        unknown = caller and not any(window.callers.get(caller, (0, 0, 0))[_OFFERED]
+                                     for window in (self._earlier, self._later))
+        return max(known + (1 if unknown else 0), here)
+
+    def sharing(self, caller: str, drain_per_second: float) -> bool:
+        """Whether callers share the lane now: a drain known and another caller active."""
+        return drain_per_second > 0 and self.active_callers(caller) > 1
 
     def _fresh(self) -> bool:
         return self._clock() - self._synced_at <= 2 * WINDOW_SECONDS

@@ -24,7 +24,6 @@ from app.proxy.failures import (
     NoReply,
     Overloaded,
     QueueUnavailable,
-    RoundTripFailure,
     Shed,
     WorkerFailed,
 )
@@ -227,15 +226,12 @@ class RoundTrips:
                     return Accepted(placed.async_id)
                 metrics.TIMEOUTS.inc()
                 raise NoReply(self._timeout_seconds)
-            try:
-                answer = self._repeat(placed, body_hash, subject, pollable, wait)
-            except RoundTripFailure:
-                self._admission.withdraw(verdict)  # it queued nothing
-                raise
+            self._admission.withdraw(verdict)  # it queued nothing: given back before any wait
+            answer = self._repeat(placed, body_hash, subject, pollable, wait)
             if answer is not None:
-                self._admission.withdraw(verdict)
                 return answer
-            replaces = placed.async_id  # never done: this repeat does it, as admitted
+            self._admission.withdraw(verdict, count=1)  # the first never done: this one queues it
+            replaces = placed.async_id
         raise NoReply(self._timeout_seconds)
 
     def _repeat(self, placed: Placed, body_hash: str, subject: str, pollable: bool, wait: float

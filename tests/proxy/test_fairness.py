@@ -157,7 +157,7 @@ def test_counts_slide_out_with_the_windows_and_unsynced_ones_are_dropped(redis_s
     clock.now += 2.1
     _send(shares, OTHER, 1)
     _sync(writer, shares)
-    assert _send(shares, NOISY, 30) >= 8  # a half of 18, less what the second's start dilutes
+    assert _send(shares, NOISY, 30) >= 5  # a share again (half of 18, less what this second counted)
 
     # Counted but never synced (Redis unreachable): dropped after two windows, never a latch.
     _send(shares, OTHER, 1)
