@@ -8,8 +8,8 @@ from that copy plus what this process admitted since (never a Redis round trip o
 request path).
 
 Where a request goes is app.proxy.fairness's decision: a synchronous one to its shard's
-prompt lane while its caller has taken less than its share (alone, only its urgent ones),
-else, and every async one, to the shard. It is then admitted when the time it is expected
+prompt lane while its caller has taken less than its share (alone: unless overloaded, then
+only its urgent ones), else, and every async one, to the shard. It is then admitted when the time it is expected
 to wait there fits what its deadline leaves after the work:
 
 - an empty queue admits whatever the work takes: nothing waits ahead of it (the worker's
@@ -286,10 +286,10 @@ class Admission:
         left = max(SHARD_TURN_SHARE, 1 - self._shares.prompt_per_second() / self._per_second)
         return wait + (self._lag[stream] + self._since_read[stream]) / (per_shard * left)
 
-    def _backlog(self, stream: str, prompt: bool) -> int:
-        lane = self._lanes[stream]
-        ahead = self._lag[lane] + self._since_read[lane]
-        return ahead if prompt else ahead + self._lag[stream] + self._since_read[stream]
+    def _cold_backlog(self, stream: str) -> int:
+        queues = (stream, self._lanes[stream])
+        waiting = sum(self._lag[queue] for queue in queues)
+        return waiting + sum(self._since_read[queue] for queue in queues) if waiting else 0
 
     def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
               only: str | None = None, caller: str = "") -> Verdict:
@@ -301,8 +301,10 @@ class Admission:
         # Off the lane because other callers have their shares (else: alone, or async).
         beyond_share = not (prompt or patient) and self._shares.sharing(caller, self._per_second)
         if self._per_second <= 0:
-            # Whatever its queue, what waits for a first worker is both queues' entries.
-            deep = frozenset(s for s in candidates if self._backlog(s, False) >= self._policy.cold_backlog)
+            # Whatever its queue, what waits for a first worker is both queues' entries: as
+            # Redis showed them, and what this process admitted since while they waited (a
+            # queue read empty is being drained: what it admitted since is likely served).
+            deep = frozenset(s for s in candidates if self._cold_backlog(s) >= self._policy.cold_backlog)
             if len(deep) < len(candidates):
                 return Verdict(refused=False, deep=deep, prompt=prompt)
             return Verdict(refused=True, deep=deep, retry_after=COLD_RETRY_AFTER_SECONDS, reason="cold",

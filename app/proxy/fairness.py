@@ -2,9 +2,10 @@
 
 Each shard has two queues: its prompt lane (contract.prompt_lane), which workers read
 first, and the shard itself. With one caller active (by every proxy's count) there is
-nobody to share with: its urgent requests (u<=2) take the lane, its others wait in the
-shard in arrival order. With several, a caller's synchronous requests take the lane up to
-its share:
+nobody to share with: its synchronous requests take the lane, ahead of its async work,
+except under overload (more offered than OVERLOAD_RATIO times the drain, two windows
+running), when only its urgent ones (u<=2) do and its others wait in the shard. With
+several, a caller's synchronous requests take the lane up to its share:
 PROMPT_SHARE of an equal part of the drain rate (every live worker's, summed) among the
 callers active now. What a caller sends beyond that, and every async request, goes to the
 shard: it is served from what the lanes leave, and admitted only while it can still be
@@ -131,9 +132,10 @@ class CallerShares:
         if urgent and caller in self._trusted:
             return True
         if not self.sharing(caller, drain_per_second):
-            # Nobody to share with (or no capacity known): its urgent requests pass its
-            # others, which wait in the shard in arrival order (a closed loop's included).
-            return urgent
+            # Nobody to share with (or no capacity known): the lane, ahead of its async work,
+            # in arrival order (a closed loop's included); under overload only its urgent
+            # requests, which then pass its others.
+            return urgent or drain_per_second <= 0 or not self._was_overloaded
         share = PROMPT_SHARE * drain_per_second / self.active_callers(caller)
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)

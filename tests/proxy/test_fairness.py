@@ -60,8 +60,10 @@ def _early_in_a_second() -> None:
     time.sleep(1.05 - time.time() % 1)
 
 
-def test_a_lone_caller_sends_its_urgent_requests_to_the_lane_and_the_others_to_the_shard(redis_server):
+def test_a_lone_caller_has_the_lane_and_under_overload_only_its_urgent_requests_do(redis_server):
     shares = CallerShares("weather-requests", clock=Clock())
+    assert _send(shares, NOISY, 30) == 30  # ahead of any async work of its own
+    shares._was_overloaded = True  # as admission's read finds it
     assert _send(shares, NOISY, 30) == 0
     assert _send(shares, NOISY, 5, urgency=1) == 5
 
@@ -107,7 +109,7 @@ def test_urgency_orders_a_callers_own_requests_and_trust_lets_it_pass(redis_serv
     assert _send(shares, NOISY, 10) == 2  # 2 taken + 2 kept, up to 6
     assert _send(shares, NOISY, 10, urgency=1) == 2  # the urgent ones fill the share
     assert _send(shares, NOISY, 1, urgency=0) == 0  # and no more: u=0 never passes another's share
-    assert _send(shares, POLITE, 10, urgency=7) == 2  # u=7: a fifth of 6, 1.2 (its first went to the shard)
+    assert _send(shares, POLITE, 10, urgency=7) == 1  # u=7: a fifth of 6, 1.2 (it took one already)
     # A trusted caller's urgent requests take the lane beyond its share, its others do not.
     assert _send(shares, "sub:billing", 30, urgency=0) == 30
     assert _send(shares, "sub:billing", 10) == 0
