@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.costs import child_pids, process_cpu_seconds
-from tests.support.processes import ROOT, Proxy, RedisServer, Worker, wait_until
+from tests.support.processes import ROOT, Proxy, RedisServer, Worker, queues_of, wait_until
 from tools.load_runs import LoadResult, run_load, run_open_loop
 
 TERMINALS, WORK_MS = 5, "100-500"
@@ -66,8 +66,9 @@ def overload_services(workdir: Path, redis: RedisServer, code: Path = ROOT, prox
 
 
 def _drained(redis: RedisServer) -> bool:
-    groups = redis.client().xinfo_groups("weather-requests")
-    return all(not group["lag"] and not group["pending"] for group in groups)
+    client = redis.client()
+    return all(not group["lag"] and not group["pending"]
+               for queue in queues_of() if client.exists(queue) for group in client.xinfo_groups(queue))
 
 
 def _quantile(values: list[float], fraction: float) -> float | None:

@@ -61,7 +61,18 @@ from bench import overload as overload_bench
 from bench import thin as thin_bench
 from bench.costs import RedisCost, RedisUsage, child_pids, process_cpu_seconds
 from tests.support.cluster import RedisClusterSet
-from tests.support.processes import BIN, ROOT, Managed, Proxy, RedisServer, Worker, base_env, free_port, wait_until
+from tests.support.processes import (
+    BIN,
+    ROOT,
+    Managed,
+    Proxy,
+    RedisServer,
+    Worker,
+    base_env,
+    free_port,
+    queues_of,
+    wait_until,
+)
 from tools.load_runs import LoadResult, check_ready, run_load, run_open_loop
 
 RESULTS = ROOT / "bench" / "results"
@@ -121,8 +132,9 @@ def scenario_overhead(workdir: Path, redis: RedisServer, concurrency: int, secon
 
 
 def drained(redis: RedisServer) -> bool:
-    [group] = redis.client().xinfo_groups("weather-requests")
-    return not group["lag"] and not group["pending"]
+    client = redis.client()
+    return all(not group["lag"] and not group["pending"]
+               for queue in queues_of() if client.exists(queue) for group in client.xinfo_groups(queue))
 
 
 def scenario_open_loop(workdir: Path, redis: RedisServer, seconds: float) -> dict:

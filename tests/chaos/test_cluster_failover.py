@@ -25,7 +25,7 @@ import pytest
 from app.shared import contract
 from tests.support.cluster import RedisClusterSet
 from tests.support.load import Result, SteadyLoad, ask, summary
-from tests.support.processes import shard_states, wait_until
+from tests.support.processes import pending_entries, shard_states, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -58,7 +58,7 @@ def _victim(cluster: RedisClusterSet):
 def _nothing_pending(cluster: RedisClusterSet) -> bool:
     client = cluster.client()
     try:
-        return all(client.xpending(stream, contract.DEFAULT_CONSUMER_GROUP)["pending"] == 0 for stream in STREAMS)
+        return all(pending_entries(client, stream, contract.DEFAULT_CONSUMER_GROUP) == 0 for stream in STREAMS)
     finally:
         client.close()
 

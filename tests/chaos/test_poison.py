@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tests.support.load import fire, summary
-from tests.support.processes import wait_until
+from tests.support.processes import pending_entries, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -52,7 +52,7 @@ def test_poison_is_dead_lettered_while_real_requests_succeed(stack):
         assert reason in letters[entry_id][b"dlq_reason"]
     # The original fields travel with the letter, byte for byte.
     assert letters[next(iter(poison_ids))][b"garbage"] == b"\xff\x00\xfe"
-    assert client.xpending("weather-requests", "weather-workers")["pending"] == 0
+    assert pending_entries(client) == 0
     assert all(worker.alive() for worker in workers)
     assert sum(w.metric("weather_worker_dead_lettered_total", {"reason": "poison"}) for w in workers) == len(POISON)
     assert not client.exists("weather-responses:x:1:t")

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.support.load import SteadyLoad, ask, summary
-from tests.support.processes import RedisServer, metric_value, wait_until
+from tests.support.processes import RedisServer, metric_value, pending_entries, wait_until
 from tests.support.sentinel import SENTINEL_URL, SentinelSet
 
 pytestmark = pytest.mark.system
@@ -63,7 +63,7 @@ def test_primary_killed_under_load_every_request_answered_nothing_lost(stack, se
         results = load.stop()
 
     new_primary = sentinels.node(sentinels.primary_port()).client()
-    wait_until(lambda: new_primary.xpending("weather-requests", "weather-workers")["pending"] == 0,
+    wait_until(lambda: pending_entries(new_primary) == 0,
                CLAIM_IDLE_SECONDS + 10, what="nothing pending on the new primary")
     counts = collections.Counter(r.status for r in results)
     refused = [r for r in results if r.status == 503]
@@ -196,5 +196,5 @@ def test_a_partitioned_primary_under_wait_costs_refusals_never_a_late_or_lost_an
     assert after and all(r.status == 200 for r in after), collections.Counter(r.status for r in after)
     assert _each_reply_is_its_own(results)
     new_primary = sentinels.node(sentinels.primary_port())
-    wait_until(lambda: new_primary.client().xpending("weather-requests", "weather-workers")["pending"] == 0,
+    wait_until(lambda: pending_entries(new_primary.client()) == 0,
                CLAIM_IDLE_SECONDS + 10, what="nothing pending on the new primary")

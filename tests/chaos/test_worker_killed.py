@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.support.load import fire, replies_per_request, summary
-from tests.support.processes import wait_until
+from tests.support.processes import pending_entries, pending_of, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -36,13 +36,12 @@ def test_killed_worker_entries_are_claimed_and_answered(stack):
     victim.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     victim.wait(timeout=5)
-    orphans = client.xpending_range("weather-requests", "weather-workers", "-", "+", 100, consumername="victim")
-    wait_until(lambda: not client.xpending_range("weather-requests", "weather-workers", "-", "+", 1,
-                                                 consumername="victim"),
+    orphans = pending_of(client, "victim")
+    wait_until(lambda: not pending_of(client, "victim"),
                CLAIM_IDLE_SECONDS + 5, what="the victim's pending entries taken over")
     drained_after = time.monotonic() - killed_at
     load.join(timeout=TIMEOUT_SECONDS + 30)
-    assert client.xpending("weather-requests", "weather-workers")["pending"] == 0
+    assert pending_entries(client) == 0
 
     replies = replies_per_request([client])
     lost = sum(1 for r in results if r.status is None)

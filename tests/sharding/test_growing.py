@@ -26,6 +26,11 @@ def _streams(shards: int) -> list[str]:
     return contract.request_streams(BASE, shards, tagged=True)
 
 
+def _queues(shards: int) -> list[str]:
+    """Each shard and its prompt lane."""
+    return [queue for stream in _streams(shards) for queue in (stream, contract.prompt_lane(stream))]
+
+
 def _added(client, streams: list[str]) -> int:
     return sum(int(client.xinfo_stream(s)["entries-added"]) for s in streams if client.exists(s))
 
@@ -80,8 +85,8 @@ def test_three_shards_become_six_under_load_without_a_lost_or_stranded_request(c
         time.sleep(3)
     results = load.stop()
 
-    wait_until(lambda: _drained(client, _streams(OLD) + _streams(NEW)), 10, what="every entry acknowledged")
-    on_old, on_new = _added(client, _streams(OLD)), _added(client, _streams(NEW))
+    wait_until(lambda: _drained(client, _queues(OLD) + _queues(NEW)), 10, what="every entry acknowledged")
+    on_old, on_new = _added(client, _queues(OLD)), _added(client, _queues(NEW))
     print(summary("3 -> 6 shards", results), f"entries on the 3 set={on_old} on the 6 set={on_new} "
           f"old set retired {retired_after:.1f} s after the last old proxy stopped")
 

@@ -222,3 +222,22 @@ def shard_states(metrics_url: str, streams: list[str] | None = None) -> dict[str
                 seen.setdefault(sample.labels["shard"], set()).add(sample.labels["state"])
     agreed = {shard: states.pop() if len(states) == 1 else "mixed" for shard, states in seen.items()}
     return agreed if streams is None else {stream: agreed.get(stream, "") for stream in streams}
+
+
+def queues_of(stream: str = "weather-requests") -> tuple[str, str]:
+    """A request stream shard and its prompt lane: where a request may wait."""
+    from app.shared import contract
+
+    return stream, contract.prompt_lane(stream)
+
+
+def pending_entries(client: redis.Redis, stream: str = "weather-requests", group: str = "weather-workers") -> int:
+    """Entries delivered and not acknowledged, in a shard and its prompt lane."""
+    return sum(client.xpending(queue, group)["pending"] for queue in queues_of(stream) if client.exists(queue))
+
+
+def pending_of(client: redis.Redis, consumer: str, stream: str = "weather-requests", group: str = "weather-workers",
+               count: int = 100) -> list[dict[str, Any]]:
+    """One consumer's pending entries in a shard and its prompt lane."""
+    return [entry for queue in queues_of(stream) if client.exists(queue)
+            for entry in client.xpending_range(queue, group, "-", "+", count, consumername=consumer)]

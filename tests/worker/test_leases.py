@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from tests.support.load import fire
-from tests.support.processes import wait_until
+from tests.support.processes import pending_entries, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -33,7 +33,7 @@ def test_work_three_times_longer_than_the_claim_idle_time_is_done_once(stack):
     assert _processed(workers) == 100, "an entry in work was claimed by the other worker and done twice"
     assert sum(worker.metric("weather_worker_claimed_total") for worker in workers) == 0
     assert all(worker.metric("weather_worker_leases_renewed_total") > 0 for worker in workers)
-    assert stack.redis.client().xpending("weather-requests", "weather-workers")["pending"] == 0
+    assert pending_entries(stack.redis.client()) == 0
 
 
 def test_a_dead_workers_entries_are_still_claimed_and_answered(stack):
