@@ -70,6 +70,8 @@ def scrape(url: str) -> dict[str, float] | None:
 def _read_shard(client: RedisClient, stream: str, group: str, consumers: dict[str, tuple[int, int]]) -> ShardRow:
     row = ShardRow(stream, client.xlen(stream), client.xlen(contract.dead_letter_stream(stream)))
     if not client.exists(stream):
+        if stream.endswith(contract.PROMPT_LANE_SUFFIX):
+            row.lag = row.pending = 0  # no lane yet: nothing waits in it
         return row
     info = next((g for g in client.xinfo_groups(stream) if g["name"] == group.encode()), None)
     if info is None:
@@ -117,8 +119,10 @@ def render(snapshot: Snapshot, where: str, group: str) -> Group:
         def total(values: list[int | None]) -> str:
             return "?" if None in values else str(sum(v for v in values if v is not None))
         shards = snapshot.shards
-        queue.add_row(f"all {len(shards)} shards", total([r.lag for r in shards]), total([r.pending for r in shards]),
-                      total([r.length for r in shards]), total([r.dead_letters for r in shards]))
+        count = sum(1 for r in shards if not r.stream.endswith(contract.PROMPT_LANE_SUFFIX))
+        queue.add_row(f"all {count} shard{'s' if count != 1 else ''}", total([r.lag for r in shards]),
+                      total([r.pending for r in shards]), total([r.length for r in shards]),
+                      total([r.dead_letters for r in shards]))
 
     sets = Table(title="Shard sets announced by proxies")
     for column in ("shards", "announced", "state"):

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.support.processes import entries_of
+
 pytestmark = pytest.mark.system
 
 CITY_PATH = "/WeatherForecast/city"
@@ -37,7 +39,7 @@ def test_a_valid_caller_id_is_the_request_id_everywhere(stack, proxy_and_worker)
     assert response.status_code == 200
     assert response.headers["X-Request-ID"] == caller_id
     assert response.json()["requestId"] == caller_id
-    [(_, fields)] = stack.redis.client().xrange("weather-requests")
+    [(_, fields)] = entries_of(stack.redis.client())
     assert fields[b"id"] == caller_id.encode()
     worker_lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
     assert any(line.get("request_id") == caller_id and line["message"] == "replied" for line in worker_lines)
@@ -82,7 +84,7 @@ def test_concurrent_requests_with_one_id_each_get_their_own_reply(stack, proxy_a
     assert [r.json()["city"] for r in responses] == cities
     assert {r.json()["requestId"] for r in responses} == {"same-id"}
     assert {r.headers["X-Request-ID"] for r in responses} == {"same-id"}
-    entries = stack.redis.client().xrange("weather-requests")
+    entries = entries_of(stack.redis.client())
     assert len({fields[b"cid"] for _, fields in entries}) == len(cities)
 
 

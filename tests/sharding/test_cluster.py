@@ -15,7 +15,7 @@ from app.shared import contract
 from app.shared.settings import CommonSettings
 from tests.chaos.test_poison import POISON
 from tests.support.load import SteadyLoad, fire, replies_per_request, summary
-from tests.support.processes import wait_until
+from tests.support.processes import entries_added, pending_entries, pending_of, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -25,9 +25,10 @@ STREAMS = contract.request_streams(contract.DEFAULT_REQUEST_STREAM, SHARDS, tagg
 
 
 def _pending(client, stream: str, consumer: str | None = None) -> int:
+    """In the shard and its prompt lane."""
     if consumer is None:
-        return int(client.xpending(stream, GROUP)["pending"])
-    return len(client.xpending_range(stream, GROUP, "-", "+", 1000, consumername=consumer))
+        return pending_entries(client, stream, GROUP)
+    return len(pending_of(client, consumer, stream, GROUP, 1000))
 
 
 def _nothing_pending(client) -> bool:
@@ -54,7 +55,7 @@ def test_requests_spread_over_every_shard_and_every_primary(cluster_stack, redis
     results = fire([p.url for p in proxies], count=600, concurrency=30)
     wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
 
-    added = {stream: int(client.xinfo_stream(stream)["entries-added"]) for stream in STREAMS}
+    added = {stream: entries_added(client, stream) for stream in STREAMS}
     per_primary = collections.Counter()
     for stream, count in added.items():
         per_primary[redis_cluster.owner(stream).port] += count
@@ -146,7 +147,7 @@ def test_a_shard_slot_moved_to_another_primary_under_load_loses_nothing(cluster_
     results = load.stop()
     wait_until(lambda: _nothing_pending(client), 10, what="every entry acknowledged")
     after = [r for r in results if r.started > moved_at]
-    added = int(client.xinfo_stream(moving)["entries-added"])
+    added = entries_added(client, moving)
     print(summary("slot moved", results), f"keys moved={keys_moved} sent after the move={len(after)} "
           f"entries in the moved shard={added}")
 

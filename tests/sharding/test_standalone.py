@@ -9,7 +9,7 @@ import pytest
 
 from app.shared import contract
 from tests.support.load import fire, replies_per_request, summary
-from tests.support.processes import wait_until
+from tests.support.processes import entries_added, pending_entries, pending_of, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -28,15 +28,15 @@ def test_four_shards_on_standalone_redis_answer_everyone_through_a_worker_kill(s
     results: list = []
     load = threading.Thread(target=lambda: results.extend(fire([proxy.url], count=400, concurrency=20, timeout=20)))
     load.start()
-    wait_until(lambda: any(client.xpending_range(s, GROUP, "-", "+", 1, consumername="victim") for s in STREAMS),
+    wait_until(lambda: any(pending_of(client, "victim", s, GROUP, 1) for s in STREAMS),
                10, what="the victim holding entries")
     victim.signal(signal.SIGKILL)
     victim.wait(timeout=5)
     load.join(timeout=60)
-    wait_until(lambda: all(client.xpending(s, GROUP)["pending"] == 0 for s in STREAMS), 15,
+    wait_until(lambda: all(pending_entries(client, s, GROUP) == 0 for s in STREAMS), 15,
                what="every entry acknowledged")
 
-    added = [int(client.xinfo_stream(s)["entries-added"]) for s in STREAMS]
+    added = [entries_added(client, s) for s in STREAMS]
     replies = replies_per_request([client])
     print(summary("standalone shards", results), f"entries per shard={added} "
           f"claimed={survivor.metric('weather_worker_claimed_total'):g}")

@@ -241,3 +241,13 @@ def pending_of(client: redis.Redis, consumer: str, stream: str = "weather-reques
     """One consumer's pending entries in a shard and its prompt lane."""
     return [entry for queue in queues_of(stream) if client.exists(queue)
             for entry in client.xpending_range(queue, group, "-", "+", count, consumername=consumer)]
+
+
+def entries_added(client: redis.Redis, stream: str = "weather-requests") -> int:
+    """Entries ever added to a shard and its prompt lane."""
+    return sum(int(client.xinfo_stream(queue)["entries-added"]) for queue in queues_of(stream) if client.exists(queue))
+
+
+def entries_of(client: redis.Redis, stream: str = "weather-requests") -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of a shard and its prompt lane."""
+    return [entry for queue in queues_of(stream) if client.exists(queue) for entry in client.xrange(queue)]
