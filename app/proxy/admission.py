@@ -298,8 +298,6 @@ class Admission:
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
         prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
-        # Off the lane because other callers have their shares (else: alone, or async).
-        beyond_share = not (prompt or patient) and self._shares.sharing(caller, self._per_second)
         if self._per_second <= 0:
             # Whatever its queue, what waits for a first worker is both queues' entries: as
             # Redis showed them, and what this process admitted since while they waited (a
@@ -332,7 +330,11 @@ class Admission:
             return Verdict(refused=False, deep=deep, expected_wait=best_wait, prompt=prompt)
         wait = min(self._wait_of(stream, prompt) for stream in candidates)
         return Verdict(refused=True, deep=deep, expected_wait=wait, retry_after=max(1, math.ceil(best_excess)),
-                       reason="share" if beyond_share else "wait", prompt=prompt)
+                       reason=self._refusal_reason(caller, prompt or patient), prompt=prompt)
+
+    def _refusal_reason(self, caller: str, in_lane_or_async: bool) -> str:
+        """Share when the caller was off the lane because others have their shares, else wait."""
+        return "share" if not in_lane_or_async and self._shares.sharing(caller, self._per_second) else "wait"
 
 
 class AdmitEverything:

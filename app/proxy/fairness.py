@@ -131,12 +131,13 @@ class CallerShares:
         urgent = is_urgent(urgency)
         if urgent and caller in self._trusted:
             return True
-        if not self.sharing(caller, drain_per_second):
+        callers = self.active_callers(caller)
+        if drain_per_second <= 0 or callers <= 1:
             # Nobody to share with (or no capacity known): the lane, ahead of its async work,
             # in arrival order (a closed loop's included); under overload only its urgent
             # requests, which then pass its others.
             return urgent or drain_per_second <= 0 or not self._was_overloaded
-        share = PROMPT_SHARE * drain_per_second / self.active_callers(caller)
+        share = PROMPT_SHARE * drain_per_second / callers
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)
         taken = self._rate_of(caller, _PROMPT)
