@@ -135,6 +135,10 @@ class Admission:
         self._lag = dict.fromkeys(queues, 0)
         # What Redis's lag says of a queue seen drained: its read counter's shortfall.
         self._phantom = dict.fromkeys(queues, 0)
+        # Whether a worker delivered from each queue between the last two reads, and what
+        # it had delivered up to.
+        self._draining = dict.fromkeys(queues, False)
+        self._delivered: dict[str, tuple[int, int]] = {}
         # Admitted by this process since its last read of the lag.
         self._since_read = dict.fromkeys(queues, 0)
         self._read_at = dict.fromkeys(queues, clock())
@@ -213,7 +217,7 @@ class Admission:
             self._read_drain(drain[-1])
         elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
             self._per_second, self._work_seconds = 0.0, 0.0
-        self._overloaded = self._per_second > 0 and self._shares.overloaded(self._per_second)
+        self._overloaded = self._shares.overloaded(self._per_second)
         metrics.DRAIN_PER_SECOND.set(self._per_second)
         metrics.EXPECTED_WAIT_SECONDS.set(min(self._wait_of(stream, False) for stream in self.streams))
 
@@ -221,7 +225,13 @@ class Admission:
         info = next((item for item in groups if item.get("name") == self._group), None) \
             if isinstance(groups, list) else None
         if info is None:
+            self._draining[queue] = False
             return int(length or 0)  # no worker has ever read it: every entry waits
+        delivered = _entry_id(info.get("last-delivered-id"))
+        # At a process's first read, a group that has delivered anything counts as drained by
+        # someone: one read later, only one that delivered since does.
+        self._draining[queue] = delivered != self._delivered.get(queue, (0, 0))
+        self._delivered[queue] = delivered
         reported = info.get("lag")
         if not newest or _entry_id(newest[0][0]) <= _entry_id(info.get("last-delivered-id")):
             # The newest entry is delivered: nothing waits, whatever the lag says; what it
@@ -287,9 +297,12 @@ class Admission:
         return wait + (self._lag[stream] + self._since_read[stream]) / (per_shard * left)
 
     def _cold_backlog(self, stream: str) -> int:
-        queues = (stream, self._lanes[stream])
-        waiting = sum(self._lag[queue] for queue in queues)
-        return waiting + sum(self._since_read[queue] for queue in queues) if waiting else 0
+        """Entries waiting for a first worker: as Redis showed them, and what this process
+        admitted since, unless the queue was read empty while a worker delivered from it (a
+        worker that has not published yet: what was admitted since is likely served)."""
+        return sum(self._lag[queue] + (0 if self._draining[queue] and not self._lag[queue]
+                                       else self._since_read[queue])
+                   for queue in (stream, self._lanes[stream]))
 
     def judge(self, deadline_seconds: float, urgency: int = DEFAULT_URGENCY, *, patient: bool = False,
               only: str | None = None, caller: str = "") -> Verdict:
@@ -299,9 +312,7 @@ class Admission:
         candidates = [only] if only is not None else self.streams
         prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
         if self._per_second <= 0:
-            # Whatever its queue, what waits for a first worker is both queues' entries: as
-            # Redis showed them, and what this process admitted since while they waited (a
-            # queue read empty is being drained: what it admitted since is likely served).
+            # Whatever its queue, what waits for a first worker is both queues' entries.
             deep = frozenset(s for s in candidates if self._cold_backlog(s) >= self._policy.cold_backlog)
             if len(deep) < len(candidates):
                 return Verdict(refused=False, deep=deep, prompt=prompt)

@@ -162,7 +162,9 @@ class CallerShares:
         of it): a closed loop's first burst (all its clients at once) fills one window only,
         and what it offers after is what it is served."""
         limit = OVERLOAD_RATIO * drain_per_second
-        if not self._fresh():
+        if drain_per_second <= 0:
+            verdict = False  # nothing known to be drained: cold, not overloaded
+        elif not self._fresh():
             verdict = self.offered_per_second() > limit
         else:
             into = min(WINDOW_SECONDS, self._into_window + self._clock() - self._synced_at)

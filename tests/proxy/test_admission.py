@@ -359,3 +359,15 @@ def test_work_that_takes_most_of_its_deadline_is_admitted_at_low_load(stack):
     result = asyncio.run(run_open_loop(proxy.url, rate=1, count=None, timeout=15, duration=24))
     statuses = [sample.status for sample in result.samples]
     assert statuses.count(200) == len(statuses), statuses
+
+
+def test_with_no_worker_what_a_process_admits_between_reads_counts_on_an_empty_queue(redis_server):
+    """Scale from zero: Redis shows the queue empty, nobody drains it, and what this process
+    admitted since that read waits too: the cold backlog bounds it before the next read."""
+    client, clock = redis_server.client(), Clock()
+    _backlog(client, "weather-requests", 0)
+    admission = _admission(redis_server, ["weather-requests"], clock)
+    admission.refresh()
+    verdicts = [admission.admit(10) for _ in range(21)]
+    assert [verdict.refused for verdict in verdicts] == [False] * 20 + [True]
+    assert verdicts[-1].reason == "cold"

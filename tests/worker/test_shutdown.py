@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tests.support.load import fire, summary
-from tests.support.processes import pending_of, wait_until
+from tests.support.processes import pending_of, queues_of, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -36,5 +36,7 @@ def test_sigterm_finishes_in_flight_entries_and_leaves_nothing_pending(stack):
     # Everything it held at SIGTERM was finished: replied and acknowledged.
     assert stopped[0]["processed"] >= active
     client = stack.redis.client()
-    assert pending_of(client, "leaving") == []
+    consumers = {c["name"].decode() for queue in queues_of() if client.exists(queue)
+                 for c in client.xinfo_consumers(queue, "weather-workers")}
+    assert "leaving" in consumers and pending_of(client, "leaving") == []
     assert staying.metric("weather_worker_processed_total", {"outcome": "ok"}) + stopped[0]["processed"] == 80
