@@ -14,7 +14,8 @@ One worker of 5 terminals at 100-500 ms (about 16.7 requests a second), REQUEST_
   callers told apart by their loopback address (127.0.0.2-5);
 - retry storms: every refused request retried up to 3 times (half after Retry-After, half
   at once) at 2.4x, and at 1.5x with the worker stopped for 10 s;
-- 4 proxies of 2 processes at 10x; work of 0.6x the deadline at 0.3x capacity;
+- 4 proxies of 2 processes at 10x; work of 0.6x the deadline at 0.3x capacity, and 20 s of
+  it followed by fast work at 0.7x;
 - admission's own cost: proxy CPU per request at 300/s, zero work, on vs off (median of three
   alternating runs).
 
@@ -245,6 +246,45 @@ def slow_work(workdir: Path, redis: RedisServer) -> dict[str, Any]:
     return run
 
 
+def slow_then_fast(workdir: Path, redis: RedisServer, slow_seconds: float = 20, after_seconds: float = 25
+                   ) -> dict[str, Any]:
+    """Work of 6 s at 1 a second (0.3x) for ``slow_seconds``; then fast work again (100-500 ms:
+    the slow worker stops, finishing what it holds, as one of the usual kind takes over) at
+    12 a second (0.7x of the fast capacity, 3.6x the slow one): how long after the change a
+    request is still refused (goal: none later than 5 s after)."""
+    import threading
+
+    started: list[Worker] = []
+
+    def work_gets_fast(slow: Worker) -> None:
+        time.sleep(slow_seconds)
+        started.append(Worker(workdir, redis.url, "fast-after-slow", ROOT, WORKER_TERMINALS=str(TERMINALS),
+                              PROCESSING_DELAY_MS=WORK_MS, LOG_LEVEL="WARNING"))
+        slow.stop(timeout=15)
+
+    async def both(urls: list[str]) -> list[LoadResult]:
+        async def fast_load() -> LoadResult:
+            await asyncio.sleep(slow_seconds)
+            return await run_open_loop(urls, rate=12, count=None, timeout=TIMEOUT_SECONDS + 5, duration=after_seconds)
+        return list(await asyncio.gather(
+            run_open_loop(urls, rate=1.0, count=None, timeout=TIMEOUT_SECONDS + 5, duration=slow_seconds),
+            fast_load()))
+
+    with overload_services(workdir, redis, proxies_count=1, terminals=20, work_ms="6000") as (urls, slow):
+        change = threading.Thread(target=work_gets_fast, args=(slow,))
+        change.start()
+        try:
+            slow_run, fast_run = asyncio.run(both(urls))
+        finally:
+            change.join()
+            wait_until(lambda: _drained(redis), 60, interval=0.5, what="queue drained")
+            for worker in started:
+                worker.stop()
+    refused_at = [sample.started for sample in fast_run.samples if sample.status == 503]
+    return {"slow": figures(slow_run, slow_seconds), "fast": figures(fast_run, after_seconds),
+            "last_refusal_after_change_s": round(max(refused_at), 2) if refused_at else None}
+
+
 def closed_loops(urls: list[str]) -> dict[str, Any]:
     """20 and 50 clients that each wait for their answer: never more queued than clients."""
     runs = {}
@@ -278,6 +318,7 @@ def scenario_overload(workdir: Path, redis: RedisServer, seconds: float) -> dict
     redis.client().delete("weather-requests", "weather-requests:urgent")
     runs["many_proxies"] = many_proxies(workdir, redis, max(seconds, 20))
     runs["slow_work"] = slow_work(workdir, redis)
+    runs["slow_then_fast"] = slow_then_fast(workdir, redis)
     runs["admission_cost"] = admission_cost(workdir, redis)
     return {"capacity_per_second": round(CAPACITY, 2), "timeout_seconds": TIMEOUT_SECONDS, "runs": runs}
 
@@ -349,6 +390,11 @@ def overload_rows(table: Any, overload: dict[str, Any], verdict: Callable[[bool]
     table.add_row("7. work of 0.6x the deadline at 0.3x capacity for 60 s: 200s",
                   f"{slow['ok']}/{slow['sent']} ({slow['refused_503']} refused)", "every one",
                   verdict(slow["ok"] == slow["sent"]))
+    then = runs["slow_then_fast"]
+    last = then["last_refusal_after_change_s"]
+    table.add_row("7. 20 s of such slow work, then fast work at 12/s: the last refusal after the change",
+                  "none" if last is None else f"{last} s ({then['fast']['refused_503']} refused of "
+                  f"{then['fast']['sent']})", "<= 5 s", verdict(last is None or last <= 5))
     cost = runs["admission_cost"]
     table.add_row("7. admission's cost: proxy CPU per request at 300/s, zero work, on vs off (median of 3)",
                   f"{cost['median_on_us']} vs {cost['median_off_us']} us = {cost['ratio']:.3f}x", "<= 1.05x",

@@ -116,6 +116,18 @@ _B = {name: name.encode() for name in (
 )}
 
 
+def waited_share(entry_id: bytes, fields: dict[bytes, bytes], at_ms: float) -> float:
+    """How much of the time its deadline gave it an entry has spent waiting: from its id's
+    time (when Redis added it) to ``at_ms``, over that to its deadline. 0 for an entry whose
+    id or deadline cannot be read (the handler dead-letters those)."""
+    try:
+        added_ms = int(entry_id.partition(b"-")[0])
+        deadline_ms = int(fields[_B[FIELD_DEADLINE_MS]])
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, at_ms - added_ms) / max(1, deadline_ms - added_ms)
+
+
 class PoisonEntry(ValueError):
     """A stream entry that can never be processed, whatever the retry."""
 

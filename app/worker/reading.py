@@ -7,7 +7,9 @@ send beyond their share and async work. While the shard has a backlog (an entry 
 it in the last SHARD_ACTIVE_SECONDS was there before its read began) a read takes the lane's entries first and fills
 the rest from the shard, so a prompt entry waits only behind prompt ones; every
 SHARD_TURN_EVERY-th such read takes the shard's first, so a busy lane never starves it
-(admission counts on that share: app.proxy.admission SHARD_TURN_SHARE). Otherwise one
+(admission counts on that share: app.proxy.admission SHARD_TURN_SHARE), and so does every
+read while the shard's entries come out having waited SHARD_OVERDUE_SHARE of their time
+(what admission let in there is answered in time). Otherwise one
 XREADGROUP reads both (no extra round trip). Redis may then return up to COUNT of each: the
 shard's entries beyond the terminals taken wait here for a terminal (rare: both must have
 entries at that moment) instead of being read again.
@@ -49,6 +51,11 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
 SHARD_ACTIVE_SECONDS = 2.0
 # Of the reads that take the lane first, every this many takes the shard first.
 SHARD_TURN_EVERY = 8
+# An entry of the shard read after waiting this share of the time its deadline gave it: the
+# shard is read first until its entries are younger, so what admission let into the shard
+# is served in time however busy the lane stays (a lone caller's requests moved back from
+# the shard to the lane when an overload ended waited behind the lane until they timed out).
+SHARD_OVERDUE_SHARE = 0.5
 # Clocks of Redis and this host further apart than this: the arrival test is not trusted.
 _CLOCK_TOLERANCE_MS = 50
 
@@ -89,6 +96,7 @@ class ShardReader:
         self._claim_cursors = {self.lane: b"0-0", stream: b"0-0"}
         self._shard_active_until = 0.0
         self._lane_first_reads = 0
+        self._shard_overdue = False
         self._next_claim = 0.0
         self.last_loop = time.monotonic()
 
@@ -168,7 +176,8 @@ class ShardReader:
         rest: tuple[str, ...] = self.streams
         if time.monotonic() < self._shard_active_until:
             self._lane_first_reads += 1
-            rest = (self.lane,) if self._lane_first_reads % SHARD_TURN_EVERY == 0 else (self.stream,)
+            shard_turn = self._shard_overdue or self._lane_first_reads % SHARD_TURN_EVERY == 0
+            rest = (self.lane,) if shard_turn else (self.stream,)
             first = self._read((self.stream if rest == (self.lane,) else self.lane,), count, block=False)
             if len(first) >= count:
                 return self._noted(first, time.time() * 1000)
@@ -186,10 +195,15 @@ class ShardReader:
 
     def _noted(self, deliveries: list[Delivery], read_at_ms: float) -> list[Delivery]:
         """An entry of the shard that was there before the read began is a backlog the lane
-        must not queue behind; one that arrived while a read waited is not."""
-        if any(delivery.stream == self.stream and not _arrived_while_blocked(delivery.entry_id, read_at_ms)
-               for delivery in deliveries):
+        must not queue behind; one that arrived while a read waited is not. The shard's
+        entries also say whether it is overdue (its next read comes first)."""
+        from_shard = [delivery for delivery in deliveries if delivery.stream == self.stream]
+        if any(not _arrived_while_blocked(delivery.entry_id, read_at_ms) for delivery in from_shard):
             self._shard_active_until = time.monotonic() + SHARD_ACTIVE_SECONDS
+        if from_shard:
+            now_ms = time.time() * 1000
+            self._shard_overdue = any(contract.waited_share(delivery.entry_id, delivery.fields, now_ms)
+                                      >= SHARD_OVERDUE_SHARE for delivery in from_shard)
         return deliveries
 
     def _read(self, streams: tuple[str, ...], count: int, block: bool) -> list[Delivery]:

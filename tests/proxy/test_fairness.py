@@ -68,6 +68,15 @@ def test_a_lone_caller_has_the_lane_and_under_overload_only_its_urgent_requests_
     assert _send(shares, NOISY, 5, urgency=1) == 5
 
 
+def test_a_lone_caller_sending_urgent_requests_keeps_the_lane_for_them_from_the_start(redis_server):
+    """Before any overload is seen (it takes a second or two), its others must not queue in
+    the lane ahead of its urgent ones."""
+    shares = CallerShares("weather-requests", clock=Clock())
+    assert _send(shares, NOISY, 1, urgency=1) == 1
+    assert _send(shares, NOISY, 10) == 0
+    assert _send(shares, NOISY, 3, urgency=0) == 3
+
+
 def test_with_several_callers_each_takes_the_lane_up_to_its_share(redis_server):
     shares = CallerShares("weather-requests", clock=Clock())
     _send(shares, POLITE, 1)

@@ -160,3 +160,47 @@ def test_with_a_backlog_in_the_shard_the_lane_is_read_first_and_the_shard_every_
     streams = [delivery.stream for _ in range(2 * SHARD_TURN_EVERY)
                for delivery in reader.next_deliveries(1, block=True)]
     assert streams.count(STREAM) == 2 and streams.count(lane) == 2 * SHARD_TURN_EVERY - 2
+
+
+def test_a_shard_whose_entries_waited_half_their_time_is_read_first_until_they_are_younger(redis_server):
+    """A busy lane must not hold what admission let into the shard past its deadline: entries
+    of the shard that come out having waited half their time turn the reads shard-first."""
+    from app.shared import contract
+
+    client = redis_server.client()
+    reader = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
+                         group=GROUP, consumer="me", read_block_ms=100, claim_idle_seconds=60,
+                         reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
+                         on_group_lost=lambda: None)
+    reader.ensure_group()
+    lane = contract.prompt_lane(STREAM)
+    # Six shard entries added 6 s ago with 10 s to go in all (60% of their time waited),
+    # then two fresh ones; the lane always has fresh entries.
+    added_ms = contract.now_ms() - 6_000
+    for index in range(6):
+        fields = contract.WeatherRequest(f"old{index}", "weather-responses:test:1:t", added_ms + 10_000,
+                                         "Oslo", "Norway").to_fields()
+        client.xadd(STREAM, fields, id=f"{added_ms}-{index + 1}")
+    for index in range(2):
+        client.xadd(STREAM, _request(f"new{index}"))
+    for index in range(20):
+        client.xadd(lane, _request(f"p{index}"))
+
+    first = reader.next_deliveries(1, block=True)  # both at once: the shard's oldest comes out overdue
+    assert [delivery.stream for delivery in first] == [lane, STREAM]
+    order = [contract.WeatherRequest.from_fields(delivery.fields).request_id
+             for _ in range(8) for delivery in reader.next_deliveries(1, block=True)]
+    # Every overdue entry next, one read each, then the lane again (the shard's first young
+    # entry ends the turn; the eighth read is the shard's regular one).
+    assert order[:6] == ["old1", "old2", "old3", "old4", "old5", "new0"]
+    assert order[6] == "p1"
+
+
+def test_what_share_of_its_time_an_entry_waited_comes_from_its_id_and_deadline():
+    from app.shared import contract
+
+    fields = contract.WeatherRequest("r", "weather-responses:test:1:t", 11_000, "Oslo", "Norway").to_fields()
+    encoded = {name.encode(): value.encode() if isinstance(value, str) else value for name, value in fields.items()}
+    assert contract.waited_share(b"1000-0", encoded, 6_000) == 0.5
+    assert contract.waited_share(b"1000-0", encoded, 500) == 0.0  # a clock behind Redis's: no wait
+    assert contract.waited_share(b"1000-0", {}, 6_000) == 0.0  # no deadline: the handler dead-letters it
