@@ -8,9 +8,10 @@ from that copy plus what this process admitted since (never a Redis round trip o
 request path).
 
 Where a request goes is app.proxy.fairness's decision: a synchronous one to its shard's
-prompt lane while its caller has taken less than its share (alone: unless overloaded, then
-only its urgent ones), else, and every async one, to the shard. It is then admitted when the time it is expected
-to wait there fits what its deadline leaves after the work:
+prompt lane while its caller has taken less than its share (alone: unless overloaded or
+passed by its urgent ones, then only those), else, and every async one, to the shard. It
+is then admitted when the time it is expected to wait there fits what its deadline leaves
+after the work:
 
 - an empty queue admits whatever the work takes: nothing waits ahead of it (the worker's
   late skip judges the rest);
@@ -310,7 +311,8 @@ class Admission:
         ``patient``: an async request (to the shard, not held to the standing limit).
         ``only``: the one shard it may go to (Idempotency-Key)."""
         candidates = [only] if only is not None else self.streams
-        prompt = not patient and self._shares.within_share(caller, urgency, self._per_second)
+        lane_queued = any(self._lag[self._lanes[s]] + self._since_read[self._lanes[s]] for s in candidates)
+        prompt = not patient and self._shares.within_share(caller, urgency, self._per_second, lane_queued)
         if self._per_second <= 0:
             # Whatever its queue, what waits for a first worker is both queues' entries.
             deep = frozenset(s for s in candidates if self._cold_backlog(s) >= self._policy.cold_backlog)

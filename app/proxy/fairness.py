@@ -3,10 +3,10 @@
 Each shard has two queues: its prompt lane (contract.prompt_lane), which workers read
 first, and the shard itself. With one caller active (by every proxy's count) there is
 nobody to share with: its synchronous requests take the lane, ahead of its async work,
-except while it sends urgent ones (u<=2) and under overload (more offered than
-OVERLOAD_RATIO times the drain, two windows running): then only its urgent ones do, and its
-others wait in the shard (with its async work, in arrival order: two queues order three
-kinds of request no better). With
+except under overload (more offered than OVERLOAD_RATIO times the drain, two windows
+running) and while entries queue in the lane and it sends urgent ones (u<=2): then only its
+urgent ones do, and its others wait in the shard (with its async work, in arrival order:
+two queues order three kinds of request no better). With
 several, a caller's synchronous requests take the lane up to its share:
 PROMPT_SHARE of an equal part of the drain rate (every live worker's, summed) among the
 callers active now. What a caller sends beyond that, and every async request, goes to the
@@ -128,18 +128,21 @@ class CallerShares:
             self._seen.pop(caller, None)  # re-inserted last: the dict stays in order of recency
             self._seen[caller] = self._clock()
 
-    def within_share(self, caller: str, urgency: int, drain_per_second: float) -> bool:
-        """Whether a synchronous request (counted by ``offered`` already) may take the lane."""
+    def within_share(self, caller: str, urgency: int, drain_per_second: float, lane_queued: bool = False) -> bool:
+        """Whether a synchronous request (counted by ``offered`` already) may take the lane.
+        ``lane_queued``: entries wait in the lane it would take."""
         urgent = is_urgent(urgency)
         if urgent and caller in self._trusted:
             return True
         callers = self.active_callers(caller)
         if drain_per_second <= 0 or callers <= 1:
             # Nobody to share with (or no capacity known): the lane, ahead of its async work,
-            # in arrival order (a closed loop's included); but while it sends urgent requests
-            # (of late), or under overload, only those, which then pass its others from the
-            # start (an overload takes a second or two to be seen).
-            return urgent or drain_per_second <= 0 or not (self._was_overloaded or self._rate_of(caller, _URGENT) > 0)
+            # in arrival order (a closed loop's included); under overload, and while entries
+            # queue in the lane and it sends urgent requests of late, only its urgent ones,
+            # which then pass its others (from the start: an overload takes a second or two
+            # to be seen); with the lane empty nothing is to be passed.
+            urgent_first = self._was_overloaded or (lane_queued and self._rate_of(caller, _URGENT) > 0)
+            return urgent or drain_per_second <= 0 or not urgent_first
         share = PROMPT_SHARE * drain_per_second / callers
         if urgency > DEFAULT_URGENCY:
             share *= (8 - urgency) / (8 - DEFAULT_URGENCY)

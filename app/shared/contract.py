@@ -117,15 +117,21 @@ _B = {name: name.encode() for name in (
 
 
 def waited_share(entry_id: bytes, fields: dict[bytes, bytes], at_ms: float) -> float:
-    """How much of the time its deadline gave it an entry has spent waiting: from its id's
-    time (when Redis added it) to ``at_ms``, over that to its deadline. 0 for an entry whose
-    id or deadline cannot be read (the handler dead-letters those)."""
+    """How much of the time its deadline gave it a synchronous entry has spent waiting: from
+    its id's time (when Redis added it) to ``at_ms``, over that to its deadline. 0 for an
+    async entry (its deadline is hours, not seconds: no measure beside a synchronous one's),
+    for one whose id or deadline cannot be read (the handler dead-letters those), and for one
+    whose deadline is not after its id's time (clocks apart: no measure either)."""
+    if _B[FIELD_RESULT] in fields:
+        return 0.0
     try:
         added_ms = int(entry_id.partition(b"-")[0])
         deadline_ms = int(fields[_B[FIELD_DEADLINE_MS]])
     except (KeyError, ValueError):
         return 0.0
-    return max(0.0, at_ms - added_ms) / max(1, deadline_ms - added_ms)
+    if deadline_ms <= added_ms:
+        return 0.0
+    return max(0.0, at_ms - added_ms) / (deadline_ms - added_ms)
 
 
 class PoisonEntry(ValueError):

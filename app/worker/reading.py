@@ -8,8 +8,8 @@ it in the last SHARD_ACTIVE_SECONDS was there before its read began) a read take
 the rest from the shard, so a prompt entry waits only behind prompt ones; every
 SHARD_TURN_EVERY-th such read takes the shard's first, so a busy lane never starves it
 (admission counts on that share: app.proxy.admission SHARD_TURN_SHARE), and so does every
-read while the shard's entries come out having waited SHARD_OVERDUE_SHARE of their time
-(what admission let in there is answered in time). Otherwise one
+other read while the shard's synchronous entries come out having waited SHARD_OVERDUE_SHARE
+of their time (what admission let in there is answered in time). Otherwise one
 XREADGROUP reads both (no extra round trip). Redis may then return up to COUNT of each: the
 shard's entries beyond the terminals taken wait here for a terminal (rare: both must have
 entries at that moment) instead of being read again.
@@ -51,10 +51,12 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
 SHARD_ACTIVE_SECONDS = 2.0
 # Of the reads that take the lane first, every this many takes the shard first.
 SHARD_TURN_EVERY = 8
-# An entry of the shard read after waiting this share of the time its deadline gave it: the
-# shard is read first until its entries are younger, so what admission let into the shard
-# is served in time however busy the lane stays (a lone caller's requests moved back from
-# the shard to the lane when an overload ended waited behind the lane until they timed out).
+# A synchronous entry of the shard read after waiting this share of the time its deadline
+# gave it (and not late yet: the late are skipped at no cost): every other read takes the
+# shard first until its entries are younger, so what admission let into the shard is served
+# in time however busy the lane stays (a lone caller's requests moved back from the shard to
+# the lane when an overload ended waited behind the lane until they timed out), and the lane
+# still has half the reads.
 SHARD_OVERDUE_SHARE = 0.5
 # Clocks of Redis and this host further apart than this: the arrival test is not trusted.
 _CLOCK_TOLERANCE_MS = 50
@@ -176,12 +178,15 @@ class ShardReader:
         rest: tuple[str, ...] = self.streams
         if time.monotonic() < self._shard_active_until:
             self._lane_first_reads += 1
-            shard_turn = self._shard_overdue or self._lane_first_reads % SHARD_TURN_EVERY == 0
+            every = 2 if self._shard_overdue else SHARD_TURN_EVERY
+            shard_turn = self._lane_first_reads % every == 0
             rest = (self.lane,) if shard_turn else (self.stream,)
-            first = self._read((self.stream if rest == (self.lane,) else self.lane,), count, block=False)
+            first = self._read((self.stream if shard_turn else self.lane,), count, block=False)
             if len(first) >= count:
                 return self._noted(first, time.time() * 1000)
             if not first:
+                # A shard found empty is overdue no more.
+                self._shard_overdue = self._shard_overdue and not shard_turn
                 rest = self.streams
         read_at_ms = time.time() * 1000
         try:
@@ -202,8 +207,8 @@ class ShardReader:
             self._shard_active_until = time.monotonic() + SHARD_ACTIVE_SECONDS
         if from_shard:
             now_ms = time.time() * 1000
-            self._shard_overdue = any(contract.waited_share(delivery.entry_id, delivery.fields, now_ms)
-                                      >= SHARD_OVERDUE_SHARE for delivery in from_shard)
+            self._shard_overdue = any(SHARD_OVERDUE_SHARE <= contract.waited_share(
+                delivery.entry_id, delivery.fields, now_ms) < 1 for delivery in from_shard)
         return deliveries
 
     def _read(self, streams: tuple[str, ...], count: int, block: bool) -> list[Delivery]:

@@ -34,12 +34,12 @@ def _sync(writer: NodeWriter, *processes: CallerShares) -> None:
         shares.absorb(*writer.execute(items))
 
 
-def _send(shares: CallerShares, caller: str, count: int, urgency: int = 3) -> int:
+def _send(shares: CallerShares, caller: str, count: int, urgency: int = 3, lane_queued: bool = False) -> int:
     """As admission does: each counted, then to the lane if within its share. How many were."""
     prompt = 0
     for _ in range(count):
         shares.offered(caller, urgency, synchronous=True)
-        if shares.within_share(caller, urgency, DRAIN):
+        if shares.within_share(caller, urgency, DRAIN, lane_queued):
             shares.prompted(caller, urgency)
             prompt += 1
     return prompt
@@ -68,13 +68,15 @@ def test_a_lone_caller_has_the_lane_and_under_overload_only_its_urgent_requests_
     assert _send(shares, NOISY, 5, urgency=1) == 5
 
 
-def test_a_lone_caller_sending_urgent_requests_keeps_the_lane_for_them_from_the_start(redis_server):
+def test_a_lone_caller_sending_urgent_requests_keeps_a_queued_lane_for_them_from_the_start(redis_server):
     """Before any overload is seen (it takes a second or two), its others must not queue in
-    the lane ahead of its urgent ones."""
+    the lane ahead of its urgent ones; with the lane empty there is nothing to pass, and its
+    others go before its own async work."""
     shares = CallerShares("weather-requests", clock=Clock())
-    assert _send(shares, NOISY, 1, urgency=1) == 1
-    assert _send(shares, NOISY, 10) == 0
-    assert _send(shares, NOISY, 3, urgency=0) == 3
+    assert _send(shares, NOISY, 1, urgency=1, lane_queued=True) == 1
+    assert _send(shares, NOISY, 10, lane_queued=True) == 0
+    assert _send(shares, NOISY, 3, urgency=0, lane_queued=True) == 3
+    assert _send(shares, NOISY, 4, lane_queued=False) == 4
 
 
 def test_with_several_callers_each_takes_the_lane_up_to_its_share(redis_server):

@@ -162,9 +162,10 @@ def test_with_a_backlog_in_the_shard_the_lane_is_read_first_and_the_shard_every_
     assert streams.count(STREAM) == 2 and streams.count(lane) == 2 * SHARD_TURN_EVERY - 2
 
 
-def test_a_shard_whose_entries_waited_half_their_time_is_read_first_until_they_are_younger(redis_server):
+def test_a_shard_whose_entries_waited_half_their_time_has_every_other_read_until_they_are_younger(redis_server):
     """A busy lane must not hold what admission let into the shard past its deadline: entries
-    of the shard that come out having waited half their time turn the reads shard-first."""
+    of the shard that come out having waited half their time turn every other read
+    shard-first; the lane keeps the rest."""
     from app.shared import contract
 
     client = redis_server.client()
@@ -183,24 +184,32 @@ def test_a_shard_whose_entries_waited_half_their_time_is_read_first_until_they_a
         client.xadd(STREAM, fields, id=f"{added_ms}-{index + 1}")
     for index in range(2):
         client.xadd(STREAM, _request(f"new{index}"))
-    for index in range(20):
+    for index in range(30):
         client.xadd(lane, _request(f"p{index}"))
 
     first = reader.next_deliveries(1, block=True)  # both at once: the shard's oldest comes out overdue
     assert [delivery.stream for delivery in first] == [lane, STREAM]
     order = [contract.WeatherRequest.from_fields(delivery.fields).request_id
-             for _ in range(8) for delivery in reader.next_deliveries(1, block=True)]
-    # Every overdue entry next, one read each, then the lane again (the shard's first young
-    # entry ends the turn; the eighth read is the shard's regular one).
-    assert order[:6] == ["old1", "old2", "old3", "old4", "old5", "new0"]
-    assert order[6] == "p1"
+             for _ in range(14) for delivery in reader.next_deliveries(1, block=True)]
+    # The overdue ones within ten reads, the lane between them; then the lane again but
+    # for the shard's regular eighth.
+    assert order[:10] == ["p1", "old1", "p2", "old2", "p3", "old3", "p4", "old4", "p5", "old5"]
+    assert order[10:12] == ["p6", "new0"]  # still overdue until a young one came out
+    assert order[12:] == ["p7", "p8"]
 
 
 def test_what_share_of_its_time_an_entry_waited_comes_from_its_id_and_deadline():
     from app.shared import contract
 
-    fields = contract.WeatherRequest("r", "weather-responses:test:1:t", 11_000, "Oslo", "Norway").to_fields()
-    encoded = {name.encode(): value.encode() if isinstance(value, str) else value for name, value in fields.items()}
-    assert contract.waited_share(b"1000-0", encoded, 6_000) == 0.5
-    assert contract.waited_share(b"1000-0", encoded, 500) == 0.0  # a clock behind Redis's: no wait
+    def encoded(request: contract.WeatherRequest) -> dict[bytes, bytes]:
+        return {name.encode(): value.encode() if isinstance(value, str) else value
+                for name, value in request.to_fields().items()}
+
+    plain = encoded(contract.WeatherRequest("r", "weather-responses:test:1:t", 11_000, "Oslo", "Norway"))
+    assert contract.waited_share(b"1000-0", plain, 6_000) == 0.5
+    assert contract.waited_share(b"1000-0", plain, 500) == 0.0  # a clock behind Redis's: no wait
     assert contract.waited_share(b"1000-0", {}, 6_000) == 0.0  # no deadline: the handler dead-letters it
+    assert contract.waited_share(b"12000-0", plain, 13_000) == 0.0  # a deadline before it was added: clocks apart
+    queued = encoded(contract.WeatherRequest("r", "weather-responses:test:1:t", 11_000, "Oslo", "Norway",
+                                             result_key="weather-results:x", result_ttl_ms=1000))
+    assert contract.waited_share(b"1000-0", queued, 6_000) == 0.0  # async: its deadline is of another kind
