@@ -68,6 +68,7 @@ from app.proxy import metrics
 from app.proxy.fairness import CallerShares
 from app.proxy.priority import DEFAULT_URGENCY, is_urgent
 from app.shared import contract
+from app.shared.loops import Loops
 from app.shared.routing import NodeWriter, Routed
 
 log = logging.getLogger("app.proxy")
@@ -157,8 +158,8 @@ class Admission:
         self._drain_fields: dict[bytes, tuple[bytes, float]] = {}
         self._stopped = threading.Event()
 
-    def start(self) -> Admission:
-        threading.Thread(target=self._run, name="admission", daemon=True).start()
+    def start(self, loops: Loops) -> Admission:
+        loops.start("admission", self._run)
         return self
 
     def stop(self) -> None:
@@ -166,10 +167,7 @@ class Admission:
 
     def _run(self) -> None:
         while not self._stopped.wait(REFRESH_SECONDS):
-            try:
-                self.refresh()
-            except Exception:  # the loop must outlive any one bad answer
-                log.exception("admission figures not refreshed")
+            self.refresh()
 
     def refresh(self) -> None:
         queues = list(self._lag)

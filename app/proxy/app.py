@@ -33,6 +33,7 @@ from app.proxy.shards import ShardHealth
 from app.shared import contract
 from app.shared.connections import spare_readiness_checks_a_hub_turn
 from app.shared.logs import configure_logging
+from app.shared.loops import Loops
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
 from app.shared.runtime import redis_runtime
@@ -81,11 +82,12 @@ def create_app(settings: ProxySettings) -> Flask:
     topology, guard = runtime.topology, runtime.guard
     enqueue_redis = topology.client(client_name=f"proxy:{host}-{pid}", max_connections=settings.redis_max_connections,
                                     socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
+    loops = Loops(lambda name: metrics.LOOP_RESTARTS.labels(name).inc())
     registry = ShardSetRegistry(enqueue_redis, settings.request_stream, topology.hash_tagged)
-    announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start()
+    announcer = Announcer(registry, settings.request_stream_shards, settings.shard_set_announce_seconds).start(loops)
     writer = NodeWriter(topology, enqueue_redis, runtime.replica_wait)
     shards = ShardHealth(settings.request_streams)
-    replica_watch = ReplicaWatch(topology, enqueue_redis, shards, settings.redis_wait_replicas).start() \
+    replica_watch = ReplicaWatch(topology, enqueue_redis, shards, settings.redis_wait_replicas).start(loops) \
         if settings.redis_wait_replicas else None
     enqueuer = Enqueuer(writer, guard, shards, reply_streams, resend_unknown=topology.shards_span_nodes,
                         on_replicas_behind=replica_watch.check_soon if replica_watch else lambda: None)
@@ -103,7 +105,7 @@ def create_app(settings: ProxySettings) -> Flask:
     listener.start()
     horizon = Horizon(enqueue_redis, settings.request_stream, timeout_ms=int(settings.request_timeout_seconds * 1000),
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
-                                                settings.request_timeout_seconds) * 1000)).start()
+                                                settings.request_timeout_seconds) * 1000)).start(loops)
     results = Results(enqueue_redis, guard)
     admission = Admission(
         NodeWriter(topology, enqueue_redis, ReplicaWait(0, 0)), settings.request_streams,
@@ -111,7 +113,7 @@ def create_app(settings: ProxySettings) -> Flask:
         AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_share,
                         settings.admission_cold_backlog),
         CallerShares(settings.request_stream, settings.priority_trusted_callers),
-    ).start() if settings.admission_enabled else AdmitEverything()
+    ).start(loops) if settings.admission_enabled else AdmitEverything()
     round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results, admission,
                              timeout_seconds=settings.request_timeout_seconds,
                              retry_max_seconds=settings.redis_retry_max_seconds,
@@ -132,7 +134,7 @@ def create_app(settings: ProxySettings) -> Flask:
     install_rate_limit(app, settings.rate_limit, topology, is_api_call, settings.caller_header)
     if settings.docs_enabled:
         app.register_blueprint(docs)
-    app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, settings.redis_username)))
+    app.register_blueprint(probe_routes(Readiness(guard, runtime.ping, listener, loops, settings.redis_username)))
 
     app.register_blueprint(forecast_routes(round_trips, results, authenticated=authenticator is not None,
                                            caller_header=settings.caller_header))

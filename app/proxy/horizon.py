@@ -18,6 +18,7 @@ import redis
 
 from app.shared import contract
 from app.shared.connections import RedisClient
+from app.shared.loops import Loops
 
 log = logging.getLogger("app.proxy")
 
@@ -64,8 +65,8 @@ class Horizon:
             return
         self._known_ms = max(self._known_ms, int(answer))
 
-    def start(self) -> Horizon:
-        threading.Thread(target=self._run, name="async-horizon", daemon=True).start()
+    def start(self, loops: Loops) -> Horizon:
+        loops.start("async-horizon", self._run)
         return self
 
     def _run(self) -> None:

@@ -27,6 +27,9 @@ LATE_REPLIES = Counter(
 REDIS_ERRORS = Counter(
     "weather_proxy_redis_errors", "Redis operations of the request path that failed.", ["operation"]
 )
+LOOP_RESTARTS = Counter(
+    "weather_proxy_loop_restarts", "Background loops run again after they raised what nobody expected.", ["loop"]
+)
 CIRCUIT_STATE = Gauge(
     "weather_proxy_circuit_state",
     "Redis circuit breaker, worst of this proxy's processes: 0 closed, 1 half-open, 2 open.",

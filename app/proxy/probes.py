@@ -14,6 +14,7 @@ from app.proxy.errors import json_response
 from app.proxy.replies import ReplyListener
 from app.shared import contract
 from app.shared.connections import READINESS_PING_TIMEOUT_SECONDS, failure_detail
+from app.shared.loops import Loops
 from app.shared.resilience import RedisGuard
 
 HEALTH_PATH = "/WeatherForecast/health"
@@ -22,14 +23,16 @@ log = logging.getLogger("app.proxy")
 
 
 class Readiness:
-    """Ready = the breaker lets calls through, Redis answers a PING, and replies are being read."""
+    """Ready = the breaker lets calls through, Redis answers a PING, replies are being read,
+    and every background loop can run (app.shared.loops)."""
 
-    def __init__(self, guard: RedisGuard, ping: Callable[[], None], listener: ReplyListener,
+    def __init__(self, guard: RedisGuard, ping: Callable[[], None], listener: ReplyListener, loops: Loops,
                  username: str | None) -> None:
         self._username = username
         self._guard = guard
         self._ping = ping
         self._listener = listener
+        self._loops = loops
 
     def check(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         if not self._guard.probe():
@@ -44,6 +47,8 @@ class Readiness:
             return 503, {"status": "redis_unavailable", "detail": detail}, {}
         if not self._listener.healthy:
             return 503, {"status": "reply_listener_down"}, {}
+        if failing := self._loops.failing():
+            return 503, {"status": "loop_failing", "loops": failing}, {}
         return 200, {"status": "ready"}, {}
 
 

@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from app.proxy.shards import ShardHealth
 from app.shared.connections import RedisClient
+from app.shared.loops import Loops
 from app.shared.topology import Topology
 
 log = logging.getLogger("app.proxy")
@@ -62,7 +64,7 @@ class ReplicaWatch:
         for stream in self._shards.streams:
             try:
                 node = self._topology.node_client(self._redis, stream)
-            except redis.RedisError:
+            except (redis.RedisError, RedisClusterException):  # SlotNotCoveredError is no RedisError
                 continue  # no route to it now: its writes say more than this check can
             nodes.setdefault(id(node), (node, []))[1].append(stream)
         for node, streams in nodes.values():
@@ -83,8 +85,8 @@ class ReplicaWatch:
                 self._shards.can_confirm(stream, able)
         self._doubtful = doubtful
 
-    def start(self) -> ReplicaWatch:
-        threading.Thread(target=self._run, name="replica-watch", daemon=True).start()
+    def start(self, loops: Loops) -> ReplicaWatch:
+        loops.start("replica-watch", self._run)
         return self
 
     def _run(self) -> None:

@@ -23,6 +23,7 @@ import redis
 
 from app.shared import contract
 from app.shared.connections import RedisClient
+from app.shared.loops import Loops
 
 log = logging.getLogger("app.shard_sets")
 
@@ -131,8 +132,8 @@ class Announcer:
         self._others = tuple(count for count in announced.last_ms
                              if count != self._shards and not announced.stale(count, window_ms))
 
-    def start(self) -> Announcer:
-        threading.Thread(target=self._run, name="shard-set-announcer", daemon=True).start()
+    def start(self, loops: Loops) -> Announcer:
+        loops.start("shard-set-announcer", self._run)
         return self
 
     def stop(self) -> None:

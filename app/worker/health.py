@@ -88,6 +88,8 @@ class HealthApp:
             return _json(start_response, "503 Service Unavailable", {"status": "redis_unavailable", "detail": detail})
         if not self._worker.groups_ready:
             return _json(start_response, "503 Service Unavailable", {"status": "starting"})
+        if failing := self._worker.loops.failing():
+            return _json(start_response, "503 Service Unavailable", {"status": "loop_failing", "loops": failing})
         return _json(start_response, "200 OK", {"status": "ready"})
 
 

@@ -63,6 +63,9 @@ EXPECTED_WORK_SECONDS = Gauge(
     "Median work time of this worker's recent entries: an entry with less time left is not started.",
 )
 
+LOOP_RESTARTS = Counter(
+    "weather_worker_loop_restarts", "Background loops run again after they raised what nobody expected.", ["loop"]
+)
 CLAIMED = Counter(
     "weather_worker_claimed",
     "Entries taken over from a consumer that left them pending past CLAIM_IDLE_SECONDS (redeliveries).",

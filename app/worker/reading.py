@@ -160,10 +160,14 @@ class ShardReader:
 
     def _hand_over_the_rest(self, deliveries: list[Delivery]) -> None:
         """Entries beyond the terminals taken (a read of the lane and the shard together)
-        each wait for a terminal; a stopping worker leaves them pending for another."""
-        for delivery in deliveries:
+        are held at once, leased like those in work, and each waits for a terminal; a
+        stopping worker lets them go, pending for another."""
+        self._terminals.hold(deliveries)
+        for index, delivery in enumerate(deliveries):
             while not self._terminals.take_one(timeout=0.5):
+                self.last_loop = time.monotonic()  # waiting for a terminal is no stall
                 if self._stopping.is_set():
+                    self._terminals.let_go(deliveries[index:])
                     return
             self._terminals.hand_over([delivery])
 

@@ -46,10 +46,21 @@ class Terminals:
 
     def hand_over(self, deliveries: Sequence[Delivery]) -> None:
         """To the terminals taken for them."""
-        with self._lock:
-            self._in_hand.update(delivery.key for delivery in deliveries)
+        self.hold(deliveries)
         for delivery in deliveries:
             self._work.put(delivery)
+
+    def hold(self, deliveries: Sequence[Delivery]) -> None:
+        """Entries this worker has taken from Redis, in hand from then on (their leases renewed,
+        never claimed by this worker's own readers) whether a terminal has them yet or not."""
+        with self._lock:
+            self._in_hand.update(delivery.key for delivery in deliveries)
+
+    def let_go(self, deliveries: Sequence[Delivery]) -> None:
+        """Entries held that no terminal will take (the worker stops): pending in the group,
+        another worker claims them once idle."""
+        with self._lock:
+            self._in_hand.difference_update(delivery.key for delivery in deliveries)
 
     def holds(self, stream: str, entry_id: bytes) -> bool:
         with self._lock:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from app.shared import contract
 from app.shared.connections import RedisClient
+from app.shared.loops import Loops
 from app.shared.replication import ReplicaWait
 from app.shared.resilience import RedisGuard
 from app.shared.routing import NodeWriter
@@ -36,7 +37,7 @@ log = logging.getLogger("app.worker")
 
 class Worker:
     def __init__(self, terminals: Terminals, new_reader: Callable[[str], ShardReader], streams: list[str],
-                 handler: Handler, background: list[Callable[[], None]], guard: RedisGuard,
+                 handler: Handler, background: dict[str, Callable[[], None]], guard: RedisGuard,
                  stopping: threading.Event, *, consumer: str, group: str, read_block_ms: int,
                  shutdown_grace_seconds: float) -> None:
         self.terminals = terminals
@@ -45,6 +46,8 @@ class Worker:
         self.consumer = consumer
         self._new_reader = new_reader
         self._background = background
+        # Every loop but the terminals' (which survive any one entry themselves).
+        self.loops = Loops(lambda name: metrics.LOOP_RESTARTS.labels(name).inc())
         self._stopping = stopping
         self._group = group
         self._read_block_ms = read_block_ms
@@ -125,8 +128,8 @@ class Worker:
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
-        for loop in self._background:
-            threading.Thread(target=loop, name=getattr(loop, "__qualname__", "background"), daemon=True).start()
+        for name, loop in self._background.items():
+            self.loops.start(name, loop)
         with self._readers_lock:
             self._running = True
             for reader in self._readers.values():
@@ -139,8 +142,7 @@ class Worker:
         self._drain()
 
     def _start_reader(self, reader: ShardReader) -> None:
-        thread = threading.Thread(target=reader.run, name=f"reader-{reader.stream}", daemon=True)
-        thread.start()
+        thread = self.loops.start(f"reader:{reader.stream}", reader.run)
         self._reader_threads = [*(t for t in self._reader_threads if t.is_alive()), thread]
 
     def _share_terminals(self) -> None:
@@ -205,7 +207,8 @@ def create_worker(settings: WorkerSettings, client: RedisClient, runtime: RedisR
     drain = DrainPublisher(client, meter, contract.drain_key(settings.request_stream), settings.consumer_name,
                            stopping)
     worker = Worker(terminals, new_reader, settings.request_streams, handler,
-                    [housekeeping.run, follower.run, leases.run, drain.run],
+                    {"housekeeping": housekeeping.run, "shard-set-follower": follower.run, "leases": leases.run,
+                     "drain": drain.run},
                     guard, stopping, consumer=settings.consumer_name, group=settings.consumer_group,
                     read_block_ms=settings.read_block_ms, shutdown_grace_seconds=settings.shutdown_grace_seconds)
     return worker

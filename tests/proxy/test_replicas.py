@@ -91,3 +91,37 @@ def test_with_no_replica_anywhere_every_caller_gets_a_fast_503_naming_the_reason
     results = [ask(proxy.url, n, 5) for n in range(10)]
     assert [(r.status, r.body["error"]) for r in results] == [(503, "replicas_unavailable")] * 10
     assert max(r.seconds for r in results) < 1.0, "a refusal known in advance waited for a WAIT"
+
+
+def test_the_replica_watch_outlives_a_shard_with_no_route_and_confirms_it_later(redis_server):
+    """A cluster client raises SlotNotCoveredError (no RedisError) for a slot no node serves
+    for a moment: it ended the watch's thread, and its shards stayed unconfirmed for good
+    (keyed requests refused 503 replicas_unavailable until the process was replaced)."""
+    import dataclasses
+
+    from redis.exceptions import SlotNotCoveredError
+
+    from app.proxy.replicas import ReplicaWatch
+    from app.proxy.shards import ShardHealth
+    from app.shared.loops import Loops
+    from app.shared.settings import CommonSettings
+
+    real = CommonSettings(redis_url=redis_server.url).topology
+    unrouted = [3]
+
+    @dataclasses.dataclass(frozen=True)
+    class SlotsForAMoment(type(real)):  # type: ignore[misc]
+        def node_client(self, client, key):  # type: ignore[no-untyped-def]
+            if unrouted[0]:
+                unrouted[0] -= 1
+                raise SlotNotCoveredError(f"Slot of {key} is not covered by the cluster.")
+            return super().node_client(client, key)
+
+    topology = SlotsForAMoment(**{field.name: getattr(real, field.name) for field in dataclasses.fields(real)})
+    shards = ShardHealth(STREAMS[:1])
+    shards.can_confirm(STREAMS[0], False)
+    restarts: list[str] = []
+    ReplicaWatch(topology, topology.client(client_name="test-watch"), shards, 0).start(Loops(restarts.append))
+
+    wait_until(lambda: shards.state(STREAMS[0]) == "writable", 3 * CHECK_SECONDS + 5, what="shard confirmed again")
+    assert restarts == []  # no route to a shard is the watch's own business: skipped, looked at next round

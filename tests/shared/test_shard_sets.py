@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from app.shared.loops import Loops
 from app.shared.shard_sets import Announcer, ShardSetRegistry
 from tests.support.processes import RedisServer, wait_until
 
@@ -39,7 +40,7 @@ def test_a_set_is_forgotten_only_when_no_announcement_came_since(redis_server):
 
 def test_the_announcer_keeps_announcing_and_survives_a_redis_outage(redis_server, tmp_path):
     registry = ShardSetRegistry(redis_server.client(), "requests", hash_tagged=False)
-    announcer = Announcer(registry, 6, interval_seconds=0.2).start()
+    announcer = Announcer(registry, 6, interval_seconds=0.2).start(Loops())
     try:
         wait_until(lambda: 6 in registry.announced().last_ms, 5, what="first announcement")
         redis_server.client().delete(registry.key)  # e.g. a restart without persistence

@@ -112,22 +112,34 @@ def test_the_prompt_lane_is_read_before_the_shard_and_its_orphans_claimed_first(
     assert [(d.stream, d.entry_id) for d in claimed] == [(lane, urgent)]
 
 
-def test_a_read_beyond_the_terminals_taken_waits_for_a_terminal_for_the_rest(redis_server):
+def test_a_read_beyond_the_terminals_taken_holds_the_rest_leased_until_a_terminal_takes_it(redis_server):
+    """Work longer than CLAIM_IDLE_SECONDS: an entry read but not yet in work that is not
+    renewed is claimed and run a second time by another worker."""
     from app.shared import contract
+    from app.worker.leases import LeaseKeeper
 
     client = redis_server.client()
     terminals = Terminals(1)
     reader = reader_of(client, terminals)
     reader.ensure_group()
     client.xadd(contract.prompt_lane(STREAM), _request("urgent"))
-    client.xadd(STREAM, _request("normal"))
+    waiting = client.xadd(STREAM, _request("normal"))
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
     try:
         first = terminals.next_delivery()
         assert first is not None and first.stream == contract.prompt_lane(STREAM)
         time.sleep(0.3)
-        assert terminals.in_hand() == [first.key]  # the shard's entry waits: no terminal is free
+        # The shard's entry waits for a terminal (none is free), held and leased meanwhile.
+        assert sorted(terminals.in_hand()) == sorted([first.key, (STREAM, waiting)])
+        keeper = LeaseKeeper(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), terminals, group=GROUP,
+                             consumer="me", renew_seconds=1)
+        assert keeper.renew() == 2
+        other = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
+                            group=GROUP, consumer="other", read_block_ms=100, claim_idle_seconds=0.1,
+                            reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
+                            on_group_lost=lambda: None)
+        assert other.claim_orphans(5) == []  # idle 0.3 s before the renewal: another worker's then
         terminals.finished(first)
         second = terminals.next_delivery()
         assert second is not None and second.stream == STREAM
