@@ -48,8 +48,6 @@ class ShardSetFollower:
             except redis.RedisError as error:
                 # What is read goes on being read; the next round looks again.
                 log.debug("following the shard sets skipped", extra={"error": repr(error)})
-            except Exception:  # the loop must outlive any one round
-                log.exception("following the shard sets failed")
 
     def follow(self) -> None:
         announced = self._registry.announced()
