@@ -41,10 +41,10 @@ clocks of two hosts). Redis's lag is entries added less the group's read counter
 seen to stay behind for good after failovers: what it says of a drained queue is learnt as
 that queue's phantom and taken off its lag until the next time it is drained.
 
-A backlog that has not moved for a second is a figure nobody reads: a primary Sentinel has
-replaced but not yet demoted still answers, and a process shedding on its frozen lag writes
-nothing that would find that out. Its connections are then dropped, so the next read asks
-where the primary is now.
+A backlog that has not moved for a second while workers drain is a figure nobody reads: a
+primary Sentinel has replaced but not yet demoted still answers, and a process shedding on
+its frozen lag writes nothing that would find that out. Admission's connections (its own,
+not the enqueue path's) are then dropped, so the next read asks where the primary is now.
 
 A plain request skips shards over their limit for one under it; one whose shard is fixed
 (Idempotency-Key) is judged by that shard alone. With no drain published yet (no worker,
@@ -206,8 +206,10 @@ class Admission:
         for stream in self.streams:
             if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
-            frozen = any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
-                         for queue in (stream, self._lanes[stream]))
+            # Only while workers are known to drain: a backlog waiting for a first worker (scale
+            # from zero) stands still for good reason.
+            frozen = self._per_second > 0 and any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
+                                                  for queue in (stream, self._lanes[stream]))
             if frozen and now - self._reconnected_at >= FROZEN_SECONDS:
                 self._reconnected_at = now
                 log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})

@@ -107,8 +107,11 @@ def create_app(settings: ProxySettings) -> Flask:
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
                                                 settings.request_timeout_seconds) * 1000)).start(loops)
     results = Results(enqueue_redis, guard)
+    # Its own connections: dropping them (figures that stand still) never touches the enqueue path's.
+    admission_redis = topology.client(client_name=f"proxy-admission:{host}-{pid}", max_connections=2,
+                                      socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     admission = Admission(
-        NodeWriter(topology, enqueue_redis, ReplicaWait(0, 0)), settings.request_streams,
+        NodeWriter(topology, admission_redis, ReplicaWait(0, 0)), settings.request_streams,
         contract.drain_key(settings.request_stream), settings.consumer_group,
         AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_share,
                         settings.admission_cold_backlog),
