@@ -41,10 +41,12 @@ clocks of two hosts). Redis's lag is entries added less the group's read counter
 seen to stay behind for good after failovers: what it says of a drained queue is learnt as
 that queue's phantom and taken off its lag until the next time it is drained.
 
-A backlog that has not moved for a second while workers drain is a figure nobody reads: a
-primary Sentinel has replaced but not yet demoted still answers, and a process shedding on
-its frozen lag writes nothing that would find that out. Admission's connections (its own,
-not the enqueue path's) are then dropped, so the next read asks where the primary is now.
+A backlog that has not moved for a second since workers were last seen draining is a figure
+nobody reads: a primary Sentinel has replaced but not yet demoted still answers, and a
+process shedding on its frozen lag writes nothing that would find that out. Admission's
+connections (its own) and the enqueue path's idle ones to that node are then dropped, so
+the next read and write ask where the primary is now. A backlog waiting for a first worker
+(scale from zero) never moved while a drain was known: nothing is dropped for it.
 
 A plain request skips shards over their limit for one under it; one whose shard is fixed
 (Idempotency-Key) is judged by that shard alone. With no drain published yet (no worker,
@@ -123,13 +125,17 @@ class AdmissionPolicy:
 class Admission:
     def __init__(self, reads: NodeWriter, streams: Sequence[str], drain_key: str, group: str,
                  policy: AdmissionPolicy, shares: CallerShares | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_frozen: Callable[[str], None] = lambda stream: None) -> None:
+        """``on_frozen(stream)``: the backlog of ``stream`` stands still while workers drained
+        it (a primary replaced but not demoted): the enqueue path drops its connections there too."""
         self._reads = reads
         self.streams = list(streams)
         self._drain_key = drain_key
         self._group = group.encode()
         self._policy = policy
         self._clock = clock
+        self._on_frozen = on_frozen
         self._shares = shares or CallerShares(drain_key, clock=clock)
         # Each shard's prompt lane is a queue of its own, read before the shard.
         self._lanes = {stream: contract.prompt_lane(stream) for stream in self.streams}
@@ -152,6 +158,10 @@ class Admission:
         self._per_second = 0.0  # every live worker's drain, summed
         self._work_seconds = 0.0
         self._drain_read_at = -math.inf
+        # When a live drain was last read: a backlog that stopped moving since is one workers
+        # drained, then stopped draining; one that never moved with a drain known waits for a
+        # first worker (scale from zero), for good reason.
+        self._drain_live_at = -math.inf
         # More offered than drained, two windows running (app.proxy.fairness), at the last read.
         self._overloaded = False
         # Each worker's field as last read, and when (this process's clock) it last changed.
@@ -206,14 +216,13 @@ class Admission:
         for stream in self.streams:
             if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
-            # Only while workers are known to drain: a backlog waiting for a first worker (scale
-            # from zero) stands still for good reason.
-            frozen = self._per_second > 0 and any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
-                                                  for queue in (stream, self._lanes[stream]))
+            frozen = any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
+                         and self._moved_at[queue] <= self._drain_live_at for queue in (stream, self._lanes[stream]))
             if frozen and now - self._reconnected_at >= FROZEN_SECONDS:
                 self._reconnected_at = now
                 log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})
                 self._reads.reconnect(stream)
+                self._on_frozen(stream)
         if not isinstance(drain, BaseException):
             self._read_drain(drain[-1])
         elif now - self._drain_read_at > DRAIN_STALE_SECONDS:
@@ -256,6 +265,8 @@ class Admission:
             if drain is not None and now - changed_at <= DRAIN_STALE_SECONDS and drain.per_second > 0:
                 live.append(drain)
         self._per_second = sum(drain.per_second for drain in live)
+        if live:
+            self._drain_live_at = now
         # The work of an average entry, weighted by how many each worker does.
         self._work_seconds = (sum(d.work_seconds * d.per_second for d in live) / self._per_second) if live else 0.0
         self._drain_read_at = now

@@ -116,6 +116,7 @@ def create_app(settings: ProxySettings) -> Flask:
         AdmissionPolicy(settings.admission_wait_share, settings.admission_standing_share,
                         settings.admission_cold_backlog),
         CallerShares(settings.request_stream, settings.priority_trusted_callers),
+        on_frozen=writer.reconnect,
     ).start(loops) if settings.admission_enabled else AdmitEverything()
     round_trips = RoundTrips(enqueuer, once, listener, guard, horizon, results, admission,
                              timeout_seconds=settings.request_timeout_seconds,

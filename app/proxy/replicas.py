@@ -64,7 +64,7 @@ class ReplicaWatch:
         for stream in self._shards.streams:
             try:
                 node = self._topology.node_client(self._redis, stream)
-            except (redis.RedisError, RedisClusterException):  # SlotNotCoveredError is no RedisError
+            except (redis.RedisError, RedisClusterException):  # a topology's own error, or redis-py's
                 continue  # no route to it now: its writes say more than this check can
             nodes.setdefault(id(node), (node, []))[1].append(stream)
         for node, streams in nodes.values():

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ReadOnlyError, RedisClusterException
 from redis.retry import Retry
 
 log = logging.getLogger("app.redis")
@@ -38,7 +38,7 @@ ROUTE_REFRESH_INTERVAL_SECONDS = 0.5
 
 
 class StreamReadingCluster(redis.RedisCluster):
-    """redis-py's cluster client with four of its traps closed.
+    """redis-py's cluster client with five of its traps closed.
 
     - It asks the server (COMMAND GETKEYS, one more round trip to one node) for the keys
       of every command whose keys move, as XREAD and XREADGROUP's do: measured, 1.4 extra
@@ -55,6 +55,11 @@ class StreamReadingCluster(redis.RedisCluster):
       that is down and not yet replaced, and retries are app.shared.resilience's: a process
       starting then failed to start (one in three here). A refused connection moves it on
       to a primary that answers.
+    - A cluster it cannot reach at all, or a slot no node serves for a moment, raises
+      RedisClusterException ("Redis Cluster cannot be connected", SlotNotCoveredError),
+      which is no RedisError: every caller that handles Redis being away (retries, the
+      breaker, each background loop's next round) would take it for a bug. Here it is a
+      ConnectionError, as it is on one Redis.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -72,10 +77,22 @@ class StreamReadingCluster(redis.RedisCluster):
             self._routes_read_at = time.monotonic()
             self.route_refreshes += 1
             self.nodes_manager.initialize()
-        except redis.RedisError as error:
+        except (redis.RedisError, RedisClusterException) as error:
             log.warning("could not read the cluster's slot map", extra={"error": repr(error)})
         finally:
             self._routes_lock.release()
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"cluster unreachable: {error}") from error
+
+    def get_node_from_key(self, key: Any, replica: bool = False) -> Any:
+        try:
+            return super().get_node_from_key(key, replica)  # type: ignore[no-untyped-call]
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"no route to {key!r}: {error}") from error
 
     def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
         try:

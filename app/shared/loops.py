@@ -25,7 +25,9 @@ log = logging.getLogger("app.loops")
 HEALTHY_RUN_SECONDS = 10.0
 UNREADY_AFTER_FAILURES = 3
 FIRST_RESTART_SECONDS = 0.1
-LONGEST_RESTART_SECONDS = 30.0
+# Short beside every loop's own cadence: a lease keeper that waits longer than the claim
+# idle time lets its entries be claimed and run twice.
+LONGEST_RESTART_SECONDS = 5.0
 
 
 @dataclass
@@ -46,9 +48,10 @@ class Loops:
 
     def start(self, name: str, loop: Callable[[], None]) -> threading.Thread:
         """Runs ``loop`` in a thread of its own until it returns (stopped on purpose)."""
+        state = _State()
         with self._lock:
-            self._states[name] = _State()
-        thread = threading.Thread(target=self._supervise, args=(name, loop), name=name, daemon=True)
+            self._states[name] = state
+        thread = threading.Thread(target=self._supervise, args=(name, loop, state), name=name, daemon=True)
         thread.start()
         return thread
 
@@ -61,8 +64,7 @@ class Loops:
                           if state.failures_in_a_row >= UNREADY_AFTER_FAILURES
                           and (state.running_since is None or now - state.running_since < HEALTHY_RUN_SECONDS))
 
-    def _supervise(self, name: str, loop: Callable[[], None]) -> None:
-        state = self._states[name]
+    def _supervise(self, name: str, loop: Callable[[], None], state: _State) -> None:
         restarts = LoopBackoff(self._first_restart, LONGEST_RESTART_SECONDS)
         while True:
             started = state.running_since = self._clock()

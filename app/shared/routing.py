@@ -78,7 +78,7 @@ class NodeWriter:
         for index, item in enumerate(items):
             try:
                 node = self._topology.node_client(self._client, item.key)
-            except RedisClusterException as error:  # its slot has no node in the map (not a RedisError)
+            except (RedisClusterException, redis.ConnectionError) as error:  # its slot has no node in the map
                 results[index] = NotSent(f"no node holds its slot: {error}")
                 stale_routes = True
                 continue

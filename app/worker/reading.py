@@ -154,6 +154,11 @@ class ShardReader:
                 self._backoff.reset()
             except redis.RedisError as error:
                 self._on_error(error)
+            except BaseException:
+                # What nobody expected (the supervisor runs this loop again): the terminals
+                # still taken go back, else they would stay taken for good, unseen by any probe.
+                terminals.give_back(taken)
+                raise
             terminals.hand_over(deliveries[:taken])
             terminals.give_back(taken - len(deliveries))
             self._hand_over_the_rest(deliveries[taken:])

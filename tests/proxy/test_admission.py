@@ -22,6 +22,7 @@ from app.shared import contract
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter
 from app.shared.settings import CommonSettings
+from tests.support.clocks import ManualClock
 from tests.support.processes import metric_value, wait_until
 from tools.load_runs import run_open_loop
 
@@ -31,15 +32,8 @@ GROUP = "weather-workers"
 POLICY = AdmissionPolicy(wait_share=0.5, standing_share=0.1, cold_backlog=20)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
 
-    def __call__(self) -> float:
-        return self.now
-
-
-def _admission(redis_server, streams: list[str], clock: Clock, **policy: float) -> Admission:
+def _admission(redis_server, streams: list[str], clock: ManualClock, **policy: float) -> Admission:
     topology = CommonSettings(redis_url=redis_server.url).topology
     client = topology.client(client_name="test-admission")
     return Admission(NodeWriter(topology, client, ReplicaWait(0, 0)), streams, contract.drain_key("weather-requests"),
@@ -82,7 +76,7 @@ LANE = contract.prompt_lane("weather-requests")
 
 
 def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis_server):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, LANE, 30)  # 1.5 s of wait in the lane at 20 a second
     # 40 entries in the shard at the 18 a second the lanes leave of 20: 2.2 s more.
     _backlog(client, "weather-requests", 40)
@@ -121,7 +115,7 @@ def test_beyond_its_share_a_request_may_wait_half_what_its_deadline_leaves(redis
 
 def test_an_empty_queue_admits_whatever_the_work_takes(redis_server):
     """Work of 6 s (or 12 s) under a 10 s deadline: nothing waits ahead, so it is admitted."""
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 0)
     _backlog(client, LANE, 0)
     admission = _admission(redis_server, ["weather-requests"], clock)
@@ -137,7 +131,7 @@ def test_an_empty_queue_admits_whatever_the_work_takes(redis_server):
 
 
 def test_the_least_urgent_beyond_their_share_are_refused_first(redis_server):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, LANE, 30)  # 1.5 s of wait at 20 a second, ahead of the shard
     _backlog(client, "weather-requests", 0)
     _publish(client, per_second=20, work_seconds=0.2)
@@ -154,7 +148,7 @@ def test_the_least_urgent_beyond_their_share_are_refused_first(redis_server):
 
 
 def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 0)
     _publish(client, per_second=10, work_seconds=0.1)
     admission = _admission(redis_server, ["weather-requests"], clock)
@@ -167,7 +161,7 @@ def test_what_this_process_admitted_counts_until_the_next_read(redis_server):
 
 
 def test_a_plain_request_skips_a_deep_shard_and_a_keyed_one_is_judged_by_its_own(redis_server):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     streams = contract.request_streams("weather-requests", 2, tagged=False)
     _backlog(client, streams[0], 200)
     _backlog(client, streams[1], 0)
@@ -188,7 +182,7 @@ def test_a_drained_shards_phantom_lag_is_never_a_backlog(redis_server):
     """Redis's lag is entries added minus the group's read counter; after failovers the soak
     found the counter behind for good (lag 113 on a drained stream), and every request of
     that shard's Idempotency-Keys was refused. Set here as a replica's stale counter would be."""
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     streams = contract.request_streams("weather-requests", 2, tagged=False)
     _backlog(client, streams[0], 200)
     _backlog(client, streams[1], 0)
@@ -211,7 +205,7 @@ def test_a_drained_shards_phantom_lag_is_never_a_backlog(redis_server):
 
 
 def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 19)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()
@@ -223,7 +217,7 @@ def test_without_a_published_drain_a_bounded_backlog_is_admitted(redis_server):
 def test_a_worker_counts_while_its_figures_change_whatever_its_clock_says(redis_server):
     """Judged on the proxy's own clock: a worker host 10 s behind (or a proxy 10 s ahead)
     is live while it publishes, and one that stopped is gone 10 s later, whatever its time."""
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 0)
     admission = _admission(redis_server, ["weather-requests"], clock)
     behind_ms = contract.now_ms() - 60_000
@@ -240,7 +234,7 @@ def test_a_worker_counts_while_its_figures_change_whatever_its_clock_says(redis_
 
 
 def test_figures_that_cannot_be_read_age_instead_of_latching(redis_server, tmp_path):
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 200)  # 10 s of wait at 20 a second
     _publish(client, per_second=20, work_seconds=0.1)
     admission = _admission(redis_server, ["weather-requests"], clock)
@@ -364,7 +358,7 @@ def test_work_that_takes_most_of_its_deadline_is_admitted_at_low_load(stack):
 def test_with_no_worker_what_a_process_admits_between_reads_counts_on_an_empty_queue(redis_server):
     """Scale from zero: Redis shows the queue empty, nobody drains it, and what this process
     admitted since that read waits too: the cold backlog bounds it before the next read."""
-    client, clock = redis_server.client(), Clock()
+    client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 0)
     admission = _admission(redis_server, ["weather-requests"], clock)
     admission.refresh()

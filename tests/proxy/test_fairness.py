@@ -8,19 +8,13 @@ from app.proxy.fairness import CallerShares
 from app.shared.replication import ReplicaWait
 from app.shared.routing import NodeWriter, NotSent
 from app.shared.settings import CommonSettings
+from tests.support.clocks import ManualClock
 
 pytestmark = pytest.mark.system
 
 NOISY, POLITE, OTHER = "ip:127.0.0.2", "ip:127.0.0.3", "ip:127.0.0.4"
 DRAIN = 20.0  # entries a second: 18 a second of prompt lane in all
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _writer(redis_server) -> NodeWriter:
@@ -61,7 +55,7 @@ def _early_in_a_second() -> None:
 
 
 def test_a_lone_caller_has_the_lane_and_under_overload_only_its_urgent_requests_do(redis_server):
-    shares = CallerShares("weather-requests", clock=Clock())
+    shares = CallerShares("weather-requests", clock=ManualClock())
     assert _send(shares, NOISY, 30) == 30  # ahead of any async work of its own
     shares._was_overloaded = True  # as admission's read finds it
     assert _send(shares, NOISY, 30) == 0
@@ -72,7 +66,7 @@ def test_a_lone_caller_sending_urgent_requests_keeps_a_queued_lane_for_them_from
     """Before any overload is seen (it takes a second or two), its others must not queue in
     the lane ahead of its urgent ones; with the lane empty there is nothing to pass, and its
     others go before its own async work."""
-    shares = CallerShares("weather-requests", clock=Clock())
+    shares = CallerShares("weather-requests", clock=ManualClock())
     assert _send(shares, NOISY, 1, urgency=1, lane_queued=True) == 1
     assert _send(shares, NOISY, 10, lane_queued=True) == 0
     assert _send(shares, NOISY, 3, urgency=0, lane_queued=True) == 3
@@ -80,14 +74,14 @@ def test_a_lone_caller_sending_urgent_requests_keeps_a_queued_lane_for_them_from
 
 
 def test_with_several_callers_each_takes_the_lane_up_to_its_share(redis_server):
-    shares = CallerShares("weather-requests", clock=Clock())
+    shares = CallerShares("weather-requests", clock=ManualClock())
     _send(shares, POLITE, 1)
     assert _send(shares, NOISY, 30) == 9  # 0.9 of 20 a second, halved
     assert _send(shares, POLITE, 5) == 5
 
 
 def test_async_work_makes_its_caller_active_but_takes_no_place_in_the_lane(redis_server):
-    shares = CallerShares("weather-requests", clock=Clock())
+    shares = CallerShares("weather-requests", clock=ManualClock())
     for _ in range(100):
         shares.offered(NOISY, 3, synchronous=False)
     assert _send(shares, POLITE, 15) == 9 and shares.active_callers() == 2
@@ -95,7 +89,7 @@ def test_async_work_makes_its_caller_active_but_takes_no_place_in_the_lane(redis
 
 
 def test_a_caller_beyond_its_share_in_one_process_is_beyond_it_in_every_other(redis_server):
-    writer, clock = _writer(redis_server), Clock()
+    writer, clock = _writer(redis_server), ManualClock()
     first, second = CallerShares("weather-requests", clock=clock), CallerShares("weather-requests", clock=clock)
     _send(first, OTHER, 1)
     _took(first, NOISY, 12)
@@ -111,7 +105,7 @@ def test_a_caller_beyond_its_share_in_one_process_is_beyond_it_in_every_other(re
 
 
 def test_urgency_orders_a_callers_own_requests_and_trust_lets_it_pass(redis_server):
-    shares = CallerShares("weather-requests", trusted=["sub:billing"], clock=Clock())
+    shares = CallerShares("weather-requests", trusted=["sub:billing"], clock=ManualClock())
     _send(shares, POLITE, 1)
     _send(shares, "sub:billing", 1, urgency=5)
     # Three callers: 6 a second each. 2 urgent ones first: its default ones leave as many
@@ -155,7 +149,7 @@ def test_overload_is_more_offered_than_drained_two_windows_running(redis_server)
 
 
 def test_counts_slide_out_with_the_windows_and_unsynced_ones_are_dropped(redis_server):
-    writer, clock = _writer(redis_server), Clock()
+    writer, clock = _writer(redis_server), ManualClock()
     shares = CallerShares("weather-requests", clock=clock)
     _send(shares, OTHER, 1)
     _send(shares, POLITE, 1)

@@ -5,26 +5,20 @@ from __future__ import annotations
 import pytest
 
 from app.proxy.shards import FIRST_PAUSE_SECONDS, MAX_PAUSE_SECONDS, ShardHealth
+from tests.support.clocks import ManualClock
 
 STREAMS = ["s:{a}", "s:{b}", "s:{c}"]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def test_healthy_shards_are_taken_in_turn():
-    shards = ShardHealth(STREAMS, Clock())
+    shards = ShardHealth(STREAMS, ManualClock())
 
     assert [shards.pick() for _ in range(6)] == STREAMS * 2
 
 
 def test_a_failed_shard_is_skipped_until_its_pause_is_over_then_tried_once():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(STREAMS, clock)
     shards.failed("s:{b}")
 
@@ -42,7 +36,7 @@ def test_a_failed_shard_is_skipped_until_its_pause_is_over_then_tried_once():
 
 
 def test_pauses_double_up_to_the_cap():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(["only"], clock)
     pauses = []
     for _ in range(8):
@@ -53,7 +47,7 @@ def test_pauses_double_up_to_the_cap():
 
 
 def test_no_shard_is_offered_while_all_are_paused():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(STREAMS, clock)
     for stream in STREAMS:
         shards.failed(stream)
@@ -65,7 +59,7 @@ def test_no_shard_is_offered_while_all_are_paused():
 
 
 def test_when_every_shard_is_paused_a_request_may_still_try_the_one_whose_pause_ends_first():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(STREAMS, clock)
     for stream in ["s:{b}", "s:{c}", "s:{a}"]:
         shards.failed(stream)
@@ -77,7 +71,7 @@ def test_when_every_shard_is_paused_a_request_may_still_try_the_one_whose_pause_
 
 
 def test_a_shard_that_cannot_confirm_is_skipped_until_its_primary_says_it_can():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(STREAMS, clock)
     shards.can_confirm("s:{b}", False)
     clock.now += 60  # no pause to run out: only its primary's answer brings it back
@@ -90,7 +84,7 @@ def test_a_shard_that_cannot_confirm_is_skipped_until_its_primary_says_it_can():
 
 
 def test_when_no_shard_can_confirm_none_is_offered_even_as_a_last_resort():
-    shards = ShardHealth(STREAMS, Clock())
+    shards = ShardHealth(STREAMS, ManualClock())
     for stream in STREAMS:
         shards.can_confirm(stream, False)
     assert shards.none_can_confirm
@@ -98,7 +92,7 @@ def test_when_no_shard_can_confirm_none_is_offered_even_as_a_last_resort():
 
 
 def test_a_paused_shard_refuses_what_is_pinned_to_it_until_its_pause_is_over():
-    clock = Clock()
+    clock = ManualClock()
     shards = ShardHealth(STREAMS, clock)
     shards.failed("s:{a}")
     assert shards.cannot_take("s:{a}") == "paused" and shards.state("s:{a}") == "paused"

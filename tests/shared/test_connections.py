@@ -60,6 +60,27 @@ def test_many_callers_failing_at_once_read_the_slot_map_once(redis_cluster, monk
     assert len(calls) == 1, "within the interval a refresh is skipped"
 
 
+def test_a_cluster_that_no_node_answers_is_a_connection_error_as_one_redis_is(redis_cluster):
+    """redis-py raises RedisClusterException (no RedisError) when it cannot reach any node
+    and re-reads the slot map, and SlotNotCoveredError for a slot no node holds: every caller
+    that handles Redis being away would take it for a bug (a background loop restarted and
+    reported as failing on every pod during a plain cluster restart)."""
+    from app.shared.topology import Cluster
+
+    topology = Cluster(redis_cluster.url)
+    client = topology.client(client_name="test", socket_timeout=0.5)
+    client.set("k", "v")
+    for node in redis_cluster.nodes:
+        node.stop()
+
+    with pytest.raises(redis.ConnectionError):
+        client.get("k")
+    with pytest.raises(redis.ConnectionError):
+        client.nodes_manager.slots_cache.clear()
+        topology.node_client(client, "k")
+    client.refresh_routes()  # logged, not raised
+
+
 def test_readonly_from_a_demoted_primary_reads_the_slot_map_again(redis_cluster, monkeypatch):
     """redis-py raises READONLY without looking at its slot map, so every later write would go
     to the same node; the cluster client here reads the map again."""

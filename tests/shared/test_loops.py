@@ -5,14 +5,7 @@ from __future__ import annotations
 import threading
 
 from app.shared.loops import HEALTHY_RUN_SECONDS, UNREADY_AFTER_FAILURES, Loops
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clocks import ManualClock
 
 
 def test_a_loop_that_raises_anything_runs_again_and_is_counted():
@@ -33,7 +26,7 @@ def test_a_loop_that_raises_anything_runs_again_and_is_counted():
 
 
 def test_a_loop_that_keeps_failing_is_reported_until_it_has_run_long_enough():
-    clock = Clock()
+    clock = ManualClock()
     loops = Loops(first_restart_seconds=0.001, clock=clock)
     failures = []
     healthy = threading.Event()
@@ -63,7 +56,7 @@ def test_a_loop_that_returns_is_done_and_never_reported():
 
 
 def test_failures_apart_in_time_are_not_in_a_row():
-    clock = Clock()
+    clock = ManualClock()
     loops = Loops(first_restart_seconds=0.001, clock=clock)
     calls: list[list[str]] = []
     finished = threading.Event()

@@ -14,10 +14,11 @@ from tests.support.processes import wait_until
 from tests.worker.test_recovery import GROUP, STREAM, _request
 
 
-def reader_of(client, terminals: Terminals) -> ShardReader:
+def reader_of(client, terminals: Terminals, *, consumer: str = "me", claim_idle_seconds: float = 0.1) -> ShardReader:
     return ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), terminals, STREAM, group=GROUP,
-                       consumer="me", read_block_ms=100, claim_idle_seconds=0.1, reconnect_max_seconds=1,
-                       shares_terminals=False, stopping=threading.Event(), on_group_lost=lambda: None)
+                       consumer=consumer, read_block_ms=100, claim_idle_seconds=claim_idle_seconds,
+                       reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
+                       on_group_lost=lambda: None)
 
 
 def test_a_stalled_worker_does_not_claim_entries_it_still_holds(redis_server):
@@ -105,9 +106,7 @@ def test_the_prompt_lane_is_read_before_the_shard_and_its_orphans_claimed_first(
     # for a terminal for the surplus rather than read it again).
     assert [(d.stream, d.entry_id) for d in read] == [(lane, urgent), (STREAM, normal[0]), (STREAM, normal[1])]
     time.sleep(0.2)
-    other = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM, group=GROUP,
-                        consumer="other", read_block_ms=100, claim_idle_seconds=0.1, reconnect_max_seconds=1,
-                        shares_terminals=False, stopping=threading.Event(), on_group_lost=lambda: None)
+    other = reader_of(client, Terminals(1), consumer="other")
     claimed = other.claim_orphans(1)
     assert [(d.stream, d.entry_id) for d in claimed] == [(lane, urgent)]
 
@@ -135,11 +134,8 @@ def test_a_read_beyond_the_terminals_taken_holds_the_rest_leased_until_a_termina
         keeper = LeaseKeeper(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), terminals, group=GROUP,
                              consumer="me", renew_seconds=1)
         assert keeper.renew() == 2
-        other = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
-                            group=GROUP, consumer="other", read_block_ms=100, claim_idle_seconds=0.1,
-                            reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
-                            on_group_lost=lambda: None)
-        assert other.claim_orphans(5) == []  # idle 0.3 s before the renewal: another worker's then
+        # Idle 0.3 s before the renewal: another worker's to claim but for it.
+        assert reader_of(client, Terminals(1), consumer="other").claim_orphans(5) == []
         terminals.finished(first)
         second = terminals.next_delivery()
         assert second is not None and second.stream == STREAM
@@ -156,10 +152,7 @@ def test_with_a_backlog_in_the_shard_the_lane_is_read_first_and_the_shard_every_
     from app.worker.reading import SHARD_TURN_EVERY
 
     client = redis_server.client()
-    reader = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
-                         group=GROUP, consumer="me", read_block_ms=100, claim_idle_seconds=60,
-                         reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
-                         on_group_lost=lambda: None)
+    reader = reader_of(client, Terminals(1), claim_idle_seconds=60)  # a saturated worker: one terminal at a time
     reader.ensure_group()
     lane = contract.prompt_lane(STREAM)
     for index in range(40):
@@ -181,10 +174,7 @@ def test_a_shard_whose_entries_waited_half_their_time_has_every_other_read_until
     from app.shared import contract
 
     client = redis_server.client()
-    reader = ShardReader(client, RedisGuard("w", RetryPolicy(1, 0.01, 1), 5, 30), Terminals(1), STREAM,
-                         group=GROUP, consumer="me", read_block_ms=100, claim_idle_seconds=60,
-                         reconnect_max_seconds=1, shares_terminals=False, stopping=threading.Event(),
-                         on_group_lost=lambda: None)
+    reader = reader_of(client, Terminals(1), claim_idle_seconds=60)  # a saturated worker: one terminal at a time
     reader.ensure_group()
     lane = contract.prompt_lane(STREAM)
     # Six shard entries added 6 s ago with 10 s to go in all (60% of their time waited),
@@ -225,3 +215,42 @@ def test_what_share_of_its_time_an_entry_waited_comes_from_its_id_and_deadline()
     queued = encoded(contract.WeatherRequest("r", "weather-responses:test:1:t", 11_000, "Oslo", "Norway",
                                              result_key="weather-results:x", result_ttl_ms=1000))
     assert contract.waited_share(b"1000-0", queued, 6_000) == 0.0  # async: its deadline is of another kind
+
+
+def test_a_read_that_raises_what_nobody_expected_gives_its_terminals_back(redis_server):
+    """The supervisor runs the reader again (app.shared.loops); terminals it kept would stay
+    taken for good, the worker reading nothing while every probe says it is fine."""
+    import pytest
+
+    terminals = Terminals(4)
+    reader = reader_of(redis_server.client(), terminals)
+
+    def broken(count: int, block: bool) -> list[Delivery]:
+        raise KeyError("nobody expected this")
+
+    reader.next_deliveries = broken  # type: ignore[method-assign]
+    with pytest.raises(KeyError):
+        reader.run()
+    assert terminals.take_idle(4) == 4
+
+
+def test_a_stopping_worker_lets_go_of_what_no_terminal_took(redis_server):
+    """Held entries left pending for another worker are no longer renewed as this one's."""
+    from app.shared import contract
+
+    client = redis_server.client()
+    terminals = Terminals(1)
+    reader = reader_of(client, terminals)
+    reader.ensure_group()
+    client.xadd(contract.prompt_lane(STREAM), _request("urgent"))
+    client.xadd(STREAM, _request("normal"))
+    stopping = reader._stopping
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    first = terminals.next_delivery()
+    assert first is not None
+    wait_until(lambda: len(terminals.in_hand()) == 2, 5, what="the surplus held")
+    stopping.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert terminals.in_hand() == [first.key]  # the one in work stays this worker's until it finishes
