@@ -216,8 +216,12 @@ class Admission:
         for stream in self.streams:
             if self._lag[stream] == 0 and self._lag[self._lanes[stream]] == 0:
                 self._empty_at[stream] = now
-            frozen = any(self._lag[queue] and now - self._moved_at[queue] >= FROZEN_SECONDS
-                         and self._moved_at[queue] <= self._drain_live_at for queue in (stream, self._lanes[stream]))
+            # Judged from this round's reads only, of a queue no worker delivered from since the
+            # last one (a steady backlog workers drain moves its last-delivered id).
+            frozen = any(self._lag[queue] and self._read_at[queue] == now and not self._draining[queue]
+                         and now - self._moved_at[queue] >= FROZEN_SECONDS
+                         and self._moved_at[queue] <= self._drain_live_at
+                         for queue in (stream, self._lanes[stream]))
             if frozen and now - self._reconnected_at >= FROZEN_SECONDS:
                 self._reconnected_at = now
                 log.info("admission's figures stand still; reading from the primary anew", extra={"stream": stream})

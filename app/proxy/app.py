@@ -107,7 +107,7 @@ def create_app(settings: ProxySettings) -> Flask:
                       async_deadline_ms=int(max(settings.async_deadline_seconds,
                                                 settings.request_timeout_seconds) * 1000)).start(loops)
     results = Results(enqueue_redis, guard)
-    # Its own connections: dropping them (figures that stand still) never touches the enqueue path's.
+    # Its own connections: its reads never wait behind the enqueue path's writes for one.
     admission_redis = topology.client(client_name=f"proxy-admission:{host}-{pid}", max_connections=2,
                                       socket_timeout=ENQUEUE_SOCKET_TIMEOUT_SECONDS)
     admission = Admission(

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 import redis
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ReadOnlyError, RedisClusterException
+from redis.exceptions import ReadOnlyError, RedisClusterException, SlotNotCoveredError
 from redis.retry import Retry
 
 log = logging.getLogger("app.redis")
@@ -35,6 +35,10 @@ _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
 _ANY_PRIMARY = frozenset({"COMMAND"})
 # However many callers see a failure, the slot map is read again at most this often.
 ROUTE_REFRESH_INTERVAL_SECONDS = 0.5
+
+
+class ClusterUnreachable(redis.ConnectionError):
+    """No node of the cluster answers, or none serves a key's slot for now."""
 
 
 class StreamReadingCluster(redis.RedisCluster):
@@ -55,15 +59,26 @@ class StreamReadingCluster(redis.RedisCluster):
       that is down and not yet replaced, and retries are app.shared.resilience's: a process
       starting then failed to start (one in three here). A refused connection moves it on
       to a primary that answers.
-    - A cluster it cannot reach at all, or a slot no node serves for a moment, raises
-      RedisClusterException ("Redis Cluster cannot be connected", SlotNotCoveredError),
-      which is no RedisError: every caller that handles Redis being away (retries, the
-      breaker, each background loop's next round) would take it for a bug. Here it is a
-      ConnectionError, as it is on one Redis.
+    - A cluster it cannot reach at all (re-reading the slot map finds no node) or a slot no
+      node serves for a moment raise RedisClusterException and SlotNotCoveredError, which
+      are no RedisError: every caller that handles Redis being away (retries, the breaker,
+      each background loop's next round) would take them for a bug. Here they are
+      ClusterUnreachable, a ConnectionError, as on one Redis; its pipelines share the slot
+      map's reader, so theirs too. What redis-py raises for a caller's own mistake (keys of
+      two slots in one command) stays what it is.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        reread = self.nodes_manager.initialize
+
+        def initialize(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return reread(*args, **kwargs)
+            except RedisClusterException as error:
+                raise ClusterUnreachable(f"cluster unreachable: {error}") from error
+
+        self.nodes_manager.initialize = initialize  # type: ignore[method-assign]
         self._routes_lock = threading.Lock()
         self._routes_read_at = time.monotonic()
         self.route_refreshes = 0
@@ -77,7 +92,7 @@ class StreamReadingCluster(redis.RedisCluster):
             self._routes_read_at = time.monotonic()
             self.route_refreshes += 1
             self.nodes_manager.initialize()
-        except (redis.RedisError, RedisClusterException) as error:
+        except redis.RedisError as error:
             log.warning("could not read the cluster's slot map", extra={"error": repr(error)})
         finally:
             self._routes_lock.release()
@@ -85,14 +100,14 @@ class StreamReadingCluster(redis.RedisCluster):
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except RedisClusterException as error:
-            raise redis.ConnectionError(f"cluster unreachable: {error}") from error
+        except SlotNotCoveredError as error:
+            raise ClusterUnreachable(str(error)) from error
 
     def get_node_from_key(self, key: Any, replica: bool = False) -> Any:
         try:
             return super().get_node_from_key(key, replica)  # type: ignore[no-untyped-call]
-        except RedisClusterException as error:
-            raise redis.ConnectionError(f"no route to {key!r}: {error}") from error
+        except SlotNotCoveredError as error:
+            raise ClusterUnreachable(f"no route to {key!r}: {error}") from error
 
     def _execute_command(self, target_node: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -18,6 +18,7 @@ each primary confirms its own share.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from redis.exceptions import (
 from app.shared.connections import RedisClient
 from app.shared.replication import ReplicasBehind, ReplicaWait
 from app.shared.topology import Topology
+
+log = logging.getLogger("app.routing")
 
 # Answers by which a node refuses a command before executing it.
 _REFUSALS = (MovedError, AskError, TryAgainError, ClusterDownError, ReadOnlyError, BusyLoadingError)
@@ -97,8 +100,14 @@ class NodeWriter:
 
     def reconnect(self, key: str) -> None:
         """Drops the idle connections to the node of ``key``: their next use asks the
-        topology (Sentinel, the slot map) where that node is now."""
-        self._topology.forget_idle_connections(self._topology.node_client(self._client, key))
+        topology (Sentinel, the slot map) where that node is now. With no route to it (its
+        slot has no node for now) there is nothing to drop."""
+        try:
+            node = self._topology.node_client(self._client, key)
+        except (redis.RedisError, RedisClusterException) as error:
+            log.info("no node to reconnect to", extra={"key": key, "error": repr(error)})
+            return
+        self._topology.forget_idle_connections(node)
 
     def _execute_on(self, node: redis.Redis, items: list[Routed]) -> list[Any]:
         try:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.exceptions import SlotNotCoveredError
 
 from app.shared import contract
 from app.shared.connections import RedisClient
@@ -107,7 +108,7 @@ class DrainPublisher:
         while not self._stopping.wait(PUBLISH_SECONDS):
             try:
                 self.publish_once()
-            except redis.RedisError as error:
+            except (redis.RedisError, SlotNotCoveredError) as error:  # a cluster pipeline's: no RedisError
                 log.debug("drain not published", extra={"error": repr(error)})
         self.withdraw()
 

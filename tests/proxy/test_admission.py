@@ -233,6 +233,37 @@ def test_a_worker_counts_while_its_figures_change_whatever_its_clock_says(redis_
     assert admission.judge(10).reason == "" and admission._per_second == 0
 
 
+def test_connections_are_dropped_only_for_a_backlog_no_worker_drains_any_more(redis_server):
+    """A primary Sentinel replaced but did not demote yet answers with figures that stand
+    still: admission's and the enqueue path's connections to it are dropped so that the
+    next read and write find the new primary. Not for a steady backlog workers drain (its
+    last-delivered id moves), nor for one that waits for a first worker (scale from zero)."""
+    client, clock = redis_server.client(), ManualClock()
+    dropped: list[str] = []
+    topology = CommonSettings(redis_url=redis_server.url).topology
+    admission = Admission(NodeWriter(topology, topology.client(client_name="test-admission"), ReplicaWait(0, 0)),
+                          ["weather-requests"], contract.drain_key("weather-requests"), GROUP, POLICY,
+                          CallerShares("weather-requests", clock=clock), clock=clock, on_frozen=dropped.append)
+    _backlog(client, "weather-requests", 5)
+
+    def rounds(count: int, worker_delivers: bool = False, publish: bool = True) -> None:
+        for second in range(count):
+            if publish:
+                _publish(client, per_second=20, work_seconds=0.1, at_ms=contract.now_ms() + second)
+            if worker_delivers:  # one read, one more added: the same lag
+                client.xreadgroup(GROUP, "w1", {"weather-requests": ">"}, count=1)
+                client.xadd("weather-requests", {"n": "more"})
+            admission.refresh()
+            clock.now += 1
+
+    rounds(3, publish=False)  # no worker yet: a backlog that waits for one
+    assert dropped == []
+    rounds(3, worker_delivers=True)  # drained at the rate it grows
+    assert dropped == []
+    rounds(3)  # the workers went elsewhere: nobody delivers here, the figures stand still
+    assert dropped and set(dropped) == {"weather-requests"}
+
+
 def test_figures_that_cannot_be_read_age_instead_of_latching(redis_server, tmp_path):
     client, clock = redis_server.client(), ManualClock()
     _backlog(client, "weather-requests", 200)  # 10 s of wait at 20 a second

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
@@ -67,18 +68,29 @@ def test_a_cluster_that_no_node_answers_is_a_connection_error_as_one_redis_is(re
     reported as failing on every pod during a plain cluster restart)."""
     from app.shared.topology import Cluster
 
+    from redis.exceptions import RedisClusterException
+
     topology = Cluster(redis_cluster.url)
     client = topology.client(client_name="test", socket_timeout=0.5)
     client.set("k", "v")
+    with pytest.raises(RedisClusterException) as mistake:  # the caller's own mistake stays what it is
+        client.execute_command("MGET", "a", "b")
+    assert not isinstance(mistake.value, redis.ConnectionError)
     for node in redis_cluster.nodes:
         node.stop()
 
     with pytest.raises(redis.ConnectionError):
         client.get("k")
+    pipe = client.pipeline(transaction=False)
+    pipe.get("k")
+    with pytest.raises(redis.ConnectionError):
+        pipe.execute()
+    client._routes_read_at = -math.inf
+    client.refresh_routes()  # logged, not raised
+    assert client.route_refreshes == 1
     with pytest.raises(redis.ConnectionError):
         client.nodes_manager.slots_cache.clear()
         topology.node_client(client, "k")
-    client.refresh_routes()  # logged, not raised
 
 
 def test_readonly_from_a_demoted_primary_reads_the_slot_map_again(redis_cluster, monkeypatch):
