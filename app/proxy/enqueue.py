@@ -7,7 +7,8 @@ request and its reply live on one node. Concurrent callers share one round trip
 (app.shared.batching); each node's share of a batch is its own pipeline
 (app.shared.routing), so a node that is down fails only its own entries.
 
-An entry that provably did not land (NotSent) is sent again at once on another shard.
+An entry that provably did not land (NotSent, or refused for memory: OOM) is sent again at
+once on another shard.
 One whose replicas did not confirm it (REDIS_WAIT_REPLICAS) is too, and so is one whose
 fate is unknown (the connection broke or timed out after the write) when the shards span
 nodes (a cluster): every request of this API is a read, so the worst a second copy does
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from app.proxy import metrics
 from app.proxy.replicas import CHECK_SECONDS as REPLICA_CHECK_SECONDS
@@ -180,7 +182,9 @@ class Enqueuer:
             except BatchTimeout:
                 self.shards.failed(stream)
                 raise redis.TimeoutError("enqueue took longer than its budget") from None
-            except (NotSent, ReplicasBehind) as error:
+            except (NotSent, ReplicasBehind, OutOfMemoryError) as error:
+                # OOM: Redis (noeviction, at maxmemory) refused the write before running it: a
+                # refusal, nothing written, not a write of unknown fate.
                 failures += 1
                 self.shards.failed(stream)
                 if isinstance(error, ReplicasBehind):

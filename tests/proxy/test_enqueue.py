@@ -94,3 +94,25 @@ def test_a_write_of_unknown_fate_is_sent_again_on_another_node(redis_cluster):
     assert not frozen & set(shards), "an entry was answered as queued on the frozen node"
     live = _landed(client, set(STREAMS) - frozen)
     assert all(len(live.get(f"r{n}", [])) == 1 for n in range(30)), "an entry is missing or twice on live shards"
+
+
+def test_a_primary_out_of_memory_refuses_and_its_requests_land_once_elsewhere(redis_cluster):
+    """Redis at maxmemory (noeviction) refuses a write before running it: a refusal, not a
+    write of unknown fate, so nothing is counted as perhaps written twice."""
+    from app.proxy import metrics
+
+    enqueuer, client = _enqueuer(redis_cluster.url)
+    full = redis_cluster.owner(STREAMS[0])
+    refused = {stream for stream in STREAMS if redis_cluster.owner(stream) is full}
+    unknown_before = metrics.ENQUEUE_FATE_UNKNOWN._value.get()
+    full.client().config_set("maxmemory", 1)
+    try:
+        shards = [enqueuer.enqueue(_request(n), "0-0", 1.0)[0] for n in range(30)]
+    finally:
+        full.client().config_set("maxmemory", 0)
+
+    assert not refused & set(shards)
+    assert metrics.ENQUEUE_FATE_UNKNOWN._value.get() == unknown_before
+    landed = _landed(client, STREAMS)
+    assert sorted(landed) == sorted(f"r{n}" for n in range(30))
+    assert all(len(streams) == 1 for streams in landed.values())
