@@ -66,8 +66,6 @@ def test_a_cluster_that_no_node_answers_is_a_connection_error_as_one_redis_is(re
     and re-reads the slot map, and SlotNotCoveredError for a slot no node holds: every caller
     that handles Redis being away would take it for a bug (a background loop restarted and
     reported as failing on every pod during a plain cluster restart)."""
-    from app.shared.topology import Cluster
-
     from redis.exceptions import RedisClusterException
 
     topology = Cluster(redis_cluster.url)

@@ -53,3 +53,32 @@ def test_a_dead_workers_entries_are_still_claimed_and_answered(stack):
     assert [r.status for r in with_answers] == [200] * 10
     assert survivor.metric("weather_worker_claimed_total") == 10
     assert survivor.metric("weather_worker_processed_total", {"outcome": "ok"}) == 10
+
+
+def test_entries_read_beyond_the_idle_terminals_are_held_not_claimed_and_done_once(stack):
+    """A worker's first read takes the lane and the shard together, and Redis gives up to
+    COUNT of each: with one idle terminal, the shard's entry waits in the worker for a
+    terminal, longer than CLAIM_IDLE_SECONDS here. Unleased, the other worker claimed it
+    and ran it a second time."""
+    import requests
+
+    proxy = stack.proxy(REQUEST_TIMEOUT_SECONDS="30").wait_ready()
+    # No worker yet: synchronous requests queue in the lane, async ones in the shard.
+    accepted = [requests.post(proxy.url + "/WeatherForecast/city", json={"city": f"async-{n}", "location": "x"},
+                              headers={"Prefer": "respond-async"}, timeout=5) for n in range(2)]
+    assert [response.status_code for response in accepted] == [202, 202]
+    answers: list = []
+    sender = threading.Thread(target=lambda: answers.extend(fire([proxy.url], count=2, concurrency=2, timeout=30)))
+    sender.start()
+    client = stack.redis.client()
+    wait_until(lambda: client.exists("weather-requests:urgent") and client.xlen("weather-requests:urgent") == 2, 10,
+               what="both synchronous requests in the lane")
+    one_terminal = {**SLOW, "WORKER_TERMINALS": "1"}
+    workers = [stack.worker(name, **one_terminal) for name in ("a", "b")]
+    sender.join(40)
+    wait_until(lambda: _processed(workers) >= 4 and all(w.metric("weather_worker_terminals_active") == 0
+                                                         for w in workers), 30, what="all four done")
+
+    assert [r.status for r in answers] == [200, 200]
+    assert _processed(workers) == 4, "an entry held beyond the terminals was claimed and done twice"
+    assert sum(worker.metric("weather_worker_claimed_total") for worker in workers) == 0
