@@ -75,6 +75,9 @@ def test_entries_read_beyond_the_idle_terminals_are_held_not_claimed_and_done_on
                what="both synchronous requests in the lane")
     one_terminal = {**SLOW, "WORKER_TERMINALS": "1"}
     workers = [stack.worker(name, **one_terminal) for name in ("a", "b")]
+    wait_until(lambda: pending_entries(client) == 4, 10, what="all four read: two in work, two held")
+    # A worker with a terminal free looks for orphans every quarter of a second.
+    workers.append(stack.worker("idle", **{**one_terminal, "PROCESSING_DELAY_MS": "0"}).wait_ready())
     sender.join(40)
     wait_until(lambda: _processed(workers) >= 4 and all(w.metric("weather_worker_terminals_active") == 0
                                                          for w in workers), 30, what="all four done")
